@@ -1,0 +1,113 @@
+"""`make bench`: run the benchmarks, write bench/results/<date>-<host>.json and a Markdown table.
+
+    python bench/run.py [--profile quick|full|smoke]
+
+`full` measures at PISA 2018's size (600,000 students); `quick` at a tenth of it; `smoke` only checks
+that the suite runs (tiny sizes, for CI). The Markdown printed at the end is what docs/benchmarks.md
+embeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pisa_pulse.sources.schema import SchemaName
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sources_bench
+
+PROFILES = {
+    "smoke": {"students": 2_000, "traffic_s": 2.0},
+    "quick": {"students": 60_000, "traffic_s": 10.0},
+    "full": {"students": 600_000, "traffic_s": 30.0},
+}
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory and PostgreSQL version of this machine."""
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    pg = subprocess.run(["pg_config", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "postgresql": pg,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The tables docs/benchmarks.md embeds."""
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['postgresql']}, "
+        f"Python {m['python']}. Profile `{result['profile']}`, {result['date']}.",
+        "",
+        "| seeding | students | seconds | students/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for s in result["seeding"]:
+        lines.append(f"| {s['schema']} | {s['students']:,} | {s['seconds']} | {s['rows_per_s']:,} |")
+    lines += [
+        "",
+        "| sustained traffic | updates | deletes | operations/s | net rows/s (counted by PostgreSQL) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for t in result["traffic"]:
+        lines.append(
+            f"| {t['schema']} | {t['updates']} | {t['deletes']} | {t['ops_per_s']:,} | "
+            f"{t['net_rows_per_s_counted_by_postgres']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the chosen profile and write its results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=PROFILES, default="quick")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    p = PROFILES[args.profile]
+    result: dict[str, Any] = {
+        "profile": args.profile,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "seeding": [],
+        "traffic": [],
+    }
+    schemas: tuple[SchemaName, ...] = ("slim", "full")
+    for schema in schemas:
+        print(f"seeding {p['students']:,} students, {schema} ...", flush=True)
+        result["seeding"].append(sources_bench.seeding(schema, int(p["students"])))
+    for schema in schemas:
+        for updates, deletes in ((0.0, 0.0), (0.05, 0.02)):
+            print(f"sustained traffic, {schema}, updates {updates} deletes {deletes} ...", flush=True)
+            result["traffic"].append(
+                sources_bench.sustained_traffic(schema, float(p["traffic_s"]), updates, deletes)
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{result['date']}-{result['machine']['host']}-{args.profile}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {path}\n")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""The `pisa-pulse` command line: one console script, one subcommand per job.
+
+Errors the user can fix (PisaPulseError) print as one line, `error: ...`, and exit 2; nothing
+else is caught, so a bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pisa_pulse import __version__
+from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources import control, lifecycle
+from pisa_pulse.sources.schema import SCHEMAS
+from pisa_pulse.sources.traffic import Traffic
+
+log = logging.getLogger("pisa_pulse")
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+DEMO_ROWS = 2_000
+DEMO_RATE = 200.0
+
+
+def setup_logging(level: str) -> None:
+    """The one logging setup: `time level logger message` on stderr."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"where the sources config and embedded cluster live (default: ${cfg.DATA_DIR_ENV} "
+        f"or {cfg.default_data_dir()})",
+    )
+
+
+def _up_options(parser: argparse.ArgumentParser) -> None:
+    _data_dir(parser)
+    parser.add_argument("--port", type=int, help="port of the embedded cluster (default: a free one)")
+    parser.add_argument(
+        "--countries",
+        help="'default' (the course's 20), 'all' (79), or codes such as alb,arg (default: the data "
+        "dir's, else the 20)",
+    )
+    parser.add_argument(
+        "--schema", choices=SCHEMAS, help="full (1,118 questionnaire columns) or slim (101) (default: full)"
+    )
+    parser.add_argument("--seed", type=int, help="seed of the synthetic students (default: 42)")
+    parser.add_argument(
+        "--messy", type=_share, default=0.01, help="share of messy values a reader must treat as missing"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the tests that check --help is complete)."""
+    parser = argparse.ArgumentParser(
+        prog="pisa-pulse",
+        description="Live, exact PISA 2018 dashboards from twenty PostgreSQL country databases.",
+    )
+    parser.add_argument("--version", action="version", version=f"pisa-pulse {__version__}")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sources = commands.add_parser("sources", help="create, seed, inspect and remove the country databases")
+    sub = sources.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = sub.add_parser("up", help="start or reuse the sources, create the databases, seed, write the config")
+    _up_options(up)
+    up.add_argument("--dsn", help="create the databases on this existing server instead (postgresql://...)")
+    up.add_argument("--rows-per-country", type=_count, default=0, help="top each country up to N students")
+    up.add_argument("--run-as", help="OS user that runs the embedded server when invoked as root (postgres)")
+    up.add_argument("--workers", type=int, help="seeding processes (default: one per core)")
+    for name, text in (
+        ("down", "stop the embedded cluster (data is kept)"),
+        ("status", "per country: rows and size"),
+    ):
+        _data_dir(sub.add_parser(name, help=text))
+    reset = sub.add_parser("reset", help="delete the sources (the embedded cluster, or the databases made)")
+    _data_dir(reset)
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    empty = sub.add_parser("empty", help="delete every row of some countries' responses")
+    _data_dir(empty)
+    empty.add_argument("countries", nargs="*", metavar="COUNTRY", help="country codes, e.g. alb arg")
+    empty.add_argument("--all", action="store_true", help="empty every country")
+
+    traffic = commands.add_parser("traffic", help="write live submissions (or steer the running traffic)")
+    _data_dir(traffic)
+    _traffic_options(traffic)
+    steer = traffic.add_subparsers(dest="action", metavar="ACTION")
+    set_rate = steer.add_parser("set", help="change the running traffic's rate")
+    _data_dir(set_rate)
+    set_rate.add_argument("--rate", type=_non_negative, required=True, help="operations per second")
+    for name, text in (
+        ("pause", "pause the running traffic"),
+        ("resume", "resume the running traffic"),
+        ("status", "show the running traffic's rate and counts"),
+    ):
+        _data_dir(steer.add_parser(name, help=text))
+
+    demo = commands.add_parser("demo", help="sources up with seed data, then live traffic (Ctrl+C stops)")
+    _up_options(demo)
+    demo.add_argument(
+        "--rows-per-country", type=_count, default=DEMO_ROWS, help="students seeded per country"
+    )
+    demo.add_argument("--rate", type=_non_negative, default=DEMO_RATE, help="traffic, operations per second")
+    return parser
+
+
+def _traffic_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rate", type=_non_negative, default=100.0, help="operations per second (default 100)"
+    )
+    parser.add_argument(
+        "--updates", type=_share, default=0.0, help="share of operations that are corrections"
+    )
+    parser.add_argument(
+        "--deletes", type=_share, default=0.0, help="share of operations that are withdrawals"
+    )
+    parser.add_argument("--messy", type=_share, default=0.01, help="share of messy values in new rows")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the traffic (default: time-based)")
+    parser.add_argument("--batch", type=int, default=None, help="operations per transaction (default: auto)")
+    parser.add_argument("--duration", type=_non_negative, default=None, help="stop after this many seconds")
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _resolve(args: argparse.Namespace) -> Path:
+    return (args.data_dir or cfg.default_data_dir()).expanduser().absolute()
+
+
+def cmd_sources_up(args: argparse.Namespace) -> int:
+    """`sources up`."""
+    request = lifecycle.UpRequest(
+        data_dir=_resolve(args),
+        countries=args.countries,
+        schema=args.schema,
+        port=args.port,
+        dsn=getattr(args, "dsn", None),
+        rows_per_country=args.rows_per_country,
+        seed=args.seed,
+        messy=args.messy,
+        run_as=getattr(args, "run_as", None),
+        workers=getattr(args, "workers", None),
+    )
+    with Progress(
+        TextColumn("seeding"), BarColumn(), MofNCompleteColumn(), TextColumn("students"),
+        TimeRemainingColumn(), console=console, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("seed", total=None)
+        config = lifecycle.up(
+            request,
+            on_plan=lambda total: progress.update(task, total=total),
+            on_rows=lambda code, rows: progress.advance(task, rows),
+        )
+    _print_sources(request.data_dir, config)
+    return 0
+
+
+def _print_sources(data_dir: Path, config: cfg.SourcesConfig) -> None:
+    where = f"embedded cluster on 127.0.0.1:{config.cluster.port}" if config.cluster else "given server"
+    out.print(f"{len(config.sources)} country databases ({config.schema} schema) on the {where}:")
+    for s in config.sources:
+        out.print(f"  {s.name}  {cfg.redact(s.dsn)}")
+    out.print(f"config: {cfg.config_path(data_dir)}")
+
+
+def cmd_sources_status(args: argparse.Namespace) -> int:
+    """`sources status`."""
+    status = lifecycle.status(_resolve(args))
+    if status.cluster_running is not None:
+        port = status.config.cluster.port if status.config.cluster else "?"
+        out.print(f"embedded cluster: {'running' if status.cluster_running else 'stopped'} (port {port})")
+    table = Table("country", "rows", "size", "note")
+    for db in status.databases:
+        size = f"{db.bytes / 2**20:.1f} MiB" if db.bytes is not None else "-"
+        table.add_row(db.name, "-" if db.rows is None else f"{db.rows:,}", size, db.error or "")
+    out.print(table)
+    total = sum(db.rows or 0 for db in status.databases)
+    out.print(f"total rows: {total:,}")
+    return 0
+
+
+def cmd_sources_down(args: argparse.Namespace) -> int:
+    """`sources down`."""
+    if lifecycle.down(_resolve(args)):
+        out.print("embedded cluster stopped (data kept; `sources up` starts it again)")
+    else:
+        out.print("these sources are on a server pisa-pulse does not own; nothing to stop")
+    return 0
+
+
+def cmd_sources_reset(args: argparse.Namespace) -> int:
+    """`sources reset`."""
+    data_dir = _resolve(args)
+    config = cfg.load(data_dir)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise PisaPulseError("reset deletes every country database", "pass --yes to confirm")
+        answer = input(f"Delete all {len(config.sources)} country databases of {data_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            out.print("nothing deleted")
+            return 1
+    lifecycle.reset(data_dir)
+    out.print(f"deleted the sources of {data_dir}")
+    return 0
+
+
+def cmd_sources_empty(args: argparse.Namespace) -> int:
+    """`sources empty`."""
+    if args.all == bool(args.countries):
+        raise PisaPulseError("name the countries to empty, or pass --all", "e.g. `sources empty alb arg`")
+    names = lifecycle.empty(_resolve(args), None if args.all else args.countries)
+    out.print(f"emptied {', '.join(names)}")
+    return 0
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    """`traffic` (run) and `traffic set|pause|resume|status` (steer)."""
+    data_dir = _resolve(args)
+    if args.action == "set":
+        _print_traffic(control.send(data_dir, "rate", {"rate": args.rate}))
+        return 0
+    if args.action in ("pause", "resume", "status"):
+        _print_traffic(control.send(data_dir, args.action))
+        return 0
+    config = cfg.load(data_dir)
+    seed = args.seed if args.seed is not None else time.time_ns() % 2**31
+    traffic = Traffic(config, args.rate, args.updates, args.deletes, args.messy, seed, args.batch)
+    return _run_traffic(traffic, data_dir, args.duration)
+
+
+def _print_traffic(status: dict[str, object]) -> None:
+    state = "paused" if status["paused"] else "running"
+    out.print(
+        f"traffic {state}: target {status['rate']}/s, achieved {status['achieved_rate']}/s, "
+        f"inserted {status['inserted']}, updated {status['updated']}, deleted {status['deleted']}"
+    )
+
+
+def _run_traffic(traffic: Traffic, data_dir: Path, duration: float | None) -> int:
+    """Run the traffic with its control endpoint until Ctrl+C, SIGTERM or the duration."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with control.ControlEndpoint(traffic, data_dir) as endpoint:
+            out.print(
+                f"traffic to {traffic.status()['sources']} sources at {traffic.rate}/s; "
+                f"steer with `pisa-pulse traffic set --rate R --data-dir {data_dir}` "
+                f"(control on 127.0.0.1:{endpoint.port}); Ctrl+C stops"
+            )
+            writer = threading.Thread(target=traffic.run, args=(stop, duration), name="traffic")
+            writer.start()
+            _report_while(writer, traffic)
+            writer.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    _print_traffic(traffic.status())
+    return 0
+
+
+def _report_while(writer: threading.Thread, traffic: Traffic) -> None:
+    """A live status line on a terminal, a log line every 10 s otherwise."""
+    interactive = out.is_terminal
+    last = 0.0
+    with out.status("", spinner="dots") if interactive else _nothing() as status:
+        while writer.is_alive():
+            writer.join(0.5)
+            s = traffic.status()
+            line = (
+                f"{'paused' if s['paused'] else 'writing'}: {s['achieved_rate']:.0f}/s of {s['rate']:.0f}/s  "
+                f"inserted {s['inserted']:,}  updated {s['updated']:,}  deleted {s['deleted']:,}"
+                + (f"  errors {s['errors']}" if s["errors"] else "")
+            )
+            if status is not None:
+                status.update(line)
+            elif time.monotonic() - last >= 10:
+                out.print(line)
+                last = time.monotonic()
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`demo`: sources up with seed data, then traffic until Ctrl+C."""
+    args.dsn = None
+    cmd_sources_up(args)
+    data_dir = _resolve(args)
+    config = cfg.load(data_dir)
+    traffic = Traffic(config, args.rate, updates=0.02, deletes=0.01, messy=args.messy, seed=config.seed)
+    return _run_traffic(traffic, data_dir, None)
+
+
+COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
+    ("sources", "up"): cmd_sources_up,
+    ("sources", "down"): cmd_sources_down,
+    ("sources", "status"): cmd_sources_status,
+    ("sources", "reset"): cmd_sources_reset,
+    ("sources", "empty"): cmd_sources_empty,
+    ("demo", None): cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run one command, and turn user errors into one line and exit code 2."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    action = getattr(args, "action", None)
+    command = cmd_traffic if args.command == "traffic" else COMMANDS[(args.command, action)]
+    try:
+        return command(args)
+    except PisaPulseError as exc:
+        console.print(f"error: {exc}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130

@@ -1,0 +1,139 @@
+"""The country databases on a server: create, check, count, empty and drop them.
+
+Works the same on the embedded cluster and on a server given with `--dsn`. Nothing here destroys a
+database it did not create with our layout: a database that exists and holds other tables is an
+error that names it, and is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.sources.config import redact, with_database
+from pisa_pulse.sources.schema import TABLE, SchemaName, create_table, schema_of
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg2.extensions.connection
+
+
+def connect(dsn: str, autocommit: bool = True) -> Connection:
+    """Open a connection, turning connection failures into a one-line error without secrets."""
+    try:
+        conn = psycopg2.connect(dsn, application_name="pisa-pulse", connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reason"
+        raise PisaPulseError(
+            f"cannot connect to {redact(dsn)}: {reason}",
+            "check that the server is running and the DSN's host, port, user and password are right",
+        ) from None
+    conn.autocommit = autocommit
+    return conn
+
+
+@contextlib.contextmanager
+def connected(dsn: str, autocommit: bool = True) -> Iterator[Connection]:
+    """`connect()` as a context manager that always closes."""
+    conn = connect(dsn, autocommit)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """What `sources status` reports for one country database."""
+
+    name: str
+    rows: int | None  # None when the database cannot be reached
+    bytes: int | None
+    error: str | None = None
+
+
+def ensure(admin_dsn: str, name: str, schema: SchemaName) -> bool:
+    """Make sure database `name` exists with an empty-or-ours `responses` table.
+
+    Returns True when it was created now. A database that holds anything else raises an error
+    naming the tables, and nothing is changed.
+    """
+    with connected(admin_dsn) as admin, admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        created = cur.fetchone() is None
+        if created:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            log.info("database created source=%s", name)
+    with connected(with_database(admin_dsn, name)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1"
+        )
+        tables = [r[0] for r in cur.fetchall()]
+        if not tables:
+            cur.execute(create_table(schema))
+            return created
+        found = schema_of(table_columns(conn)) if tables == [TABLE] else None
+        if found == schema:
+            return created
+        what = f"the {found} layout" if found else f"tables {', '.join(tables)} of another layout"
+        raise PisaPulseError(
+            f"database {name} already holds {what}, not the {schema} responses layout",
+            "pass the --schema it has, point --dsn at another server, or drop that database yourself"
+            if found
+            else "point --dsn at another server, or drop that database yourself",
+        )
+
+
+def table_columns(conn: Connection) -> list[str]:
+    """Column names of `responses` in order (empty when there is no such table)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (f"public.{TABLE}",),
+        )
+        return [r[0] for r in cur.fetchall()]
+
+
+def state(name: str, dsn: str) -> DatabaseState:
+    """Rows and on-disk size of one country's `responses` table."""
+    try:
+        with connected(dsn) as conn, conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT count(*), pg_total_relation_size({}) FROM {}").format(
+                    sql.Literal(TABLE), sql.Identifier(TABLE)
+                )
+            )
+            rows, size = cur.fetchone() or (0, 0)
+            return DatabaseState(name, int(rows), int(size))
+    except (PisaPulseError, psycopg2.Error) as exc:
+        return DatabaseState(name, None, None, str(exc).strip().splitlines()[0])
+
+
+def empty(dsn: str) -> None:
+    """Remove every row of `responses` (TRUNCATE, so change capture sees one Truncate)."""
+    with connected(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(TABLE)))
+
+
+def drop(admin_dsn: str, name: str) -> None:
+    """Drop a country database and any replication slot that pins it."""
+    with connected(admin_dsn) as admin, admin.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE database = %s AND active_pid IS NOT NULL",
+            (name,),
+        )
+        cur.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+            (name,),
+        )
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -1,0 +1,48 @@
+"""Shared fixtures: real PostgreSQL clusters that the tests start, own and remove.
+
+Each data dir lives under a private /tmp folder that the unprivileged server user can traverse
+(pytest's own tmp root is mode 0700, which `postgres` cannot enter when the tests run as root).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources import lifecycle
+from pisa_pulse.sources.cluster import EmbeddedCluster
+
+
+@pytest.fixture(scope="session")
+def scratch() -> Iterator[Path]:
+    """A traversable scratch folder for the whole session, removed at the end."""
+    root = Path(tempfile.mkdtemp(prefix="pisa-pulse-tests-"))
+    root.chmod(0o711)
+    yield root
+    for config_file in root.glob("*/sources.toml"):
+        config = cfg.load(config_file.parent)
+        if config.cluster is not None:
+            EmbeddedCluster(config.cluster, config_file.parent).remove()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def new_dir(scratch: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh, not yet created data dir path named after the test."""
+    return Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=scratch)) / "data"
+
+
+def bring_up(data_dir: Path, **options: object) -> cfg.SourcesConfig:
+    """`sources up` in-process with the given options."""
+    return lifecycle.up(lifecycle.UpRequest(data_dir=data_dir, **options))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def slim20(scratch: Path) -> cfg.SourcesConfig:
+    """The 20 default countries, slim, 300 students each: shared by read-mostly tests."""
+    return bring_up(scratch / "slim20", schema="slim", rows_per_country=300, workers=2)

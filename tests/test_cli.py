@@ -1,0 +1,49 @@
+"""The command line: every command has help, and `python -m pisa_pulse` is the same program."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from pisa_pulse.cli import build_parser, main
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, (*prefix, name))
+    return found
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = _commands(build_parser())
+    assert ("sources", "up") in commands and ("traffic", "set") in commands and ("demo",) in commands
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: pisa-pulse")
+
+
+def test_every_option_is_documented() -> None:
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+            else:
+                assert action.help, f"{parser.prog} {action.option_strings or action.dest} has no help"
+
+    walk(build_parser())
+
+
+def test_module_entry_point_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pisa_pulse", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith("pisa-pulse ")

@@ -1,0 +1,57 @@
+"""The sources config file and DSN helpers (no database needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.pisa2018 import DEFAULT_COUNTRIES, countries, select_countries
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources.schema import column_names
+
+
+def test_redact_hides_passwords_only() -> None:
+    assert cfg.redact("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert cfg.redact("postgresql://u@h:5432/db?passfile=/x") == "postgresql://u@h:5432/db?passfile=/x"
+
+
+def test_with_database_keeps_server_and_options() -> None:
+    dsn = "postgresql://u:pw@h:5/postgres?passfile=/x&connect_timeout=3"
+    assert cfg.with_database(dsn, "alb") == "postgresql://u:pw@h:5/alb?passfile=/x&connect_timeout=3"
+    with pytest.raises(PisaPulseError, match="not a URL"):
+        cfg.with_database("host=h dbname=x", "alb")
+
+
+def test_save_and_load_round_trip_privately(tmp_path: Path) -> None:
+    config = cfg.SourcesConfig(
+        schema="slim",
+        seed=3,
+        sources=(cfg.Source("alb", "postgresql://u@h/alb"),),
+        cluster=cfg.ClusterSpec("/c", "/bin", 5555, "pisa", None),
+    )
+    path = cfg.save(tmp_path, config)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert cfg.load(tmp_path) == config
+
+
+def test_a_broken_config_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    cfg.config_path(tmp_path).write_text('schema = "wide"\nseed = 1\nsources = []\n')
+    with pytest.raises(PisaPulseError, match=r"sources\.toml is not a valid sources config.*sources up"):
+        cfg.load(tmp_path)
+
+
+def test_country_selection() -> None:
+    assert [c.code for c in select_countries(None)] == list(DEFAULT_COUNTRIES)
+    assert len(select_countries("all")) == 79 == len(countries())
+    assert [c.code for c in select_countries(" alb, ARG ,alb")] == ["ALB", "ARG"]
+    with pytest.raises(PisaPulseError, match="unknown country code ZZZ"):
+        select_countries("alb,zzz")
+
+
+def test_schemas_are_full_width_and_slim() -> None:
+    full, slim = column_names("full"), column_names("slim")
+    assert len(full) == 1119 and full[0] == "id"
+    assert set(slim) < set(full) and len(slim) == 102
+    assert [c for c in full if c in slim] == list(slim)  # slim keeps file order

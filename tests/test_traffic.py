@@ -1,0 +1,161 @@
+"""Live traffic against real databases: random ids, shares of corrections, steering, clean stop."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg2
+import pytest
+from tests.conftest import bring_up
+
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources import control
+from pisa_pulse.sources.traffic import Traffic
+
+
+def _total(config: cfg.SourcesConfig) -> int:
+    total = 0
+    for s in config.sources:
+        with psycopg2.connect(s.dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM responses")
+            total += cur.fetchone()[0]
+    return total
+
+
+def _tuple_stats(config: cfg.SourcesConfig) -> tuple[int, int, int]:
+    """Rows inserted, updated, deleted as PostgreSQL's own statistics count them."""
+    ins = upd = dele = 0
+    for s in config.sources:
+        with psycopg2.connect(s.dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_stat_force_next_flush()")
+            cur.execute(
+                "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = 'responses'"
+            )
+            i, u, d = cur.fetchone()
+            ins, upd, dele = ins + i, upd + u, dele + d
+    return ins, upd, dele
+
+
+def test_ids_are_random_not_increasing(new_dir: Path) -> None:
+    config = bring_up(new_dir, countries="alb,arg", schema="slim")
+    traffic = Traffic(config, rate=400, seed=7)
+    traffic.run(threading.Event(), duration=1.5)
+    for s in config.sources:
+        with psycopg2.connect(s.dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id FROM responses ORDER BY ctid")  # heap order = insertion order here
+            ids = [r[0] for r in cur.fetchall()]
+        assert len(ids) > 50
+        drops = sum(b < a for a, b in itertools.pairwise(ids))
+        assert 0.3 < drops / (len(ids) - 1) < 0.7  # about half: random, neither sorted nor reversed
+
+
+def test_updates_and_deletes_at_the_requested_shares(new_dir: Path) -> None:
+    config = bring_up(new_dir, countries="alb,arg,aus,aut,bel", schema="full", rows_per_country=200)
+    before = _tuple_stats(config)
+    traffic = Traffic(config, rate=1500, updates=0.2, deletes=0.1, seed=11)
+    counts = traffic.run(threading.Event(), duration=3.0)
+    time.sleep(1.2)  # let the backends flush their statistics
+    ins, upd, dele = (a - b for a, b in zip(_tuple_stats(config), before))
+    total = ins + upd + dele
+    assert total > 1000
+    assert abs(upd / total - 0.2) < 0.04
+    assert abs(dele / total - 0.1) < 0.03
+    assert (ins, upd, dele) == (counts.inserted, counts.updated, counts.deleted)
+    assert _total(config) == 5 * 200 + ins - dele
+
+
+def _start(data_dir: Path, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pisa_pulse", "traffic", "--data-dir", str(data_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not (data_dir / control.STATE_FILE).exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return proc
+
+
+def _rate_over(config: cfg.SourcesConfig, seconds: float) -> float:
+    start = _total(config)
+    time.sleep(seconds)
+    return (_total(config) - start) / seconds
+
+
+def test_rate_change_pause_resume_while_running(new_dir: Path) -> None:
+    config = bring_up(new_dir, countries="alb,arg,aus", schema="slim")
+    proc = _start(new_dir, "--rate", "40")
+    try:
+        slow = _rate_over(config, 2.0)
+        control.send(new_dir, "rate", {"rate": 400})
+        time.sleep(0.3)
+        fast = _rate_over(config, 2.0)
+        assert 20 < slow < 60 and 300 < fast < 500, (slow, fast)
+        control.send(new_dir, "pause")
+        time.sleep(0.3)
+        assert _rate_over(config, 1.0) == 0
+        control.send(new_dir, "resume")
+        time.sleep(0.3)
+        assert _rate_over(config, 1.0) > 200
+        status = control.send(new_dir, "status")
+        assert status["rate"] == 400 and status["paused"] is False
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
+def _post_rate(port: int, token: str) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/rate",
+        data=b'{"rate": 10000}',
+        headers={"Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def test_control_endpoint_needs_the_token(new_dir: Path) -> None:
+    bring_up(new_dir, countries="alb", schema="slim")
+    proc = _start(new_dir, "--rate", "5")
+    try:
+        state = json.loads((new_dir / control.STATE_FILE).read_text())
+        assert (new_dir / control.STATE_FILE).stat().st_mode & 0o777 == 0o600
+        for token in ("", "wrong", state["token"][:-1]):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                _post_rate(state["port"], token)
+            assert refused.value.code == 401
+        assert control.send(new_dir, "status")["rate"] == 5
+        _post_rate(state["port"], state["token"])
+        assert control.send(new_dir, "status")["rate"] == 10000
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert not (new_dir / control.STATE_FILE).exists()
+
+
+def test_ctrl_c_stops_cleanly_with_nothing_half_written(new_dir: Path) -> None:
+    config = bring_up(new_dir, countries="alb,arg", schema="full")
+    proc = _start(new_dir, "--rate", "300")
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    inserted = int(stdout.rsplit("inserted ", 1)[1].split(",", 1)[0])
+    assert inserted > 100
+    assert _total(config) == inserted  # every reported transaction landed whole, no partial one
+    assert not (new_dir / control.STATE_FILE).exists()
+    assert os.path.exists(cfg.config_path(new_dir))
