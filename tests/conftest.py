@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,12 +37,20 @@ def new_dir(scratch: Path, request: pytest.FixtureRequest) -> Path:
     return Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=scratch)) / "data"
 
 
-def bring_up(data_dir: Path, **options: object) -> cfg.SourcesConfig:
-    """`sources up` in-process with the given options."""
+BringUp = Callable[..., cfg.SourcesConfig]
+
+
+def _bring_up(data_dir: Path, **options: object) -> cfg.SourcesConfig:
     return lifecycle.up(lifecycle.UpRequest(data_dir=data_dir, **options))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def bring_up() -> BringUp:
+    """`sources up` in-process: bring_up(data_dir, **UpRequest options)."""
+    return _bring_up
 
 
 @pytest.fixture(scope="session")
 def slim20(scratch: Path) -> cfg.SourcesConfig:
     """The 20 default countries, slim, 300 students each: shared by read-mostly tests."""
-    return bring_up(scratch / "slim20", schema="slim", rows_per_country=300, workers=2)
+    return _bring_up(scratch / "slim20", schema="slim", rows_per_country=300, workers=2)

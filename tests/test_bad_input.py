@@ -12,6 +12,7 @@ import pytest
 
 from pisa_pulse.cli import main
 from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources import databases
 from pisa_pulse.sources.cluster import free_port
 
 
@@ -60,11 +61,9 @@ def test_database_with_another_layout_is_left_alone(
 ) -> None:
     assert slim20.admin_dsn is None and slim20.cluster is not None
     admin = cfg.with_database(slim20.sources[0].dsn, "postgres")
-    with psycopg2.connect(admin) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("DROP DATABASE IF EXISTS mex")
-            cur.execute("CREATE DATABASE mex")
+    with databases.connected(admin) as conn, conn.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS mex")
+        cur.execute("CREATE DATABASE mex")
     mex = cfg.with_database(admin, "mex")
     with psycopg2.connect(mex) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE responses (id int, answer text)")

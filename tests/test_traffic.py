@@ -16,11 +16,11 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from tests.conftest import bring_up
 
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control
 from pisa_pulse.sources.traffic import Traffic
+from tests.conftest import BringUp
 
 
 def _total(config: cfg.SourcesConfig) -> int:
@@ -46,7 +46,7 @@ def _tuple_stats(config: cfg.SourcesConfig) -> tuple[int, int, int]:
     return ins, upd, dele
 
 
-def test_ids_are_random_not_increasing(new_dir: Path) -> None:
+def test_ids_are_random_not_increasing(new_dir: Path, bring_up: BringUp) -> None:
     config = bring_up(new_dir, countries="alb,arg", schema="slim")
     traffic = Traffic(config, rate=400, seed=7)
     traffic.run(threading.Event(), duration=1.5)
@@ -59,7 +59,7 @@ def test_ids_are_random_not_increasing(new_dir: Path) -> None:
         assert 0.3 < drops / (len(ids) - 1) < 0.7  # about half: random, neither sorted nor reversed
 
 
-def test_updates_and_deletes_at_the_requested_shares(new_dir: Path) -> None:
+def test_updates_and_deletes_at_the_requested_shares(new_dir: Path, bring_up: BringUp) -> None:
     config = bring_up(new_dir, countries="alb,arg,aus,aut,bel", schema="full", rows_per_country=200)
     before = _tuple_stats(config)
     traffic = Traffic(config, rate=1500, updates=0.2, deletes=0.1, seed=11)
@@ -95,7 +95,7 @@ def _rate_over(config: cfg.SourcesConfig, seconds: float) -> float:
     return (_total(config) - start) / seconds
 
 
-def test_rate_change_pause_resume_while_running(new_dir: Path) -> None:
+def test_rate_change_pause_resume_while_running(new_dir: Path, bring_up: BringUp) -> None:
     config = bring_up(new_dir, countries="alb,arg,aus", schema="slim")
     proc = _start(new_dir, "--rate", "40")
     try:
@@ -128,7 +128,7 @@ def _post_rate(port: int, token: str) -> None:
     urllib.request.urlopen(request, timeout=5).close()
 
 
-def test_control_endpoint_needs_the_token(new_dir: Path) -> None:
+def test_control_endpoint_needs_the_token(new_dir: Path, bring_up: BringUp) -> None:
     bring_up(new_dir, countries="alb", schema="slim")
     proc = _start(new_dir, "--rate", "5")
     try:
@@ -147,7 +147,7 @@ def test_control_endpoint_needs_the_token(new_dir: Path) -> None:
     assert not (new_dir / control.STATE_FILE).exists()
 
 
-def test_ctrl_c_stops_cleanly_with_nothing_half_written(new_dir: Path) -> None:
+def test_ctrl_c_stops_cleanly_with_nothing_half_written(new_dir: Path, bring_up: BringUp) -> None:
     config = bring_up(new_dir, countries="alb,arg", schema="full")
     proc = _start(new_dir, "--rate", "300")
     time.sleep(2.0)

@@ -28,7 +28,7 @@ from pisa_pulse.sources.schema import SCHEMAS
 from pisa_pulse.sources.traffic import Traffic
 
 log = logging.getLogger("pisa_pulse")
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 DEMO_ROWS = 2_000
@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Live, exact PISA 2018 dashboards from twenty PostgreSQL country databases.",
     )
     parser.add_argument("--version", action="version", version=f"pisa-pulse {__version__}")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sources = commands.add_parser("sources", help="create, seed, inspect and remove the country databases")
