@@ -59,6 +59,16 @@ def test_ids_are_random_not_increasing(new_dir: Path, bring_up: BringUp) -> None
         assert 0.3 < drops / (len(ids) - 1) < 0.7  # about half: random, neither sorted nor reversed
 
 
+def test_a_second_run_with_the_same_seed_still_inserts(new_dir: Path, bring_up: BringUp) -> None:
+    config = bring_up(new_dir, countries="alb", schema="slim")
+    inserted = []
+    for _ in range(2):
+        traffic = Traffic(config, rate=300, seed=11)
+        traffic.run(threading.Event(), duration=1.0)
+        inserted.append(traffic.counts.inserted)
+    assert min(inserted) > 100 and _total(config) == sum(inserted)
+
+
 def test_updates_and_deletes_at_the_requested_shares(new_dir: Path, bring_up: BringUp) -> None:
     config = bring_up(new_dir, countries="alb,arg,aus,aut,bel", schema="full", rows_per_country=200)
     before = _tuple_stats(config)

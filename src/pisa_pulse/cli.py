@@ -165,7 +165,12 @@ def _traffic_options(parser: argparse.ArgumentParser) -> None:
         "--deletes", type=_share, default=0.0, help="share of operations that are withdrawals"
     )
     parser.add_argument("--messy", type=_share, default=0.01, help="share of messy values in new rows")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the traffic (default: time-based)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the students and choices (default: time-based; ids are always fresh)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="operations per transaction (default: auto)")
     parser.add_argument("--duration", type=_non_negative, default=None, help="stop after this many seconds")
 

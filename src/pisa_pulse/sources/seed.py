@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from psycopg2 import sql
 
 from pisa_pulse.pisa2018 import Country
 from pisa_pulse.sources.databases import connected
-from pisa_pulse.sources.schema import TABLE, SchemaName, column_names
+from pisa_pulse.sources.schema import TABLE, SchemaName
 from pisa_pulse.sources.students import StudentFactory
 
 CHUNK = 10_000
@@ -48,10 +47,11 @@ def random_ids(rng: np.random.Generator, n: int) -> list[int]:
     return ids
 
 
-def copy_statement(schema: SchemaName) -> sql.Composed:
-    """`COPY responses (id, ...) FROM STDIN` for a schema's columns."""
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in column_names(schema))
-    return sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(TABLE), cols)
+# COPY without a column list: the rows carry every column in table order, which `databases.ensure`
+# guarantees (it accepts only a table whose columns are exactly one of our layouts, in order). Naming
+# 1,119 columns costs the server about 6 ms per statement (it matches each name against every
+# attribute); this costs 0.4 ms per single-row transaction at full width.
+COPY_SQL = f'COPY "{TABLE}" FROM STDIN'
 
 
 def plan(
@@ -75,7 +75,7 @@ def copy_chunk(chunk: SeedChunk) -> tuple[str, int]:
     lines = factory.copy_lines(random_ids(rng, chunk.rows))
     with connected(chunk.dsn, autocommit=False) as conn:
         with conn.cursor() as cur:
-            cur.copy_expert(copy_statement(chunk.schema), io.StringIO("".join(lines)))
+            cur.copy_expert(COPY_SQL, io.StringIO("".join(lines)))
         conn.commit()
     return chunk.country.code, chunk.rows
 

@@ -30,7 +30,7 @@ from pisa_pulse.pisa2018 import Country, countries
 from pisa_pulse.sources.config import Source, SourcesConfig
 from pisa_pulse.sources.databases import Connection, connect
 from pisa_pulse.sources.schema import TABLE, SchemaName, columns
-from pisa_pulse.sources.seed import MAX_ID, copy_statement, random_ids
+from pisa_pulse.sources.seed import COPY_SQL, MAX_ID, random_ids
 from pisa_pulse.sources.students import StudentFactory
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class _Target:
     source: Source
     country: Country
     factory: StudentFactory
-    rng: np.random.Generator  # draws the ids of new rows
+    rng: np.random.Generator  # draws the ids of new rows: from OS entropy, never from the seed
     conn: Connection | None = None
     retry_at: float = 0.0
     buffer: deque[str] = field(default_factory=deque)
@@ -115,7 +115,9 @@ class Traffic:
                     src,
                     country,
                     StudentFactory(country, config.schema, seed=seed + 1, messy=messy),
-                    np.random.default_rng([seed, country.cntryid, 2**31]),
+                    # Ids are not derived from the seed: a second run with the same seed would
+                    # otherwise draw the ids the first one wrote and every insert would collide.
+                    np.random.default_rng(),
                 )
             )
         sizes = [t.country.n_students or 0 for t in self._targets]
@@ -135,7 +137,6 @@ class Traffic:
             "DELETE FROM {t} WHERE id = COALESCE("
             "(SELECT id FROM {t} WHERE id >= %s ORDER BY id LIMIT 1), (SELECT min(id) FROM {t}))"
         ).format(t=sql.Identifier(TABLE))
-        self._copy_sql = copy_statement(config.schema)
 
     # -- controls (any thread) --------------------------------------------------------------------
 
@@ -226,7 +227,7 @@ class Traffic:
             with conn.cursor() as cur:
                 updated = deleted = 0
                 if inserts:
-                    cur.copy_expert(self._copy_sql, io.StringIO("".join(self._new_rows(target, inserts))))
+                    cur.copy_expert(COPY_SQL, io.StringIO("".join(self._new_rows(target, inserts))))
                 for values in target.factory.slim_values(kinds.count("update")):
                     cur.execute(
                         self._update_sql,
