@@ -24,13 +24,15 @@ from pisa_pulse.sources.schema import SchemaName
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import capture_bench
 import sources_bench
 
 PROFILES = {
-    "smoke": {"students": 2_000, "traffic_s": 2.0},
-    "quick": {"students": 60_000, "traffic_s": 10.0},
-    "full": {"students": 600_000, "traffic_s": 30.0},
+    "smoke": {"students": 2_000, "traffic_s": 2.0, "latency_s": 3.0, "backlog_s": 2.0},
+    "quick": {"students": 60_000, "traffic_s": 10.0, "latency_s": 10.0, "backlog_s": 5.0},
+    "full": {"students": 600_000, "traffic_s": 30.0, "latency_s": 30.0, "backlog_s": 20.0},
 }
+SUITES = ("sources", "capture")
 
 
 def machine() -> dict[str, Any]:
@@ -62,17 +64,43 @@ def markdown(result: dict[str, Any]) -> str:
         "| seeding | students | seconds | students/s |",
         "|---|---:|---:|---:|",
     ]
-    for s in result["seeding"]:
+    for s in result.get("seeding", []):
         lines.append(f"| {s['schema']} | {s['students']:,} | {s['seconds']} | {s['rows_per_s']:,} |")
     lines += [
         "",
         "| sustained traffic | updates | deletes | operations/s | net rows/s (counted by PostgreSQL) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for t in result["traffic"]:
+    for t in result.get("traffic", []):
         lines.append(
             f"| {t['schema']} | {t['updates']} | {t['deletes']} | {t['ops_per_s']:,} | "
             f"{t['net_rows_per_s_counted_by_postgres']:,} |"
+        )
+    lines += [
+        "",
+        "| commit-to-aggregate latency | target ops/s | changes/s | transactions/s | p50 ms | p99 ms | "
+        "max ms | pipeline CPU (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in result.get("latency", []):
+        lines.append(
+            f"| {c['schema']} | {c['target_ops_per_s']:,.0f} | {c['changes_per_s']:,} | "
+            f"{c['transactions_per_s']:,} | {c['p50_ms']} | "
+            f"{c['p99_ms']} | {c['max_ms']} | {c['pipeline_cpu_share']} |"
+        )
+    lines += ["", "| catch-up (max change rate) | changes | seconds | changes/s | CPU µs/change |"]
+    lines.append("|---|---:|---:|---:|---:|")
+    for c in result.get("catch_up", []):
+        lines.append(
+            f"| {c['schema']} | {c['changes']:,} | {c['seconds']} | {c['changes_per_s']:,} | "
+            f"{c['cpu_us_per_change']} |"
+        )
+    lines += ["", "| pipeline memory | students | initial copy s | RSS MB | peak RSS MB |"]
+    lines.append("|---|---:|---:|---:|---:|")
+    for c in result.get("memory", []):
+        lines.append(
+            f"| {c['schema']} | {c['students']:,} | {c['copy_seconds']} | {c['rss_mb']} | "
+            f"{c['peak_rss_mb']} |"
         )
     return "\n".join(lines)
 
@@ -81,6 +109,7 @@ def main() -> int:
     """Run the chosen profile and write its results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=PROFILES, default="quick")
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all", help="which benchmarks to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     p = PROFILES[args.profile]
@@ -88,21 +117,30 @@ def main() -> int:
         "profile": args.profile,
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
-        "seeding": [],
-        "traffic": [],
     }
     schemas: tuple[SchemaName, ...] = ("slim", "full")
-    for schema in schemas:
-        print(f"seeding {p['students']:,} students, {schema} ...", flush=True)
-        result["seeding"].append(sources_bench.seeding(schema, int(p["students"])))
-    for schema in schemas:
-        for updates, deletes in ((0.0, 0.0), (0.05, 0.02)):
-            print(f"sustained traffic, {schema}, updates {updates} deletes {deletes} ...", flush=True)
-            result["traffic"].append(
-                sources_bench.sustained_traffic(schema, float(p["traffic_s"]), updates, deletes)
-            )
+    if args.suite in ("sources", "all"):
+        result["seeding"], result["traffic"] = [], []
+        for schema in schemas:
+            print(f"seeding {p['students']:,} students, {schema} ...", flush=True)
+            result["seeding"].append(sources_bench.seeding(schema, int(p["students"])))
+        for schema in schemas:
+            for updates, deletes in ((0.0, 0.0), (0.05, 0.02)):
+                print(f"sustained traffic, {schema}, updates {updates} deletes {deletes} ...", flush=True)
+                result["traffic"].append(
+                    sources_bench.sustained_traffic(schema, float(p["traffic_s"]), updates, deletes)
+                )
+    if args.suite in ("capture", "all"):
+        result["latency"] = []
+        for rate in (1_000.0, 5_000.0):
+            print(f"pipeline latency, full, {rate:,.0f} ops/s ...", flush=True)
+            result["latency"].append(capture_bench.latency("full", rate, float(p["latency_s"])))
+        print("pipeline catch-up, full ...", flush=True)
+        result["catch_up"] = [capture_bench.catch_up("full", float(p["backlog_s"]))]
+        print(f"pipeline memory, {p['students']:,} students, full ...", flush=True)
+        result["memory"] = [capture_bench.memory("full", int(p["students"]))]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{result['date']}-{result['machine']['host']}-{args.profile}.json"
+    path = args.out / f"{result['date']}-{result['machine']['host']}-{args.profile}-{args.suite}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {path}\n")
     print(markdown(result))

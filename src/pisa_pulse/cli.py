@@ -15,21 +15,20 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pisa_pulse import __version__
+from pisa_pulse import __version__, cli_pipeline
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control, lifecycle
 from pisa_pulse.sources.schema import SCHEMAS
 from pisa_pulse.sources.traffic import Traffic
+from pisa_pulse.terminal import console, out, report_while
 
 log = logging.getLogger("pisa_pulse")
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 DEMO_ROWS = 2_000
 DEMO_RATE = 200.0
@@ -151,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rows-per-country", type=_count, default=DEMO_ROWS, help="students seeded per country"
     )
     demo.add_argument("--rate", type=_non_negative, default=DEMO_RATE, help="traffic, operations per second")
+    cli_pipeline.add_commands(commands, _data_dir)
     return parser
 
 
@@ -291,6 +291,14 @@ def _print_traffic(status: dict[str, object]) -> None:
     )
 
 
+def _traffic_line(s: dict[str, Any]) -> str:
+    return (
+        f"{'paused' if s['paused'] else 'writing'}: {s['achieved_rate']:.0f}/s of {s['rate']:.0f}/s  "
+        f"inserted {s['inserted']:,}  updated {s['updated']:,}  deleted {s['deleted']:,}"
+        + (f"  errors {s['errors']}" if s["errors"] else "")
+    )
+
+
 def _run_traffic(traffic: Traffic, data_dir: Path, duration: float | None) -> int:
     """Run the traffic with its control endpoint until Ctrl+C, SIGTERM or the duration."""
     stop = threading.Event()
@@ -308,41 +316,13 @@ def _run_traffic(traffic: Traffic, data_dir: Path, duration: float | None) -> in
             )
             writer = threading.Thread(target=traffic.run, args=(stop, duration), name="traffic")
             writer.start()
-            _report_while(writer, traffic)
+            report_while(writer, lambda: _traffic_line(traffic.status()))
             writer.join()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     _print_traffic(traffic.status())
     return 0
-
-
-def _report_while(writer: threading.Thread, traffic: Traffic) -> None:
-    """A live status line on a terminal, a log line every 10 s otherwise."""
-    interactive = out.is_terminal
-    last = 0.0
-    with out.status("", spinner="dots") if interactive else _nothing() as status:
-        while writer.is_alive():
-            writer.join(0.5)
-            s = traffic.status()
-            line = (
-                f"{'paused' if s['paused'] else 'writing'}: {s['achieved_rate']:.0f}/s of {s['rate']:.0f}/s  "
-                f"inserted {s['inserted']:,}  updated {s['updated']:,}  deleted {s['deleted']:,}"
-                + (f"  errors {s['errors']}" if s["errors"] else "")
-            )
-            if status is not None:
-                status.update(line)
-            elif time.monotonic() - last >= 10:
-                out.print(line)
-                last = time.monotonic()
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -362,6 +342,8 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("sources", "reset"): cmd_sources_reset,
     ("sources", "empty"): cmd_sources_empty,
     ("demo", None): cmd_demo,
+    ("pipeline", None): lambda args: cli_pipeline.cmd_pipeline(_resolve(args), args),
+    ("check", None): lambda args: cli_pipeline.cmd_check(_resolve(args), args),
 }
 
 

@@ -46,6 +46,9 @@ SERVER_SETTINGS = {
     "max_connections": "300",
     "shared_buffers": "'256MB'",
     "synchronous_commit": "off",
+    # Logical decoding sends only flushed WAL, so with asynchronous commits the walwriter's cycle
+    # (200 ms by default) would be added to every change's commit-to-chart latency.
+    "wal_writer_delay": "'10ms'",
     "max_wal_size": "'4GB'",
     "checkpoint_timeout": "'15min'",
     "log_min_messages": "warning",

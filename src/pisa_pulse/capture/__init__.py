@@ -1,0 +1,1 @@
+"""Change capture from the sources: logical replication (pgoutput) and, later, read-only polling."""

@@ -1,0 +1,263 @@
+"""Per-country sums and counts: exact Python integers that ledger rows are added to and retracted from.
+
+For each country: `rows`; per index (DURECEC, BELONG, ESCS, TMINS) the number of valid values and
+their sum; per domain (math, read, scie) Σw and Σw·pv over the valid (W_FSTUWT, PV) pairs of the ten
+plausible values, so the mean score is Σw·pv / Σw (with all ten PVs valid: PISA's mean of the ten
+weighted means); and the rows per arrival hour (-1: from the initial copy). Values are the scaled
+integers of `values.py`. Everything derived (means, chart numbers) is computed on demand.
+
+Aggregates are mergeable (sum across sources) and comparable with `==` (through `as_dict()`,
+which leaves out countries without rows and hours without rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pisa_pulse.engine.values import (
+    COUNTRY,
+    COUNTRY_CODES,
+    COUNTRY_INDEX,
+    DOMAINS,
+    FIRST_PV,
+    FIRST_VALUE,
+    HOUR,
+    INDEX_COLUMNS,
+    NUMERIC_COLUMNS,
+    VALID_MIN,
+    WEIGHT,
+    column_rules,
+)
+
+_N_SUMS = 1 + 2 * len(INDEX_COLUMNS) + 2 * len(DOMAINS)  # rows, (valid, sum) per index, (Σw, Σw·pv)
+_FIRST_DOMAIN_SUM = 1 + 2 * len(INDEX_COLUMNS)
+_W, _PV = WEIGHT - FIRST_VALUE, FIRST_PV - FIRST_VALUE  # positions among the numeric values
+# The unrolled `_apply` relies on this layout: four indices, the weight, then 3 x 10 PVs.
+assert NUMERIC_COLUMNS[:5] == (*INDEX_COLUMNS, "w_fstuwt") and _N_SUMS == 15 and _PV == 5
+
+
+@dataclass(frozen=True)
+class CountryTotals:
+    """One country's exact totals (scaled integers, see the module docstring)."""
+
+    rows: int
+    valid: dict[str, int]  # per index: number of valid values
+    sums: dict[str, int]  # per index: sum of the valid scaled values
+    weights: dict[str, int]  # per domain: Σw over valid (w, pv) pairs, at the weight's scale
+    weighted_scores: dict[str, int]  # per domain: Σw·pv, at the weight's scale x the PV scale
+    hours: dict[int, int] = field(default_factory=dict)  # arrival hour -> rows (-1: initial copy)
+
+
+class _Tally:
+    """The mutable totals of one country: `sums` in the order of `_N_SUMS`, and rows per hour."""
+
+    __slots__ = ("hours", "sums")
+
+    def __init__(self) -> None:
+        self.sums = [0] * _N_SUMS
+        self.hours: dict[int, int] = {}
+
+
+def _round_half_away(numerator: int, denominator: int) -> int:
+    """numerator / denominator (denominator > 0) rounded half away from zero, exactly."""
+    quotient, remainder = divmod(abs(numerator), denominator)
+    if 2 * remainder >= denominator:
+        quotient += 1
+    return -quotient if numerator < 0 else quotient
+
+
+class Aggregates:
+    """Exact per-country totals; `add` / `retract` take ledger rows (see `values.py`)."""
+
+    def __init__(self) -> None:
+        self._tallies: dict[int, _Tally] = {}
+
+    # -- updates (hot path) -----------------------------------------------------------------------
+
+    def add(self, row: Sequence[int]) -> None:
+        """Add one ledger row's contribution."""
+        self._apply(row, 1)
+
+    def retract(self, row: Sequence[int]) -> None:
+        """Remove exactly what `add(row)` added."""
+        self._apply(row, -1)
+
+    def _apply(self, row: Sequence[int], sign: int) -> None:
+        tally = self._tallies.get(row[COUNTRY])
+        if tally is None:
+            tally = self._tallies[row[COUNTRY]] = _Tally()
+        sums = tally.sums
+        sums[0] += sign
+        values = row[FIRST_VALUE:]
+        if min(values) >= VALID_MIN:  # the common case, unrolled: every value valid
+            sums[1] += sign
+            sums[2] += sign * values[0]
+            sums[3] += sign
+            sums[4] += sign * values[1]
+            sums[5] += sign
+            sums[6] += sign * values[2]
+            sums[7] += sign
+            sums[8] += sign * values[3]
+            weight = sign * values[_W]
+            sums[9] += 10 * weight
+            sums[10] += weight * sum(values[_PV : _PV + 10])
+            sums[11] += 10 * weight
+            sums[12] += weight * sum(values[_PV + 10 : _PV + 20])
+            sums[13] += 10 * weight
+            sums[14] += weight * sum(values[_PV + 20 : _PV + 30])
+        else:
+            self._apply_some(sums, values, sign)
+        hours = tally.hours
+        count = hours.get(row[HOUR], 0) + sign
+        if count:
+            hours[row[HOUR]] = count
+        else:
+            del hours[row[HOUR]]
+
+    @staticmethod
+    def _apply_some(sums: list[int], values: Sequence[int], sign: int) -> None:
+        """`_apply` for numeric values of which some are MISSING or INVALID."""
+        for k in range(len(INDEX_COLUMNS)):
+            if values[k] >= VALID_MIN:
+                sums[1 + 2 * k] += sign
+                sums[2 + 2 * k] += sign * values[k]
+        weight = values[_W]
+        if weight < VALID_MIN:
+            return
+        weight *= sign
+        for d in range(len(DOMAINS)):
+            valid = [pv for pv in values[_PV + 10 * d : _PV + 10 * d + 10] if pv >= VALID_MIN]
+            sums[_FIRST_DOMAIN_SUM + 2 * d] += len(valid) * weight
+            sums[_FIRST_DOMAIN_SUM + 2 * d + 1] += weight * sum(valid)
+
+    def merge(self, other: Aggregates) -> Aggregates:
+        """Add all of `other` into these aggregates (e.g. to sum sources); returns self."""
+        for index, theirs in other._tallies.items():
+            mine = self._tallies.get(index)
+            if mine is None:
+                mine = self._tallies[index] = _Tally()
+            mine.sums = [a + b for a, b in zip(mine.sums, theirs.sums, strict=True)]
+            for hour, count in theirs.hours.items():
+                total = mine.hours.get(hour, 0) + count
+                if total:
+                    mine.hours[hour] = total
+                else:
+                    mine.hours.pop(hour, None)
+        return self
+
+    def copy(self) -> Aggregates:
+        """An independent copy."""
+        return Aggregates().merge(self)
+
+    def without_hours(self) -> Aggregates:
+        """A copy without the per-hour counts, to compare with aggregates that cannot know them."""
+        result = self.copy()
+        for tally in result._tallies.values():
+            tally.hours = {}
+        return result
+
+    # -- exact totals -----------------------------------------------------------------------------
+
+    def _tally(self, country: str) -> _Tally | None:
+        index = COUNTRY_INDEX.get(country)
+        return None if index is None else self._tallies.get(index)
+
+    def country_codes(self) -> list[str]:
+        """The countries that have rows, in code order."""
+        return sorted(COUNTRY_CODES[i] for i, t in self._tallies.items() if t.sums[0])
+
+    def totals(self, country: str) -> CountryTotals:
+        """One country's exact totals (all zero for a country without rows)."""
+        tally = self._tally(country) or _Tally()
+        s, first = tally.sums, _FIRST_DOMAIN_SUM
+        return CountryTotals(
+            rows=s[0],
+            valid={name: s[1 + 2 * k] for k, name in enumerate(INDEX_COLUMNS)},
+            sums={name: s[2 + 2 * k] for k, name in enumerate(INDEX_COLUMNS)},
+            weights={name: s[first + 2 * d] for d, name in enumerate(DOMAINS)},
+            weighted_scores={name: s[first + 2 * d + 1] for d, name in enumerate(DOMAINS)},
+            hours=dict(sorted(tally.hours.items())),
+        )
+
+    def as_dict(self) -> dict[str, CountryTotals]:
+        """Every country with rows -> its totals, in code order."""
+        return {code: self.totals(code) for code in self.country_codes()}
+
+    @classmethod
+    def from_totals(cls, totals: Mapping[str, CountryTotals]) -> Aggregates:
+        """Aggregates holding exactly these totals (how the SQL oracle builds its result)."""
+        result = cls()
+        for code, t in totals.items():
+            tally = result._tallies[COUNTRY_INDEX[code]] = _Tally()
+            tally.sums[0] = t.rows
+            for k, name in enumerate(INDEX_COLUMNS):
+                tally.sums[1 + 2 * k] = t.valid[name]
+                tally.sums[2 + 2 * k] = t.sums[name]
+            for d, name in enumerate(DOMAINS):
+                tally.sums[_FIRST_DOMAIN_SUM + 2 * d] = t.weights[name]
+                tally.sums[_FIRST_DOMAIN_SUM + 2 * d + 1] = t.weighted_scores[name]
+            tally.hours = {h: n for h, n in t.hours.items() if n}
+        return result
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Aggregates):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Aggregates({self.as_dict()!r})"
+
+    # -- derived values ---------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """All rows of all countries."""
+        return sum(t.sums[0] for t in self._tallies.values())
+
+    def rows(self, country: str) -> int:
+        """One country's rows."""
+        tally = self._tally(country)
+        return 0 if tally is None else tally.sums[0]
+
+    def hourly(self) -> dict[int, int]:
+        """Rows per arrival hour over all countries, by hour (-1: the initial copy)."""
+        result: dict[int, int] = {}
+        for tally in self._tallies.values():
+            for hour, count in tally.hours.items():
+                result[hour] = result.get(hour, 0) + count
+        return {h: n for h, n in sorted(result.items()) if n}
+
+    def _index_sums(self, country: str, index: str) -> tuple[int, int, int]:
+        k = INDEX_COLUMNS.index(index)
+        tally = self._tally(country)
+        scale = column_rules()[NUMERIC_COLUMNS.index(index)].scale
+        if tally is None:
+            return 0, 0, scale
+        return tally.sums[1 + 2 * k], tally.sums[2 + 2 * k], scale
+
+    def mean(self, country: str, index: str) -> float | None:
+        """A country's mean of one index (durecec, belong, escs, tmins) over valid values, or None."""
+        valid, total, scale = self._index_sums(country, index)
+        return total / (valid * scale) if valid else None
+
+    def mean_score(self, country: str, domain: str) -> float | None:
+        """A country's weighted mean score in a domain (math, read, scie), or None without valid pairs."""
+        d = DOMAINS.index(domain)
+        tally = self._tally(country)
+        if tally is None or not tally.sums[_FIRST_DOMAIN_SUM + 2 * d]:
+            return None
+        pv_scale = column_rules()[FIRST_PV - FIRST_VALUE + 10 * d].scale
+        weights, scores = tally.sums[_FIRST_DOMAIN_SUM + 2 * d], tally.sums[_FIRST_DOMAIN_SUM + 2 * d + 1]
+        return scores / (weights * pv_scale)
+
+    def early_education_years(self, country: str) -> int | None:
+        """Chart 3's x: the mean DURECEC rounded half away from zero to an integer, or None."""
+        valid, total, scale = self._index_sums(country, "durecec")
+        return _round_half_away(total, valid * scale) if valid else None
+
+    def learning_hours(self, country: str) -> int | None:
+        """Chart 5's hours: round(mean TMINS / 60), half away from zero, or None."""
+        valid, total, scale = self._index_sums(country, "tmins")
+        return _round_half_away(total, valid * scale * 60) if valid else None

@@ -1,0 +1,135 @@
+"""The durable checkpoint: every source's ledger rows and stream position, in one SQLite file.
+
+A checkpoint writes, in one SQLite transaction, only the ledger rows changed since the previous one
+(upserted or deleted by primary key) together with each source's position: the LSN just past the
+last transaction the rows reflect. So its cost follows the changes, not the state, and the rows and
+the position can never disagree: after a crash the pipeline restores both and skips every
+transaction at or before the position (exactly once). A position never goes backwards; a source
+that is copied afresh is reset explicitly.
+
+The file is `<data-dir>/pipeline/checkpoint.sqlite3` (WAL journal, synchronous=FULL, so a commit that
+returned is on disk before the pipeline confirms that LSN to the source).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pisa_pulse.errors import PisaPulseError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS positions (
+    source TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,      -- the server and database the position belongs to
+    lsn INTEGER NOT NULL,        -- just past the last transaction reflected in the rows
+    last_commit_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    source TEXT NOT NULL,
+    pk INTEGER NOT NULL,
+    row BLOB NOT NULL,
+    PRIMARY KEY (source, pk)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a source's checkpointed state stands."""
+
+    identity: str
+    lsn: int
+    last_commit_us: int
+
+
+@dataclass
+class SourceChanges:
+    """What one checkpoint writes for one source."""
+
+    position: Position
+    rows: list[tuple[int, bytes | None]]  # (pk, packed row) or (pk, None) for a deleted row
+    reset: bool = False  # the source was copied afresh: its old rows go first
+
+
+class CheckpointStore:
+    """Reads and writes the checkpoint file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise PisaPulseError(
+                f"cannot open the checkpoint {path}: {exc}",
+                "check the data dir's permissions and free space, or pass another --data-dir",
+            ) from None
+        found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(found[0]) != SCHEMA_VERSION:
+            raise PisaPulseError(
+                f"the checkpoint {path} has format {found[0]}, this version reads {SCHEMA_VERSION}",
+                "remove the pipeline folder of the data dir to rebuild the state from the sources",
+            )
+
+    def positions(self) -> dict[str, Position]:
+        """Every checkpointed source's position."""
+        rows = self.db.execute("SELECT source, identity, lsn, last_commit_us FROM positions")
+        return {r[0]: Position(r[1], r[2], r[3]) for r in rows}
+
+    def rows(self, source: str) -> Iterator[tuple[int, bytes]]:
+        """A source's checkpointed ledger rows."""
+        cur = self.db.execute("SELECT pk, row FROM ledger WHERE source = ?", (source,))
+        while batch := cur.fetchmany(10_000):
+            yield from batch
+
+    def save(self, changes: dict[str, SourceChanges]) -> int:
+        """Write every source's changed rows and position in one transaction; returns rows written."""
+        written = 0
+        known = self.positions()
+        with self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
+            self.db.execute("BEGIN IMMEDIATE")
+            for source, ch in changes.items():
+                old = known.get(source)
+                if ch.reset:
+                    self.db.execute("DELETE FROM ledger WHERE source = ?", (source,))
+                elif old is not None and old.identity == ch.position.identity and ch.position.lsn < old.lsn:
+                    raise PisaPulseError(
+                        f"checkpoint of {source} would go back from LSN {old.lsn} to {ch.position.lsn}",
+                        "this is a bug: report it with the pipeline log",
+                    )
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?)",
+                    ((source, pk, row) for pk, row in ch.rows if row is not None),
+                )
+                self.db.executemany(
+                    "DELETE FROM ledger WHERE source = ? AND pk = ?",
+                    ((source, pk) for pk, row in ch.rows if row is None),
+                )
+                p = ch.position
+                self.db.execute(
+                    "INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?)",
+                    (source, p.identity, p.lsn, p.last_commit_us),
+                )
+                written += len(ch.rows)
+        return written
+
+    def forget(self, source: str) -> None:
+        """Remove a source's rows and position (it left the config)."""
+        with self.db:
+            self.db.execute("DELETE FROM ledger WHERE source = ?", (source,))
+            self.db.execute("DELETE FROM positions WHERE source = ?", (source,))
+
+    def close(self) -> None:
+        """Close the file."""
+        self.db.close()

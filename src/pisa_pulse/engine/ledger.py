@@ -1,0 +1,203 @@
+"""The per-source row ledger: what each primary key contributed, so deletes and updates retract exactly.
+
+Sources keep the default replica identity, so a delete names only the primary key: the ledger keeps,
+per key, the row's parsed contribution (country, arrival hour, cnt status and the 35 numeric values
+as int32, `values.MISSING` / `values.INVALID` for the rest). Rows live in one numpy int32 block that
+grows by doubling, with a free list of deleted slots and a dict from primary key to slot: no Python
+object per row besides the dict entry. A row is read and written with `struct` through a memoryview
+of the block, which is cheaper than numpy's per-element conversion for one row.
+
+The ledger also counts, per column, the rows it holds whose value is missing or invalid, and
+remembers which keys changed since `take_changes()` last ran, for the checkpoint.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, KeysView, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from pisa_pulse.engine.aggregates import Aggregates
+from pisa_pulse.engine.values import (
+    CNT_INVALID,
+    CNT_MISSING,
+    CNT_STATUS,
+    COUNTED_COLUMNS,
+    COUNTRY,
+    COUNTRY_CODES,
+    FIRST_VALUE,
+    HOUR,
+    INVALID,
+    MISSING,
+    ROW_WIDTH,
+    VALID_MIN,
+    RowParser,
+)
+from pisa_pulse.errors import PisaPulseError
+
+_ROW = struct.Struct(f"<{ROW_WIDTH}i")  # little-endian: the checkpoint's bytes do not depend on the host
+ROW_BYTES = _ROW.size
+_INITIAL_CAPACITY = 1024
+
+
+class Ledger:
+    """One source's rows by primary key; every change is applied to the given Aggregates too."""
+
+    def __init__(self, source_country: str, capacity: int = _INITIAL_CAPACITY) -> None:
+        self._parser = RowParser(source_country)
+        self.source_country = source_country
+        self._block: npt.NDArray[np.int32] = np.zeros((max(1, capacity), ROW_WIDTH), dtype="<i4")
+        self._view = self._block.data.cast("B")
+        self._slots: dict[int, int] = {}
+        self._free: list[int] = []
+        self._used = 0  # slots below this have been handed out at least once
+        self._changed: set[int] = set()
+        self._missing = [0] * len(COUNTED_COLUMNS)
+        self._invalid = [0] * len(COUNTED_COLUMNS)
+        self.unknown_deletes = 0  # deletes of keys the ledger did not hold
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, pk: object) -> bool:
+        return pk in self._slots
+
+    def keys(self) -> KeysView[int]:
+        """The primary keys held (a live view: copy it before deleting while iterating)."""
+        return self._slots.keys()
+
+    # -- changes ----------------------------------------------------------------------------------
+
+    def upsert(self, pk: int, values: Sequence[object], hour: int, aggregates: Aggregates) -> None:
+        """Insert or update row `pk` from its `CHART_COLUMNS` values (None for NULL).
+
+        An update retracts the old contribution and keeps the row's original arrival hour; a value
+        that is neither str nor None means "unchanged" and keeps the column's previous value.
+        """
+        slot = self._slots.get(pk)
+        if slot is None:
+            row = self._parser.parse_row(values, hour)
+            slot = self._allocate()
+            self._slots[pk] = slot
+        else:
+            old = _ROW.unpack_from(self._view, slot * ROW_BYTES)
+            self._uncount(old)
+            aggregates.retract(old)
+            row = self._parser.parse_row(values, old[HOUR], old)
+        _ROW.pack_into(self._view, slot * ROW_BYTES, *row)
+        self._count(row)
+        aggregates.add(row)
+        self._changed.add(pk)
+
+    def delete(self, pk: int, aggregates: Aggregates) -> bool:
+        """Retract row `pk`; False (and counted in `unknown_deletes`) if the ledger does not hold it."""
+        slot = self._slots.pop(pk, None)
+        if slot is None:
+            self.unknown_deletes += 1
+            return False
+        old = _ROW.unpack_from(self._view, slot * ROW_BYTES)
+        self._uncount(old)
+        aggregates.retract(old)
+        self._free.append(slot)
+        self._changed.add(pk)
+        return True
+
+    def truncate(self, aggregates: Aggregates) -> int:
+        """Retract every row of this source; returns how many there were."""
+        unpack, view = _ROW.unpack_from, self._view
+        for slot in self._slots.values():
+            aggregates.retract(unpack(view, slot * ROW_BYTES))
+        removed = len(self._slots)
+        self._changed.update(self._slots)
+        self._slots = {}
+        self._free = []
+        self._used = 0
+        self._missing = [0] * len(COUNTED_COLUMNS)
+        self._invalid = [0] * len(COUNTED_COLUMNS)
+        self._resize(_INITIAL_CAPACITY)
+        return removed
+
+    def take_changes(self) -> list[tuple[int, bytes | None]]:
+        """The keys changed since the last call: (pk, packed row) if present, (pk, None) if deleted."""
+        changed, self._changed = self._changed, set()
+        view, slots = self._view, self._slots
+        result: list[tuple[int, bytes | None]] = []
+        for pk in changed:
+            slot = slots.get(pk)
+            result.append(
+                (pk, None if slot is None else bytes(view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES]))
+            )
+        return result
+
+    @classmethod
+    def restore(
+        cls, source_country: str, rows: Iterable[tuple[int, bytes]], aggregates: Aggregates
+    ) -> Ledger:
+        """A ledger holding checkpointed rows (packed as `take_changes` gave them), added to `aggregates`."""
+        ledger = cls(source_country)
+        for pk, packed in rows:
+            if len(packed) != ROW_BYTES:
+                raise PisaPulseError(
+                    f"checkpointed row {pk} of {source_country} has {len(packed)} bytes, not {ROW_BYTES}",
+                    "the checkpoint was written by another version: remove it to rebuild from the sources",
+                )
+            row = _ROW.unpack(packed)
+            if not 0 <= row[COUNTRY] < len(COUNTRY_CODES) or pk in ledger._slots:
+                raise PisaPulseError(f"checkpointed row {pk} of {source_country} is corrupt")
+            slot = ledger._allocate()
+            ledger._slots[pk] = slot
+            ledger._view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES] = packed
+            ledger._count(row)
+            aggregates.add(row)
+        return ledger
+
+    # -- per-column counts ------------------------------------------------------------------------
+
+    def missing_counts(self) -> dict[str, int]:
+        """Per column (cnt and the numeric ones): rows held whose value is missing (NULL or 'NA')."""
+        return dict(zip(COUNTED_COLUMNS, self._missing, strict=True))
+
+    def invalid_counts(self) -> dict[str, int]:
+        """Per column: rows held whose value is present but invalid (see `values.py`)."""
+        return dict(zip(COUNTED_COLUMNS, self._invalid, strict=True))
+
+    def _count(self, row: Sequence[int], sign: int = 1) -> None:
+        status = row[CNT_STATUS]
+        if status == CNT_MISSING:
+            self._missing[0] += sign
+        elif status == CNT_INVALID:
+            self._invalid[0] += sign
+        if min(row[FIRST_VALUE:]) >= VALID_MIN:
+            return
+        for column, value in enumerate(row[FIRST_VALUE:], start=1):
+            if value == MISSING:
+                self._missing[column] += sign
+            elif value == INVALID:
+                self._invalid[column] += sign
+
+    def _uncount(self, row: Sequence[int]) -> None:
+        self._count(row, -1)
+
+    # -- storage ----------------------------------------------------------------------------------
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the row block (allocated, not only used)."""
+        return int(self._block.nbytes)
+
+    def _allocate(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._used == len(self._block):
+            self._resize(2 * len(self._block))
+        self._used += 1
+        return self._used - 1
+
+    def _resize(self, capacity: int) -> None:
+        block: npt.NDArray[np.int32] = np.zeros((capacity, ROW_WIDTH), dtype="<i4")
+        kept = min(self._used, capacity)
+        block[:kept] = self._block[:kept]
+        self._view.release()
+        self._block = block
+        self._view = block.data.cast("B")

@@ -1,0 +1,37 @@
+"""The terminal: where commands print, and the live status line of long-running commands."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.status import Status
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors and progress
+out = Console(highlight=False, soft_wrap=True)  # results
+
+
+@contextlib.contextmanager
+def _status_line() -> Iterator[Status | None]:
+    if out.is_terminal:
+        with out.status("", spinner="dots") as status:
+            yield status
+    else:
+        yield None
+
+
+def report_while(worker: threading.Thread, line: Callable[[], str]) -> None:
+    """While `worker` runs: a live status line on a terminal, a printed line every 10 s otherwise."""
+    last = 0.0
+    with _status_line() as status:
+        while worker.is_alive():
+            worker.join(0.5)
+            text = line()
+            if status is not None:
+                status.update(text)
+            elif time.monotonic() - last >= 10:
+                out.print(text)
+                last = time.monotonic()
