@@ -45,8 +45,9 @@ class CaptureError(RuntimeError):
 class TransactionAssembler:
     """Turns one source's pgoutput messages into `ChangeBatch`es (see the module docstring)."""
 
-    def __init__(self, columns: Sequence[str]) -> None:
+    def __init__(self, columns: Sequence[str], table: str = TABLE) -> None:
         self.columns = tuple(columns)
+        self.table = table
         self._layouts: dict[int, tuple[int, tuple[int | None, ...]] | None] = {}  # oid -> (id idx, map)
         self._open: ChangeBatch | None = None
 
@@ -66,7 +67,7 @@ class TransactionAssembler:
             return batch
         elif isinstance(msg, pgoutput.Relation):
             self._layouts[msg.oid] = (
-                self._layout(msg) if (msg.namespace, msg.name) == ("public", TABLE) else None
+                self._layout(msg) if (msg.namespace, msg.name) == ("public", self.table) else None
             )
         elif isinstance(msg, pgoutput.Insert | pgoutput.Update | pgoutput.Delete | pgoutput.Truncate):
             self._row_message(msg)
