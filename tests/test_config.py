@@ -17,6 +17,14 @@ def test_redact_hides_passwords_only() -> None:
     assert cfg.redact("postgresql://u@h:5432/db?passfile=/x") == "postgresql://u@h:5432/db?passfile=/x"
 
 
+def test_scrub_hides_every_dsn_password_in_a_message() -> None:
+    text = 'failed: postgresql://ann:s3cr%40t@db:5432/alb and postgres://bob:pw@h/x; user "ann"'
+    assert (
+        cfg.scrub(text) == 'failed: postgresql://ann:***@db:5432/alb and postgres://bob:***@h/x; user "ann"'
+    )
+    assert cfg.scrub("no secrets: host=db port=5") == "no secrets: host=db port=5"
+
+
 def test_with_database_keeps_server_and_options() -> None:
     dsn = "postgresql://u:pw@h:5/postgres?passfile=/x&connect_timeout=3"
     assert cfg.with_database(dsn, "alb") == "postgresql://u:pw@h:5/alb?passfile=/x&connect_timeout=3"

@@ -354,11 +354,11 @@ def test_take_changes_and_restore_rebuild_the_same_state() -> None:
                 touched.add(pk)
             elif ledger.delete(pk, aggregates):  # deleting an unknown key changes nothing
                 touched.add(pk)
-        changes = ledger.take_changes()
+        changes = list(ledger.take_changes())
         assert sorted(pk for pk, _ in changes) == sorted(touched)  # exactly the changes, each once
         assert all((packed is None) == (pk not in ledger) for pk, packed in changes)
         _checkpoint(store, changes)
-        assert ledger.take_changes() == []
+        assert list(ledger.take_changes()) == []
         restored_aggregates = Aggregates()
         restored = Ledger.restore("AUS", store.items(), restored_aggregates)
         assert restored_aggregates == aggregates
@@ -371,7 +371,7 @@ def test_take_changes_and_restore_rebuild_the_same_state() -> None:
         ledger.delete(pk, aggregates)
     assert restored_aggregates == aggregates
     ledger.truncate(aggregates)
-    changes = ledger.take_changes()  # the 50 deletes and the truncation: every key, each once, gone
+    changes = list(ledger.take_changes())  # the 50 deletes and the truncation: every key, each once, gone
     assert (
         sorted(pk for pk, packed in changes if packed is None)
         == sorted(pk for pk, _ in changes)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,30 +42,31 @@ def five(new_dir: Path, bring_up: BringUp) -> cfg.SourcesConfig:
 
 
 @contextmanager
+def running(run: Callable[[threading.Event], object]) -> Iterator[None]:
+    """`run(stop)` in a thread until the block ends."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(stop,))
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
 def traffic_running(config: cfg.SourcesConfig, rate: float = 400) -> Iterator[Traffic]:
     """Traffic with corrections, withdrawals and messy values until the block ends."""
     traffic = Traffic(config, rate=rate, updates=0.15, deletes=0.1, messy=0.05, seed=3)
-    stop = threading.Event()
-    writer = threading.Thread(target=traffic.run, args=(stop,))
-    writer.start()
-    try:
+    with running(traffic.run):
         yield traffic
-    finally:
-        stop.set()
-        writer.join()
 
 
 @contextmanager
 def pipeline_running(config: cfg.SourcesConfig, data_dir: Path) -> Iterator[Pipeline]:
     pipeline = Pipeline(config, data_dir, checkpoint_interval=0.2)
-    stop = threading.Event()
-    runner = threading.Thread(target=pipeline.run, args=(stop,))
-    runner.start()
-    try:
+    with running(pipeline.run):
         yield pipeline
-    finally:
-        stop.set()
-        runner.join()
 
 
 def server_lsn(config: cfg.SourcesConfig) -> int:
@@ -74,12 +75,22 @@ def server_lsn(config: cfg.SourcesConfig) -> int:
         return replication.parse_lsn(cur.fetchone()[0])
 
 
-def wait_caught_up(pipeline: Pipeline, config: cfg.SourcesConfig, timeout: float = 60) -> None:
-    """Until every source's applied position is past the server's WAL position as of now."""
+def wait_caught_up(
+    pipeline: Pipeline,
+    config: cfg.SourcesConfig,
+    timeout: float = 60,
+    sources: cfg.SourcesConfig | None = None,
+) -> None:
+    """Until every source's (or the given sources') position is past the server's WAL position as of now."""
     target = server_lsn(config)
+    names = {s.name for s in (sources or config).sources}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        behind = [r for r in pipeline.runners if r.position is None or r.position.lsn < target]
+        behind = [
+            r
+            for r in pipeline.runners
+            if r.source.name in names and (r.position is None or r.position.lsn < target)
+        ]
         if not behind:
             return
         time.sleep(0.1)
@@ -173,3 +184,22 @@ def test_slot_dropped_behind_the_pipelines_back(five: cfg.SourcesConfig, new_dir
         assert_exact(pipeline, five)
         copies = {r.source.name: r.copies for r in pipeline.runners}
         assert copies == {s.name: 2 if s is victim else 1 for s in five.sources}
+
+
+def test_a_broken_source_does_not_stop_the_others(five: cfg.SourcesConfig, new_dir: Path) -> None:
+    broken = five.sources[2]
+    with connected(broken.dsn) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE responses RENAME TO responses_old")
+    healthy = cfg.SourcesConfig(five.schema, five.seed, tuple(s for s in five.sources if s is not broken))
+    with pipeline_running(five, new_dir) as pipeline:
+        with traffic_running(healthy):
+            time.sleep(1.5)
+        wait_caught_up(pipeline, healthy)
+        state = {r.source.name: (r.state, r.reason) for r in pipeline.runners}
+        assert state.pop(broken.name) == (
+            "failed",
+            f"source {broken.name} has no responses table; "
+            "run `pisa-pulse sources up` or point the config at it",
+        )
+        assert {s for s, _ in state.values()} == {"streaming"}
+        assert pipeline.aggregates.without_hours() == oracle(healthy)

@@ -4,8 +4,8 @@ A checkpoint writes, in one SQLite transaction, only the ledger rows changed sin
 (upserted or deleted by primary key) together with each source's position: the LSN just past the
 last transaction the rows reflect. So its cost follows the changes, not the state, and the rows and
 the position can never disagree: after a crash the pipeline restores both and skips every
-transaction at or before the position (exactly once). A position never goes backwards; a source
-that is copied afresh is reset explicitly.
+transaction at or before the position (exactly once). A position never goes backwards (within one
+database; a source copied afresh is forgotten first).
 
 The file is `<data-dir>/pipeline/checkpoint.sqlite3` (WAL journal, synchronous=FULL, so a commit that
 returned is on disk before the pipeline confirms that LSN to the source).
@@ -14,13 +14,15 @@ returned is on disk before the pipeline confirms that LSN to the source).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from pisa_pulse.errors import PisaPulseError
 
 SCHEMA_VERSION = 1
+_CHUNK = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,8 +55,7 @@ class SourceChanges:
     """What one checkpoint writes for one source."""
 
     position: Position
-    rows: list[tuple[int, bytes | None]]  # (pk, packed row) or (pk, None) for a deleted row
-    reset: bool = False  # the source was copied afresh: its old rows go first
+    rows: Iterable[tuple[int, bytes | None]]  # (pk, packed row) or (pk, None) for a deleted row
 
 
 class CheckpointStore:
@@ -101,27 +102,27 @@ class CheckpointStore:
             self.db.execute("BEGIN IMMEDIATE")
             for source, ch in changes.items():
                 old = known.get(source)
-                if ch.reset:
-                    self.db.execute("DELETE FROM ledger WHERE source = ?", (source,))
-                elif old is not None and old.identity == ch.position.identity and ch.position.lsn < old.lsn:
+                if old is not None and old.identity == ch.position.identity and ch.position.lsn < old.lsn:
                     raise PisaPulseError(
                         f"checkpoint of {source} would go back from LSN {old.lsn} to {ch.position.lsn}",
                         "this is a bug: report it with the pipeline log",
                     )
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?)",
-                    ((source, pk, row) for pk, row in ch.rows if row is not None),
-                )
-                self.db.executemany(
-                    "DELETE FROM ledger WHERE source = ? AND pk = ?",
-                    ((source, pk) for pk, row in ch.rows if row is None),
-                )
+                rows = iter(ch.rows)
+                while chunk := list(islice(rows, _CHUNK)):  # bounded memory however many rows changed
+                    self.db.executemany(
+                        "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?)",
+                        [(source, pk, row) for pk, row in chunk if row is not None],
+                    )
+                    self.db.executemany(
+                        "DELETE FROM ledger WHERE source = ? AND pk = ?",
+                        [(source, pk) for pk, row in chunk if row is None],
+                    )
+                    written += len(chunk)
                 p = ch.position
                 self.db.execute(
                     "INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?)",
                     (source, p.identity, p.lsn, p.last_commit_us),
                 )
-                written += len(ch.rows)
         return written
 
     def forget(self, source: str) -> None:

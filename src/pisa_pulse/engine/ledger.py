@@ -14,7 +14,7 @@ remembers which keys changed since `take_changes()` last ran, for the checkpoint
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, KeysView, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -119,17 +119,25 @@ class Ledger:
         self._resize(_INITIAL_CAPACITY)
         return removed
 
-    def take_changes(self) -> list[tuple[int, bytes | None]]:
-        """The keys changed since the last call: (pk, packed row) if present, (pk, None) if deleted."""
+    @property
+    def pending_changes(self) -> int:
+        """How many keys changed since `take_changes()` last ran."""
+        return len(self._changed)
+
+    def take_changes(self) -> Iterator[tuple[int, bytes | None]]:
+        """The keys changed since the last call: (pk, packed row) if present, (pk, None) if deleted.
+
+        The keys are taken at the call; the rows are packed as the iterator is consumed (so a
+        checkpoint of 600,000 rows never holds them all at once): consume it before changing the ledger.
+        """
         changed, self._changed = self._changed, set()
+        return self._packed(changed)
+
+    def _packed(self, keys: set[int]) -> Iterator[tuple[int, bytes | None]]:
         view, slots = self._view, self._slots
-        result: list[tuple[int, bytes | None]] = []
-        for pk in changed:
+        for pk in keys:
             slot = slots.get(pk)
-            result.append(
-                (pk, None if slot is None else bytes(view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES]))
-            )
-        return result
+            yield pk, None if slot is None else bytes(view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES])
 
     @classmethod
     def restore(

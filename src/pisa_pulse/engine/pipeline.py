@@ -15,8 +15,8 @@ checkpointed in one SQLite transaction, and only then is each position confirmed
 positions come back from the checkpoint and any transaction at or before a position is skipped.
 
 Starting without a checkpoint, or when the slot is gone or invalidated, or the database is not the
-one checkpointed, the source is copied afresh through a new slot's exported snapshot. The copy reconciles: rows the ledger
-holds keep their arrival hour, rows no longer in the source are retracted.
+one checkpointed, the source is copied afresh through a new slot's exported snapshot. The copy
+reconciles: rows the ledger holds keep their arrival hour, rows no longer in the source are retracted.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pisa_pulse.engine.checkpoint import CheckpointStore, Position, SourceChange
 from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources.config import Source, SourcesConfig, redact
+from pisa_pulse.sources.config import Source, SourcesConfig, scrub
 from pisa_pulse.sources.databases import connected, table_columns
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ class Pipeline:
         r.retry_at = time.monotonic() + delay
         r.state, r.reason = (
             state,
-            redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),
+            scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),
         )
         log.warning("source %s source=%s reason=%s retry_in=%ss", state, r.source.name, r.reason, delay)
 
@@ -298,9 +298,8 @@ class Pipeline:
         for r in self.runners:
             if r.position is None:
                 continue
-            rows = r.ledger.take_changes()
-            if rows or r.position.lsn != r.checkpointed_lsn:
-                changes[r.source.name] = SourceChanges(r.position, rows)
+            if r.ledger.pending_changes or r.position.lsn != r.checkpointed_lsn:
+                changes[r.source.name] = SourceChanges(r.position, r.ledger.take_changes())
         written = self.store.save(changes) if changes else 0
         self._last_checkpoint = time.monotonic()
         for r in self.runners:

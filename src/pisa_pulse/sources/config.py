@@ -10,6 +10,7 @@ they name a libpq passfile beside the config instead, so they can be printed and
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -164,6 +165,14 @@ def redact(dsn: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)\S*@")
+
+
+def scrub(text: str) -> str:
+    """Any text (an error message) with the passwords of DSNs in it replaced by `***`."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def with_database(dsn: str, database: str) -> str:
