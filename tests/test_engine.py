@@ -253,11 +253,11 @@ def _as_reference(aggregates: Aggregates) -> Totals:
     return result
 
 
-def _rebuilt(rows: dict[int, list[str | None]], hours: dict[int, int], source: str) -> Aggregates:
+def _rebuilt(rows: dict[int, list[str | None]], arrivals: dict[int, int], source: str) -> Aggregates:
     fresh = Aggregates()
     ledger = Ledger(source)
     for pk, values in rows.items():
-        ledger.upsert(pk, values, hours[pk], fresh)
+        ledger.upsert(pk, values, arrivals[pk], fresh)
     return fresh
 
 
@@ -265,32 +265,33 @@ def test_random_changes_retract_exactly() -> None:
     rng = random.Random(7)
     aggregates, ledger = Aggregates(), Ledger("ALB")
     rows: dict[int, list[str | None]] = {}
-    hours: dict[int, int] = {}
+    arrivals: dict[int, int] = {}
     for step in range(4000):
         pk = rng.randrange(600)
         if step == 2000:
             assert ledger.truncate(aggregates) == len(rows) > 100
             rows.clear()
-            hours.clear()
+            arrivals.clear()
         elif rng.random() < 0.6:
             values = _random_row(rng, pk, 0.1)
             ledger.upsert(pk, values, step // 100, aggregates)
             rows[pk] = values
-            hours.setdefault(pk, step // 100)  # an update keeps the first arrival hour
+            arrivals.setdefault(pk, step // 100)  # an update keeps the first arrival
         else:
             assert ledger.delete(pk, aggregates) == (pk in rows)
             rows.pop(pk, None)
-            hours.pop(pk, None)
+            arrivals.pop(pk, None)
         if step % 500 == 0:
-            assert aggregates == _rebuilt(rows, hours, "ALB")
+            assert aggregates == _rebuilt(rows, arrivals, "ALB")
     assert len(ledger) == len(rows) > 100
     assert set(ledger.keys()) == set(rows) and all(pk in ledger for pk in rows)
-    assert aggregates == _rebuilt(rows, hours, "ALB")
+    assert aggregates == _rebuilt(rows, arrivals, "ALB")
     assert _as_reference(aggregates) == _reference(rows, "ALB")
-    expected_hours: dict[int, int] = {}
-    for hour in hours.values():
-        expected_hours[hour] = expected_hours.get(hour, 0) + 1
-    assert aggregates.hourly() == dict(sorted(expected_hours.items()))
+    expected_minutes: dict[int, int] = {}
+    for minute in arrivals.values():
+        expected_minutes[minute] = expected_minutes.get(minute, 0) + 1
+    assert aggregates.by_minute() == dict(sorted(expected_minutes.items()))
+    assert sum(aggregates.hourly().values()) == len(rows)
     assert aggregates.count() == len(rows)
 
 
@@ -392,7 +393,7 @@ def test_unchanged_values_keep_the_previous_ones() -> None:
     expected = Aggregates()
     Ledger("ALB").upsert(1, _row("ARG", escs="1.0000", pv1math="NA", belong="2.0000"), 4, expected)
     assert aggregates == expected
-    assert aggregates.hourly() == {4: 1}  # the update kept the arrival hour
+    assert aggregates.by_minute() == {4: 1}  # the update kept the arrival minute
     assert ledger.missing_counts()["pv1math"] == 1
     # an unchanged value of an unknown row is missing
     ledger.upsert(2, _row(UNCHANGED, escs=UNCHANGED), 9, aggregates)
@@ -444,7 +445,7 @@ def test_derived_values() -> None:
     t = aggregates.totals("ALB")
     assert t.valid == {"durecec": 2, "belong": 2, "escs": 1, "tmins": 2}
     assert t.weights["math"] == 40 * 100_000  # ten pairs each of weights 1 and 3, at scale 10^5
-    assert t.hours == {0: 3}
+    assert t.minutes == {0: 3}
 
 
 def test_rounded_chart_integers_round_half_away_from_zero() -> None:
@@ -456,12 +457,12 @@ def test_rounded_chart_integers_round_half_away_from_zero() -> None:
     assert aggregates.learning_hours("ALB") == 2
 
 
-def test_without_hours_compares_everything_else() -> None:
+def test_without_arrivals_compares_everything_else() -> None:
     a, b = Aggregates(), Aggregates()
     Ledger("ALB").upsert(1, _row("ALB"), 5, a)
     Ledger("ALB").upsert(1, _row("ALB"), -1, b)
     assert a != b
-    assert a.without_hours() == b.without_hours()
-    assert a.hourly() == {5: 1}  # the copy left the original alone
+    assert a.without_arrivals() == b.without_arrivals()
+    assert a.by_minute() == {5: 1}  # the copy left the original alone
     Ledger("ALB").upsert(2, _row("ALB", belong="1.0000"), -1, b)
-    assert a.without_hours() != b.without_hours()
+    assert a.without_arrivals() != b.without_arrivals()

@@ -13,7 +13,7 @@ from psycopg2 import sql
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.oracle import aggregates_from_sql, column_counts_from_sql
-from pisa_pulse.engine.values import CHART_COLUMNS, INITIAL_COPY_HOUR, NUMERIC_COLUMNS
+from pisa_pulse.engine.values import CHART_COLUMNS, INITIAL_COPY_MINUTE, NUMERIC_COLUMNS
 from tests.conftest import BringUp
 
 # Hand-made rows with the edge cases seeding does not make (ids are negative: seeded ids are not).
@@ -77,7 +77,7 @@ def _feed(conn: psycopg2.extensions.connection, country: str) -> tuple[Ledger, A
         rows = cur.fetchall()
     ledger, aggregates = Ledger(country), Aggregates()
     for row in rows:
-        ledger.upsert(row[0], row, INITIAL_COPY_HOUR, aggregates)
+        ledger.upsert(row[0], row, INITIAL_COPY_MINUTE, aggregates)
     return ledger, aggregates, rows
 
 
@@ -85,8 +85,8 @@ def _assert_same(
     conn: psycopg2.extensions.connection, country: str, ledger: Ledger, engine: Aggregates
 ) -> None:
     oracle = aggregates_from_sql(conn, country)
-    assert engine == oracle  # every row from the initial copy: hour -1 on both sides
-    assert engine.without_hours() == aggregates_from_sql(conn, country, hours=False)
+    assert engine == oracle  # every row from the initial copy: minute -1 on both sides
+    assert engine.without_arrivals() == aggregates_from_sql(conn, country, arrivals=False)
     missing, invalid = column_counts_from_sql(conn)
     assert ledger.missing_counts() == missing
     assert ledger.invalid_counts() == invalid
@@ -134,7 +134,7 @@ def test_engine_equals_sql_oracle(new_dir: Path, bring_up: BringUp, schema: str,
             for row in updated:
                 ledger.upsert(row[0], row, 12, engine)
             _assert_same(conn, country, ledger, engine)
-            assert engine.hourly() == {INITIAL_COPY_HOUR: len(kept)}  # an update keeps the arrival hour
+            assert engine.by_minute() == {INITIAL_COPY_MINUTE: len(kept)}  # an update keeps the arrival
     # The data exercised every messy kind and every kind of column.
     assert _messy_kinds(texts) >= {"empty", "padded", "n/a", "-", "comma", "missing code"}
     assert all(total_invalid[name] > 0 for name in ("cnt", "durecec", "belong", "escs", "tmins", "pv10scie"))

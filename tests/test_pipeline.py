@@ -101,12 +101,12 @@ def oracle(config: cfg.SourcesConfig) -> Aggregates:
     total = Aggregates()
     for s in config.sources:
         with psycopg2.connect(s.dsn) as conn:
-            total = total.merge(aggregates_from_sql(conn, s.name.upper(), hours=False))
+            total = total.merge(aggregates_from_sql(conn, s.name.upper(), arrivals=False))
     return total
 
 
 def assert_exact(pipeline: Pipeline, config: cfg.SourcesConfig) -> None:
-    engine = pipeline.aggregates.without_hours()
+    engine = pipeline.aggregates.without_arrivals()
     expected = oracle(config)
     assert engine.count() == expected.count() > 0
     assert engine == expected
@@ -202,4 +202,4 @@ def test_a_broken_source_does_not_stop_the_others(five: cfg.SourcesConfig, new_d
             "run `pisa-pulse sources up` or point the config at it",
         )
         assert {s for s, _ in state.values()} == {"streaming"}
-        assert pipeline.aggregates.without_hours() == oracle(healthy)
+        assert pipeline.aggregates.without_arrivals() == oracle(healthy)

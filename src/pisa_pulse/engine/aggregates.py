@@ -3,11 +3,12 @@
 For each country: `rows`; per index (DURECEC, BELONG, ESCS, TMINS) the number of valid values and
 their sum; per domain (math, read, scie) Σw and Σw·pv over the valid (W_FSTUWT, PV) pairs of the ten
 plausible values, so the mean score is Σw·pv / Σw (with all ten PVs valid: PISA's mean of the ten
-weighted means); and the rows per arrival hour (-1: from the initial copy). Values are the scaled
-integers of `values.py`. Everything derived (means, chart numbers) is computed on demand.
+weighted means); and the rows per arrival minute (minutes since the Unix epoch; -1: from the
+initial copy). Values are the scaled integers of `values.py`. Everything derived (means, chart
+numbers) is computed on demand.
 
 Aggregates are mergeable (sum across sources) and comparable with `==` (through `as_dict()`,
-which leaves out countries without rows and hours without rows).
+which leaves out countries without rows and minutes without rows).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pisa_pulse.engine.values import (
+    ARRIVAL,
     COUNTRY,
     COUNTRY_CODES,
     COUNTRY_INDEX,
     DOMAINS,
     FIRST_PV,
     FIRST_VALUE,
-    HOUR,
     INDEX_COLUMNS,
     NUMERIC_COLUMNS,
     VALID_MIN,
@@ -46,17 +47,17 @@ class CountryTotals:
     sums: dict[str, int]  # per index: sum of the valid scaled values
     weights: dict[str, int]  # per domain: Σw over valid (w, pv) pairs, at the weight's scale
     weighted_scores: dict[str, int]  # per domain: Σw·pv, at the weight's scale x the PV scale
-    hours: dict[int, int] = field(default_factory=dict)  # arrival hour -> rows (-1: initial copy)
+    minutes: dict[int, int] = field(default_factory=dict)  # arrival minute -> rows (-1: initial copy)
 
 
 class _Tally:
-    """The mutable totals of one country: `sums` in the order of `_N_SUMS`, and rows per hour."""
+    """The mutable totals of one country: `sums` in the order of `_N_SUMS`, and rows per arrival minute."""
 
-    __slots__ = ("hours", "sums")
+    __slots__ = ("minutes", "sums")
 
     def __init__(self) -> None:
         self.sums = [0] * _N_SUMS
-        self.hours: dict[int, int] = {}
+        self.minutes: dict[int, int] = {}
 
 
 def _round_half_away(numerator: int, denominator: int) -> int:
@@ -108,12 +109,12 @@ class Aggregates:
             sums[14] += weight * sum(values[_PV + 20 : _PV + 30])
         else:
             self._apply_some(sums, values, sign)
-        hours = tally.hours
-        count = hours.get(row[HOUR], 0) + sign
+        minutes = tally.minutes
+        count = minutes.get(row[ARRIVAL], 0) + sign
         if count:
-            hours[row[HOUR]] = count
+            minutes[row[ARRIVAL]] = count
         else:
-            del hours[row[HOUR]]
+            del minutes[row[ARRIVAL]]
 
     @staticmethod
     def _apply_some(sums: list[int], values: Sequence[int], sign: int) -> None:
@@ -138,23 +139,23 @@ class Aggregates:
             if mine is None:
                 mine = self._tallies[index] = _Tally()
             mine.sums = [a + b for a, b in zip(mine.sums, theirs.sums, strict=True)]
-            for hour, count in theirs.hours.items():
-                total = mine.hours.get(hour, 0) + count
+            for minute, count in theirs.minutes.items():
+                total = mine.minutes.get(minute, 0) + count
                 if total:
-                    mine.hours[hour] = total
+                    mine.minutes[minute] = total
                 else:
-                    mine.hours.pop(hour, None)
+                    mine.minutes.pop(minute, None)
         return self
 
     def copy(self) -> Aggregates:
         """An independent copy."""
         return Aggregates().merge(self)
 
-    def without_hours(self) -> Aggregates:
-        """A copy without the per-hour counts, to compare with aggregates that cannot know them."""
+    def without_arrivals(self) -> Aggregates:
+        """A copy without the arrival counts, to compare with aggregates that cannot know them."""
         result = self.copy()
         for tally in result._tallies.values():
-            tally.hours = {}
+            tally.minutes = {}
         return result
 
     # -- exact totals -----------------------------------------------------------------------------
@@ -177,7 +178,7 @@ class Aggregates:
             sums={name: s[2 + 2 * k] for k, name in enumerate(INDEX_COLUMNS)},
             weights={name: s[first + 2 * d] for d, name in enumerate(DOMAINS)},
             weighted_scores={name: s[first + 2 * d + 1] for d, name in enumerate(DOMAINS)},
-            hours=dict(sorted(tally.hours.items())),
+            minutes=dict(sorted(tally.minutes.items())),
         )
 
     def as_dict(self) -> dict[str, CountryTotals]:
@@ -197,7 +198,7 @@ class Aggregates:
             for d, name in enumerate(DOMAINS):
                 tally.sums[_FIRST_DOMAIN_SUM + 2 * d] = t.weights[name]
                 tally.sums[_FIRST_DOMAIN_SUM + 2 * d + 1] = t.weighted_scores[name]
-            tally.hours = {h: n for h, n in t.hours.items() if n}
+            tally.minutes = {m: n for m, n in t.minutes.items() if n}
         return result
 
     def __eq__(self, other: object) -> bool:
@@ -221,13 +222,21 @@ class Aggregates:
         tally = self._tally(country)
         return 0 if tally is None else tally.sums[0]
 
-    def hourly(self) -> dict[int, int]:
-        """Rows per arrival hour over all countries, by hour (-1: the initial copy)."""
+    def by_minute(self) -> dict[int, int]:
+        """Rows per arrival minute (since the Unix epoch) over all countries (-1: the initial copy)."""
         result: dict[int, int] = {}
         for tally in self._tallies.values():
-            for hour, count in tally.hours.items():
-                result[hour] = result.get(hour, 0) + count
-        return {h: n for h, n in sorted(result.items()) if n}
+            for minute, count in tally.minutes.items():
+                result[minute] = result.get(minute, 0) + count
+        return {m: n for m, n in sorted(result.items()) if n}
+
+    def hourly(self) -> dict[int, int]:
+        """Rows per arrival hour (since the Unix epoch) over all countries (-1: the initial copy)."""
+        result: dict[int, int] = {}
+        for minute, count in self.by_minute().items():
+            hour = minute // 60  # -1 stays -1
+            result[hour] = result.get(hour, 0) + count
+        return result
 
     def _index_sums(self, country: str, index: str) -> tuple[int, int, int]:
         k = INDEX_COLUMNS.index(index)

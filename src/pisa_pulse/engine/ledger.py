@@ -1,7 +1,7 @@
 """The per-source row ledger: what each primary key contributed, so deletes and updates retract exactly.
 
 Sources keep the default replica identity, so a delete names only the primary key: the ledger keeps,
-per key, the row's parsed contribution (country, arrival hour, cnt status and the 35 numeric values
+per key, the row's parsed contribution (country, arrival minute, cnt status and the 35 numeric values
 as int32, `values.MISSING` / `values.INVALID` for the rest). Rows live in one numpy int32 block that
 grows by doubling, with a free list of deleted slots and a dict from primary key to slot: no Python
 object per row besides the dict entry. A row is read and written with `struct` through a memoryview
@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.values import (
+    ARRIVAL,
     CNT_INVALID,
     CNT_MISSING,
     CNT_STATUS,
@@ -28,7 +29,6 @@ from pisa_pulse.engine.values import (
     COUNTRY,
     COUNTRY_CODES,
     FIRST_VALUE,
-    HOUR,
     INVALID,
     MISSING,
     ROW_WIDTH,
@@ -70,22 +70,22 @@ class Ledger:
 
     # -- changes ----------------------------------------------------------------------------------
 
-    def upsert(self, pk: int, values: Sequence[object], hour: int, aggregates: Aggregates) -> None:
+    def upsert(self, pk: int, values: Sequence[object], minute: int, aggregates: Aggregates) -> None:
         """Insert or update row `pk` from its `CHART_COLUMNS` values (None for NULL).
 
-        An update retracts the old contribution and keeps the row's original arrival hour; a value
+        An update retracts the old contribution and keeps the row's original arrival minute; a value
         that is neither str nor None means "unchanged" and keeps the column's previous value.
         """
         slot = self._slots.get(pk)
         if slot is None:
-            row = self._parser.parse_row(values, hour)
+            row = self._parser.parse_row(values, minute)
             slot = self._allocate()
             self._slots[pk] = slot
         else:
             old = _ROW.unpack_from(self._view, slot * ROW_BYTES)
             self._uncount(old)
             aggregates.retract(old)
-            row = self._parser.parse_row(values, old[HOUR], old)
+            row = self._parser.parse_row(values, old[ARRIVAL], old)
         _ROW.pack_into(self._view, slot * ROW_BYTES, *row)
         self._count(row)
         aggregates.add(row)

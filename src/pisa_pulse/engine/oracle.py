@@ -5,7 +5,7 @@ number pattern (a regular expression over the whole text), `round(x::numeric, d)
 zero, as the engine rounds), the same user-missing intervals and category codes, the same int32
 range, and the same country rule (a valid `cnt`, else the source's country). Sums are numeric, so
 the result is the same exact integers the engine holds. The one thing SQL cannot know is when a row
-arrived: all rows are put in hour -1 (the initial copy), or in no hour with `hours=False`.
+arrived: all rows are put in minute -1 (the initial copy), or in none with `arrivals=False`.
 
 A value longer than PostgreSQL's numeric limit (131,072 digits before the point) makes the oracle
 fail where the engine calls it invalid; no other difference is known.
@@ -22,7 +22,7 @@ from pisa_pulse.engine.values import (
     COUNTRY_CODES,
     DOMAINS,
     INDEX_COLUMNS,
-    INITIAL_COPY_HOUR,
+    INITIAL_COPY_MINUTE,
     NUMBER_PATTERN,
     VALID_MAX,
     VALID_MIN,
@@ -102,8 +102,8 @@ def aggregates_statement(source_country: str) -> tuple[sql.Composable, dict[str,
     return statement, params
 
 
-def aggregates_from_sql(conn: connection, source_country: str, *, hours: bool = True) -> Aggregates:
-    """The aggregates of one source's current rows by SQL; every row in hour -1, or none if not `hours`."""
+def aggregates_from_sql(conn: connection, source_country: str, *, arrivals: bool = True) -> Aggregates:
+    """One source's aggregates by SQL; every row arrives in minute -1, or in none if not `arrivals`."""
     statement, params = aggregates_statement(source_country)
     with conn.cursor() as cur:
         cur.execute(statement, params)
@@ -118,7 +118,7 @@ def aggregates_from_sql(conn: connection, source_country: str, *, hours: bool = 
             sums={name: n[2 * i + 1] for i, name in enumerate(INDEX_COLUMNS)},
             weights={name: n[2 * k + 2 * d] for d, name in enumerate(DOMAINS)},
             weighted_scores={name: n[2 * k + 2 * d + 1] for d, name in enumerate(DOMAINS)},
-            hours={INITIAL_COPY_HOUR: int(rows)} if hours else {},
+            minutes={INITIAL_COPY_MINUTE: int(rows)} if arrivals else {},
         )
     return Aggregates.from_totals(totals)
 

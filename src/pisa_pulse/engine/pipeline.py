@@ -16,7 +16,7 @@ positions come back from the checkpoint and any transaction at or before a posit
 
 Starting without a checkpoint, or when the slot is gone or invalidated, or the database is not the
 one checkpointed, the source is copied afresh through a new slot's exported snapshot. The copy
-reconciles: rows the ledger holds keep their arrival hour, rows no longer in the source are retracted.
+reconciles: rows the ledger holds keep their arrival time, rows no longer in the source are retracted.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from pisa_pulse.capture.changes import CaptureError, ChangeBatch, TransactionAss
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore, Position, SourceChanges
 from pisa_pulse.engine.ledger import Ledger
-from pisa_pulse.engine.values import CHART_COLUMNS
+from pisa_pulse.engine.values import CHART_COLUMNS, INITIAL_COPY_MINUTE
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources.config import Source, SourcesConfig, scrub
 from pisa_pulse.sources.databases import connected, table_columns
 
 log = logging.getLogger(__name__)
 
-US_PER_HOUR = 3_600_000_000
+US_PER_MINUTE = 60_000_000
 MAX_MESSAGES_PER_TURN = 5_000  # per source and loop turn, so one busy source cannot starve the others
 BACKOFF = (1.0, 2.0, 5.0, 10.0)
 
@@ -186,11 +186,11 @@ class Pipeline:
         if batch.end_lsn <= r.position.lsn:
             r.skipped += 1
             return
-        hour = batch.commit_time_us // US_PER_HOUR
+        minute = batch.commit_time_us // US_PER_MINUTE
         with self._lock:
             for ch in batch.changes:
                 if ch.kind == "upsert":
-                    r.ledger.upsert(ch.pk, ch.values, hour, self.aggregates)
+                    r.ledger.upsert(ch.pk, ch.values, minute, self.aggregates)
                 elif ch.kind == "delete":
                     r.ledger.delete(ch.pk, self.aggregates)
                 else:
@@ -259,7 +259,7 @@ class Pipeline:
         def on_row(values: list[str | None]) -> None:
             pk = int(values[0])  # type: ignore[arg-type]
             seen.add(pk)
-            ledger.upsert(pk, values, -1, aggregates)  # a row the ledger holds keeps its hour
+            ledger.upsert(pk, values, INITIAL_COPY_MINUTE, aggregates)  # a held row keeps its arrival
 
         with self._lock:
             replication.copy_snapshot(r.source.dsn, start.snapshot, CHART_COLUMNS, on_row)

@@ -20,7 +20,7 @@ The rules, here and nowhere else (`oracle.py` writes the same rules in SQL):
 - **cnt** is valid iff it is exactly one of the 79 PISA 2018 country codes (upper case, no blanks).
   A row's country is its valid `cnt`, else the country of the source it came from.
 
-A row in the ledger layout is `ROW_WIDTH` int32: country index, arrival hour, cnt status, then the
+A row in the ledger layout is `ROW_WIDTH` int32: country index, arrival minute, cnt status, then the
 35 `NUMERIC_COLUMNS`.
 """
 
@@ -56,13 +56,13 @@ VALID_MIN = MISSING + 2
 VALID_MAX = 2**31 - 1
 
 # The ledger row layout.
-COUNTRY, HOUR, CNT_STATUS, FIRST_VALUE = 0, 1, 2, 3
+COUNTRY, ARRIVAL, CNT_STATUS, FIRST_VALUE = 0, 1, 2, 3
 ROW_WIDTH = FIRST_VALUE + len(NUMERIC_COLUMNS)
 WEIGHT = FIRST_VALUE + NUMERIC_COLUMNS.index(WEIGHT_COLUMN)
 FIRST_PV = FIRST_VALUE + NUMERIC_COLUMNS.index("pv1math")
 CNT_VALID, CNT_MISSING, CNT_INVALID = 0, 1, 2
 
-INITIAL_COPY_HOUR = -1  # the arrival hour of rows from the initial copy: unknown
+INITIAL_COPY_MINUTE = -1  # the arrival minute of rows from the initial copy: unknown
 
 NUMBER_PATTERN = r"-?[0-9]+(\.[0-9]+)?"
 _NUMBER = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")
@@ -207,9 +207,9 @@ class RowParser:
         self._missing_text = str(MISSING)
 
     def parse_row(
-        self, values: Sequence[object], hour: int, previous: Sequence[int] | None = None
+        self, values: Sequence[object], minute: int, previous: Sequence[int] | None = None
     ) -> list[int]:
-        """`CHART_COLUMNS` text values (None for NULL) as a ledger row arriving in `hour`.
+        """`CHART_COLUMNS` text values (None for NULL) as a ledger row arriving in `minute`.
 
         A value that is neither str nor None marks an unchanged (TOASTed) column: it keeps the
         value of `previous` (the row's former ledger row), or is missing if there is none.
@@ -219,16 +219,16 @@ class RowParser:
         try:
             joined = _SEPARATOR.join(values[2:])  # type: ignore[arg-type]  # TypeError: take the slow path
         except TypeError:
-            return self._parse_slow(values, hour, previous)
+            return self._parse_slow(values, minute, previous)
         if self._fast.fullmatch(joined) is None:
-            return self._parse_slow(values, hour, previous)
+            return self._parse_slow(values, minute, previous)
         numbers = list(map(int, joined.replace(".", "").replace("NA", self._missing_text).split(_SEPARATOR)))
         self._check(numbers)
         cnt = values[1]
         index = COUNTRY_INDEX.get(cnt) if type(cnt) is str else None
         if index is not None:
-            return [index, hour, CNT_VALID, *numbers]
-        return self._with_country(numbers, cnt, hour, previous)
+            return [index, minute, CNT_VALID, *numbers]
+        return self._with_country(numbers, cnt, minute, previous)
 
     def _check(self, numbers: list[int]) -> None:
         """Mark canonical numbers that are not category codes or are user-missing as INVALID."""
@@ -243,16 +243,16 @@ class RowParser:
                     numbers[i] = INVALID
 
     def _with_country(
-        self, numbers: list[int], cnt: object, hour: int, previous: Sequence[int] | None
+        self, numbers: list[int], cnt: object, minute: int, previous: Sequence[int] | None
     ) -> list[int]:
         if cnt is None or isinstance(cnt, str):
             status, index = parse_cnt(cnt)
-            return [self.source_index if index is None else index, hour, status, *numbers]
+            return [self.source_index if index is None else index, minute, status, *numbers]
         if previous is not None:  # unchanged cnt
-            return [previous[COUNTRY], hour, previous[CNT_STATUS], *numbers]
-        return [self.source_index, hour, CNT_MISSING, *numbers]
+            return [previous[COUNTRY], minute, previous[CNT_STATUS], *numbers]
+        return [self.source_index, minute, CNT_MISSING, *numbers]
 
-    def _parse_slow(self, values: Sequence[object], hour: int, previous: Sequence[int] | None) -> list[int]:
+    def _parse_slow(self, values: Sequence[object], minute: int, previous: Sequence[int] | None) -> list[int]:
         # Value by value: canonical text still takes the quick conversion, the rest `parse_value`.
         numbers = []
         for i, (rule, canonical) in enumerate(zip(self._rules, self._canonical, strict=True), start=2):
@@ -271,4 +271,4 @@ class RowParser:
             else:  # unchanged: keep what the ledger had
                 numbers.append(MISSING if previous is None else previous[FIRST_VALUE + i - 2])
         self._check(numbers)
-        return self._with_country(numbers, values[1], hour, previous)
+        return self._with_country(numbers, values[1], minute, previous)
