@@ -69,7 +69,7 @@ class _Running:
     """The pipeline in a thread of this process."""
 
     def __init__(self, config: cfg.SourcesConfig, data_dir: Path) -> None:
-        self.pipeline = Pipeline(config, data_dir)
+        self.pipeline = Pipeline(config.sources, data_dir)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.pipeline.run, args=(self.stop,))
 

@@ -64,7 +64,7 @@ def traffic_running(config: cfg.SourcesConfig, rate: float = 400) -> Iterator[Tr
 
 @contextmanager
 def pipeline_running(config: cfg.SourcesConfig, data_dir: Path) -> Iterator[Pipeline]:
-    pipeline = Pipeline(config, data_dir, checkpoint_interval=0.2)
+    pipeline = Pipeline(config.sources, data_dir, checkpoint_interval=0.2)
     with running(pipeline.run):
         yield pipeline
 

@@ -20,7 +20,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pisa_pulse import __version__, cli_pipeline
+from pisa_pulse import __version__, cli_pipeline, cli_serve
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control, lifecycle
@@ -77,9 +77,11 @@ def _data_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _up_options(parser: argparse.ArgumentParser) -> None:
+def _up_options(parser: argparse.ArgumentParser, pg_port_flag: str = "--port") -> None:
     _data_dir(parser)
-    parser.add_argument("--port", type=int, help="port of the embedded cluster (default: a free one)")
+    parser.add_argument(
+        pg_port_flag, dest="pg_port", type=int, help="port of the embedded cluster (default: a free one)"
+    )
     parser.add_argument(
         "--countries",
         help="'default' (the course's 20), 'all' (79), or codes such as alb,arg (default: the data "
@@ -144,13 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         _data_dir(steer.add_parser(name, help=text))
 
-    demo = commands.add_parser("demo", help="sources up with seed data, then live traffic (Ctrl+C stops)")
-    _up_options(demo)
+    demo = commands.add_parser(
+        "demo", help="sources up with seed data, live traffic and the chart API (Ctrl+C stops)"
+    )
+    _up_options(demo, "--pg-port")
+    cli_serve.http_options(demo)
     demo.add_argument(
         "--rows-per-country", type=_count, default=DEMO_ROWS, help="students seeded per country"
     )
     demo.add_argument("--rate", type=_non_negative, default=DEMO_RATE, help="traffic, operations per second")
     cli_pipeline.add_commands(commands, _data_dir)
+    cli_serve.add_command(commands, _data_dir)
     return parser
 
 
@@ -188,7 +194,7 @@ def cmd_sources_up(args: argparse.Namespace) -> int:
         data_dir=_resolve(args),
         countries=args.countries,
         schema=args.schema,
-        port=args.port,
+        port=args.pg_port,
         dsn=getattr(args, "dsn", None),
         rows_per_country=args.rows_per_country,
         seed=args.seed,
@@ -326,13 +332,30 @@ def _run_traffic(traffic: Traffic, data_dir: Path, duration: float | None) -> in
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """`demo`: sources up with seed data, then traffic until Ctrl+C."""
+    """`demo`: sources up with seed data, then traffic and the API until Ctrl+C."""
     args.dsn = None
     cmd_sources_up(args)
     data_dir = _resolve(args)
     config = cfg.load(data_dir)
-    traffic = Traffic(config, args.rate, updates=0.02, deletes=0.01, messy=args.messy, seed=config.seed)
-    return _run_traffic(traffic, data_dir, None)
+    settings = cli_serve.load_settings(None, data_dir, args.host, 8000 if args.port is None else args.port)
+    traffic = Traffic(
+        config, args.rate, updates=0.02, deletes=0.01, messy=args.messy, seed=time.time_ns() % 2**31
+    )
+    stop = threading.Event()
+    with control.ControlEndpoint(traffic, data_dir):
+        writer = threading.Thread(target=traffic.run, args=(stop, None), name="traffic", daemon=True)
+        writer.start()
+        out.print(
+            f"traffic to {len(config.sources)} sources at {traffic.rate:.0f}/s; steer it with "
+            f"`pisa-pulse traffic set --rate R --data-dir {data_dir}`"
+        )
+        try:
+            cli_serve.run_server(settings)
+        finally:
+            stop.set()
+            writer.join()
+    _print_traffic(traffic.status())
+    return 0
 
 
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
@@ -344,6 +367,7 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("demo", None): cmd_demo,
     ("pipeline", None): lambda args: cli_pipeline.cmd_pipeline(_resolve(args), args),
     ("check", None): lambda args: cli_pipeline.cmd_check(_resolve(args), args),
+    ("serve", None): lambda args: cli_serve.cmd_serve(_resolve(args), args),
 }
 
 

@@ -52,7 +52,7 @@ def cmd_check(data_dir: Path, args: argparse.Namespace) -> int:
 def cmd_pipeline(data_dir: Path, args: argparse.Namespace) -> int:
     """Run the pipeline with a live status line until Ctrl+C, SIGTERM or --duration."""
     config = cfg.load(data_dir)
-    pipeline = Pipeline(config, data_dir, slot_prefix=args.slot_prefix)
+    pipeline = Pipeline(config.sources, data_dir, slot_prefix=args.slot_prefix)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

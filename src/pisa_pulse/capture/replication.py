@@ -171,6 +171,10 @@ class ReplicationStream:
         """Tell the server everything up to `lsn` is durably held, so the slot may release that WAL."""
         self.cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, apply_lsn=lsn, force=force)
 
+    def ping(self) -> None:
+        """Ask the server for an immediate keepalive (its answer tells how far it has sent)."""
+        self.cur.send_feedback(reply=True)
+
     def close(self) -> None:
         """Close the connection; the slot stays, for the next start."""
         with contextlib.suppress(psycopg2.Error):

@@ -26,6 +26,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from pisa_pulse.engine.checkpoint import CheckpointStore, Position, SourceChange
 from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.values import CHART_COLUMNS, INITIAL_COPY_MINUTE
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources.config import Source, SourcesConfig, scrub
+from pisa_pulse.sources.config import Source, scrub
 from pisa_pulse.sources.databases import connected, table_columns
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 US_PER_MINUTE = 60_000_000
 MAX_MESSAGES_PER_TURN = 5_000  # per source and loop turn, so one busy source cannot starve the others
 BACKOFF = (1.0, 2.0, 5.0, 10.0)
+PING_INTERVAL = 0.1  # ask every source for a keepalive this often, so idle sources stay provably fresh
 
 
 def checkpoint_path(data_dir: Path) -> Path:
@@ -83,6 +85,9 @@ class SourceRunner:
     transactions: int = 0
     changes: int = 0  # row changes applied from the stream
     wal_end: int = 0
+    fresh_at: float = 0.0  # Unix time up to which the source's changes are known to be applied
+    heard_at: float = 0.0  # Unix time the server's last bytes (data or keepalive) were seen arriving
+    pinged_at: float = 0.0
 
     def status(self) -> dict[str, Any]:
         """What `pisa-pulse pipeline` and the API show for this source."""
@@ -110,7 +115,7 @@ class Pipeline:
 
     def __init__(
         self,
-        config: SourcesConfig,
+        sources: Sequence[Source],
         data_dir: Path,
         slot_prefix: str = "pisa_pulse",
         checkpoint_interval: float = 1.0,
@@ -120,18 +125,18 @@ class Pipeline:
         self.store = CheckpointStore(checkpoint_path(data_dir))
         self.version = 0  # bumps whenever the aggregates change
         self.latencies_ms: deque[float] = deque(maxlen=100_000)  # commit -> applied, per transaction
-        self._lock = threading.Lock()  # held while the aggregates change, for readers in other threads
+        self.lock = threading.Lock()  # held while the aggregates change: readers in other threads take it
         self._last_checkpoint = time.monotonic()
         saved = self.store.positions()
         self.runners: list[SourceRunner] = []
-        for src in config.sources:
+        for src in sources:
             country = src.name.upper()
             ledger = Ledger.restore(country, self.store.rows(src.name), self.aggregates)
             runner = SourceRunner(src, slot_name(slot_prefix, src.name), ledger, saved.get(src.name))
             if runner.position:
                 runner.checkpointed_lsn = runner.position.lsn
             self.runners.append(runner)
-        for gone in set(saved) - {s.name for s in config.sources}:
+        for gone in set(saved) - {s.name for s in sources}:
             self.store.forget(gone)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -152,8 +157,14 @@ class Pipeline:
             if r.stream is None and now >= r.retry_at:
                 self._open(r)
         streams = {r.stream.fileno(): r for r in self.runners if r.stream is not None}
+        for r in streams.values():
+            if now - r.pinged_at >= PING_INTERVAL:
+                self._ping(r)
         if streams:
-            select.select(list(streams), [], [], timeout)
+            ready, _, _ = select.select(list(streams), [], [], timeout)
+            heard = time.time()
+            for fd in ready:
+                streams[fd].heard_at = heard
             # Read every stream, not only the ready ones: psycopg2 may hold messages it has buffered.
             for r in streams.values():
                 self._drain(r)
@@ -166,19 +177,33 @@ class Pipeline:
         stream = r.stream
         assert stream is not None
         try:
+            drained = False
             for _ in range(MAX_MESSAGES_PER_TURN):
                 msg = stream.read()
                 if msg is None:
+                    drained = True
                     break
                 batch = r.assembler.feed(pgoutput.decode(msg.payload))
                 if batch is not None:
                     self._apply(r, batch)
             r.wal_end = stream.wal_end
-            if not r.assembler.in_transaction and r.position and r.wal_end > r.position.lsn:
-                # Idle: the server has decoded up to wal_end and sent us every commit before it, so
-                # the position may move there; confirming it lets an idle slot release its WAL.
-                r.position = Position(r.position.identity, r.wal_end, r.position.last_commit_us)
+            if drained and not r.assembler.in_transaction and r.position:
+                # Caught up with everything the server sent, up to its last word (a message or the
+                # keepalive answering our ping): the source is fresh as of then.
+                r.fresh_at = max(r.fresh_at, r.heard_at)
+                if r.wal_end > r.position.lsn:
+                    # The server has decoded up to wal_end and sent us every commit before it, so the
+                    # position may move there; confirming it lets an idle slot release its WAL.
+                    r.position = Position(r.position.identity, r.wal_end, r.position.last_commit_us)
         except (psycopg2.Error, OSError, CaptureError, pgoutput.PgoutputError) as exc:
+            self._lost(r, exc)
+
+    def _ping(self, r: SourceRunner) -> None:
+        assert r.stream is not None
+        r.pinged_at = time.monotonic()
+        try:
+            r.stream.ping()
+        except (psycopg2.Error, OSError) as exc:
             self._lost(r, exc)
 
     def _apply(self, r: SourceRunner, batch: ChangeBatch) -> None:
@@ -187,7 +212,7 @@ class Pipeline:
             r.skipped += 1
             return
         minute = batch.commit_time_us // US_PER_MINUTE
-        with self._lock:
+        with self.lock:
             for ch in batch.changes:
                 if ch.kind == "upsert":
                     r.ledger.upsert(ch.pk, ch.values, minute, self.aggregates)
@@ -247,6 +272,7 @@ class Pipeline:
     def _copy(self, r: SourceRunner, stream: replication.ReplicationStream, identity: str, why: str) -> None:
         """Create the slot and copy through its snapshot, reconciling the ledger with the copy."""
         r.state = "copying"
+        r.fresh_at = time.time()  # the copy holds everything committed before its snapshot
         log.info("copying source=%s reason=%s", r.source.name, why)
         # Forget the old position durably before the new slot exists: a crash during the copy must
         # lead to another copy, not to streaming from a slot that starts after the checkpoint.
@@ -261,7 +287,7 @@ class Pipeline:
             seen.add(pk)
             ledger.upsert(pk, values, INITIAL_COPY_MINUTE, aggregates)  # a held row keeps its arrival
 
-        with self._lock:
+        with self.lock:
             replication.copy_snapshot(r.source.dsn, start.snapshot, CHART_COLUMNS, on_row)
             for pk in ledger.keys() - seen:
                 ledger.delete(pk, aggregates)
@@ -313,9 +339,13 @@ class Pipeline:
                     self._lost(r, exc)
         return written
 
+    def as_of(self) -> float:
+        """Unix time up to which every source's changes are known to be in the aggregates (0: not yet)."""
+        return min((r.fresh_at for r in self.runners), default=0.0)
+
     def submissions(self) -> int:
         """Rows over all sources, read safely from another thread."""
-        with self._lock:
+        with self.lock:
             return self.aggregates.count()
 
     def status(self) -> list[dict[str, Any]]:

@@ -1,0 +1,162 @@
+"""The serve settings: one frozen, validated object, read from a TOML file.
+
+```toml
+[server]
+host = "127.0.0.1"        # loopback unless told otherwise
+port = 8000
+
+[capture]
+mode = "replication"      # or "direct": run the aggregate SQL on every source per request
+slot_prefix = "pisa_pulse"
+state_dir = "state"       # checkpoint; relative to this file (default: the file's folder)
+
+[[sources]]
+name = "alb"
+dsn = "postgresql://reader@db.example.org/alb"
+password_env = "ALB_PASSWORD"   # optional: the password comes from this environment variable
+```
+
+The `sources.toml` that `pisa-pulse sources up` writes is a valid settings file as it is (its
+`schema`, `seed`, `cluster` and `admin_dsn` keys are ignored here). Every problem names its key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.pisa2018 import countries
+from pisa_pulse.sources.config import Source
+
+MODES = ("replication", "direct")
+_WRITTEN_BY_SOURCES_UP = {"schema", "seed", "cluster", "admin_dsn"}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the HTTP server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `serve` needs."""
+
+    sources: tuple[Source, ...]
+    mode: str
+    state_dir: Path
+    slot_prefix: str = "pisa_pulse"
+    server: ServerSettings = ServerSettings()
+
+
+def load(path: Path, host: str | None = None, port: int | None = None) -> Settings:
+    """Read and validate a settings file; `host`/`port` override its [server] table."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PisaPulseError(
+            f"settings file {path} not found", "pass --config with an existing file"
+        ) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PisaPulseError(f"settings file {path} is not readable TOML: {exc}", "fix the file") from None
+    _only(raw, {"server", "capture", "sources"} | _WRITTEN_BY_SOURCES_UP, "")
+    server_raw = _table(raw, "server")
+    capture_raw = _table(raw, "capture")
+    _only(server_raw, {"host", "port"}, "server.")
+    _only(capture_raw, {"mode", "slot_prefix", "state_dir"}, "capture.")
+    server = ServerSettings(
+        host=host or _typed(server_raw, "host", str, "server.", "127.0.0.1"),
+        port=port if port is not None else _typed(server_raw, "port", int, "server.", 8000),
+    )
+    if not 0 <= server.port <= 65535:
+        raise PisaPulseError(f"server.port {server.port} is not a port", "use 1-65535, or 0 for a free one")
+    sources = _sources(raw.get("sources"))
+    modes = {s.mode for s in sources}
+    mode = _typed(capture_raw, "mode", str, "capture.", modes.pop() if len(modes) == 1 else "replication")
+    if mode not in MODES:
+        raise PisaPulseError(f"capture.mode {mode!r} is unknown", f"use one of {', '.join(MODES)}")
+    state = Path(_typed(capture_raw, "state_dir", str, "capture.", "."))
+    return Settings(
+        sources=tuple(Source(s.name, s.dsn, mode) for s in sources),
+        mode=mode,
+        state_dir=state if state.is_absolute() else (path.parent / state).resolve(),
+        slot_prefix=_typed(capture_raw, "slot_prefix", str, "capture.", "pisa_pulse"),
+        server=server,
+    )
+
+
+def _sources(raw: object) -> list[Source]:
+    if not isinstance(raw, list) or not raw:
+        raise PisaPulseError(
+            "the settings list no [[sources]]", "add one [[sources]] table per country database"
+        )
+    known = countries()
+    result = []
+    for i, entry in enumerate(raw):
+        where = f"sources[{i}]."
+        if not isinstance(entry, dict):
+            raise PisaPulseError(f"{where[:-1]} is not a table", "write each source as a [[sources]] table")
+        _only(entry, {"name", "dsn", "mode", "password_env"}, where)
+        name = _typed(entry, "name", str, where, None).lower()
+        if name.upper() not in known:
+            raise PisaPulseError(f"{where}name {name!r} is not a PISA 2018 country code", "use e.g. alb")
+        dsn = _typed(entry, "dsn", str, where, None)
+        if urlsplit(dsn).scheme not in ("postgresql", "postgres"):
+            raise PisaPulseError(
+                f"{where}dsn is not a postgresql:// URL", "write it as postgresql://user@host/db"
+            )
+        env = entry.get("password_env")
+        if env is not None:
+            dsn = _with_password(dsn, str(env), where)
+        result.append(Source(name, dsn, _typed(entry, "mode", str, where, "replication")))
+    names = [s.name for s in result]
+    if len(set(names)) != len(names):
+        raise PisaPulseError("[[sources]] names a country twice", "keep one entry per country database")
+    return result
+
+
+def _with_password(dsn: str, env: str, where: str) -> str:
+    password = os.environ.get(env)
+    if password is None:
+        raise PisaPulseError(
+            f"{where}password_env names {env}, which is not set", f"export {env} before serving"
+        )
+    parts = urlsplit(dsn)
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
+def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise PisaPulseError(f"{key} is not a table", f"write it as [{key}]")
+    return value
+
+
+def _only(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise PisaPulseError(
+            f"unknown setting {where}{unknown[0]}", f"remove it; known here: {', '.join(sorted(allowed))}"
+        )
+
+
+def _typed(raw: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
+    if key not in raw:
+        if default is None:
+            raise PisaPulseError(f"{where}{key} is missing", f"add {key} = ... to the settings")
+        return default
+    value = raw[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise PisaPulseError(
+            f"{where}{key} = {value!r} is not a {kind.__name__}", f"write {key} as a {kind.__name__}"
+        )
+    return value

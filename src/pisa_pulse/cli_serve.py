@@ -1,0 +1,101 @@
+"""`pisa-pulse serve`: capture, engine and the HTTP API in one process (also what `demo` ends with)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from pisa_pulse.api import settings as api_settings
+from pisa_pulse.api.app import create_app
+from pisa_pulse.api.snapshots import DirectSnapshots, LiveSnapshots, Snapshots
+from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.terminal import out
+
+log = logging.getLogger(__name__)
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], data_dir: Callable[..., None]
+) -> None:
+    """Add `serve` to the CLI."""
+    serve = commands.add_parser("serve", help="run capture, engine and the chart API until Ctrl+C")
+    serve.add_argument(
+        "--config", type=Path, help="settings file (TOML); default: the data dir's sources.toml"
+    )
+    data_dir(serve)
+    http_options(serve)
+
+
+def http_options(parser: argparse.ArgumentParser) -> None:
+    """--host and --port, shared by serve and demo."""
+    parser.add_argument(
+        "--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000; 0 for a free one)")
+
+
+def load_settings(
+    config: Path | None, data_dir: Path, host: str | None, port: int | None
+) -> api_settings.Settings:
+    """The settings file given, or the sources config of the data dir with the checkpoint beside it."""
+    if config is not None:
+        return api_settings.load(config, host, port)
+    path = cfg.config_path(data_dir)
+    if not path.exists():
+        raise PisaPulseError(
+            f"no sources config in {data_dir}", "run `pisa-pulse sources up` first, or pass --config FILE"
+        )
+    return api_settings.load(path, host, port)
+
+
+def snapshots_for(settings: api_settings.Settings) -> Snapshots:
+    """Live (replication) or direct snapshots, as the settings say."""
+    if settings.mode == "direct":
+        return DirectSnapshots(settings.sources)
+    return LiveSnapshots(settings.sources, settings.state_dir, settings.slot_prefix)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound socket (so port 0 resolves to a free port we can print), with a clear error if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PisaPulseError(
+            f"cannot listen on {host}:{port}: {exc.strerror}", "pass another --port (0 picks a free one)"
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
+def run_server(settings: api_settings.Settings, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until Ctrl+C or SIGTERM (uvicorn handles both and runs the app's shutdown)."""
+    sock = listening_socket(settings.server.host, settings.server.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    app = create_app(snapshots_for(settings))
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    out.print(
+        f"serving {len(settings.sources)} sources ({settings.mode}) at {url} (API: {url}api/openapi.json)"
+    )
+    if on_ready is not None:
+        on_ready(url)
+    server.run(sockets=[sock])
+
+
+def cmd_serve(data_dir: Path, args: argparse.Namespace) -> int:
+    """`serve`."""
+    run_server(load_settings(args.config, data_dir, args.host, args.port))
+    return 0
