@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -92,7 +93,14 @@ def run_server(settings: api_settings.Settings, on_ready: Callable[[str], None] 
     )
     if on_ready is not None:
         on_ready(url)
-    server.run(sockets=[sock])
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
+    # there before it: make that one a no-op, so a requested stop exits 0 like the other commands.
+    previous = {s: signal.signal(s, lambda signum, frame: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def cmd_serve(data_dir: Path, args: argparse.Namespace) -> int:

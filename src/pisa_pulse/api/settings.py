@@ -156,7 +156,6 @@ def _typed(raw: dict[str, Any], key: str, kind: type, where: str, default: Any) 
         return default
     value = raw[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise PisaPulseError(
-            f"{where}{key} = {value!r} is not a {kind.__name__}", f"write {key} as a {kind.__name__}"
-        )
+        what = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
+        raise PisaPulseError(f"{where}{key} = {value!r} is not {what}", f"write {key} as {what}")
     return value

@@ -1,0 +1,206 @@
+"""The chart API in-process (starlette's TestClient) over a live pipeline on real PostgreSQL.
+
+Contract tests: every chart's exact JSON shape and number types, `countries` parsing, ETag/304, the one
+error shape on every route, CORS, freshness headers, and an OpenAPI document that covers every route.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from pisa_pulse.api import charts
+from pisa_pulse.api.app import create_app
+from pisa_pulse.api.snapshots import LiveSnapshots
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources import lifecycle
+from pisa_pulse.sources.databases import connected
+
+COUNTRIES = ("ALB", "ARG", "AUS")
+
+
+@pytest.fixture(scope="module")
+def sources(scratch: Path) -> cfg.SourcesConfig:
+    return lifecycle.up(
+        lifecycle.UpRequest(
+            data_dir=scratch / "api", countries="alb,arg,aus", schema="slim", rows_per_country=200
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def client(sources: cfg.SourcesConfig, scratch: Path) -> Iterator[TestClient]:
+    snapshots = LiveSnapshots(sources.sources, scratch / "api-state", "api_test")
+    with TestClient(create_app(snapshots)) as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {s["state"] for s in client.get("/api/status").json()["sources"]}
+            if states == {"streaming"} and client.get("/api/charts/submissions").json()["count"] == 600:
+                break
+            time.sleep(0.1)
+        yield client
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def test_submissions_is_the_count_of_every_row(client: TestClient) -> None:
+    body = client.get("/api/charts/submissions").json()
+    assert body.keys() == {"count"} and is_int(body["count"]) and body["count"] == 600
+
+
+def test_submissions_over_time_has_one_point_per_hour(client: TestClient) -> None:
+    body = client.get("/api/charts/submissions-over-time?hours=5").json()
+    [dataset] = body["datasets"]
+    assert body.keys() == {"datasets"} and dataset.keys() == {"id", "data"} and dataset["id"] == "Submissions"
+    assert len(dataset["data"]) == 5
+    assert all(p.keys() == {"x", "y"} and is_int(p["y"]) for p in dataset["data"])
+    hour = time.gmtime().tm_hour
+    assert dataset["data"][-1]["x"] == f"{hour:02d}:00"
+    minutes = client.get("/api/charts/submissions-over-time?bucket=minute&hours=3").json()["datasets"][0][
+        "data"
+    ]
+    assert len(minutes) == 3 and all(re.fullmatch(r"\d\d:\d\d", p["x"]) for p in minutes)
+    assert len({p["x"] for p in minutes}) == 3
+
+
+def test_per_country_charts_have_their_exact_shapes(client: TestClient) -> None:
+    q = "?countries=ALB,ARG,AUS"
+    eb = client.get("/api/charts/early-education-and-belonging" + q).json()
+    assert [d["id"] for d in eb["datasets"]] == list(COUNTRIES)
+    for d in eb["datasets"]:
+        assert d.keys() == {"id", "data"}
+        [point] = d["data"]
+        assert point.keys() == {"x", "y", "submissions"}
+        assert is_int(point["x"]) and isinstance(point["y"], float) and point["submissions"] == 200
+    escs = client.get("/api/charts/escs" + q).json()
+    assert all(d.keys() == {"id", "value"} and isinstance(d["value"], float) for d in escs["datasets"])
+    hours = client.get("/api/charts/learning-hours-per-week" + q).json()
+    assert all(d.keys() == {"country", "hours"} and is_int(d["hours"]) for d in hours["datasets"])
+    assert all(10 <= d["hours"] <= 60 for d in hours["datasets"])  # PISA's typical week
+    perf = client.get("/api/charts/performance" + q).json()
+    for d in perf["datasets"]:
+        assert d.keys() == {"id", "reading", "mathematics", "science", "submissions"}
+        assert all(
+            isinstance(d[k], float) and 300 < d[k] < 650 for k in ("reading", "mathematics", "science")
+        )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ALB,ARG", ["ALB", "ARG"]),
+        (" alb , Arg ", ["ALB", "ARG"]),
+        ("aus,alb", ["AUS", "ALB"]),  # the order asked
+        ("ALB,XYZ,FRA", ["ALB"]),  # unknown codes and countries without rows are left out
+        ("alb,ALB", ["ALB"]),
+        (None, ["ALB", "ARG", "AUS"]),  # absent: every country with rows
+    ],
+)
+def test_countries_parameter(client: TestClient, raw: str | None, expected: list[str]) -> None:
+    url = "/api/charts/escs" + ("" if raw is None else f"?countries={raw}")
+    response = client.get(url)
+    assert response.status_code == 200
+    assert [d["id"] for d in response.json()["datasets"]] == expected
+
+
+@pytest.mark.parametrize("raw", ["", "AL", "ALB,,ARG", "ALB;ARG", "AB1", "ALBARG", "ALB,"])
+def test_malformed_countries_are_a_400_in_the_error_shape(client: TestClient, raw: str) -> None:
+    response = client.get(f"/api/charts/performance?countries={raw}")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (
+        error.keys() == {"status", "message"} and error["status"] == 400 and "countries" in error["message"]
+    )
+
+
+def test_unchanged_chart_answers_304_and_a_change_makes_a_new_etag(
+    client: TestClient, sources: cfg.SourcesConfig
+) -> None:
+    first = client.get("/api/charts/submissions")
+    etag = first.headers["etag"]
+    again = client.get("/api/charts/submissions", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    with connected(sources.sources[0].dsn) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO responses (id, cnt) VALUES (7, 'ALB')")
+    try:
+        deadline = time.monotonic() + 5
+        while client.get("/api/charts/submissions").json()["count"] == first.json()["count"]:
+            assert time.monotonic() < deadline, "the new row did not arrive within 5 s"
+            time.sleep(0.05)
+        changed = client.get("/api/charts/submissions", headers={"If-None-Match": etag})
+        assert changed.status_code == 200 and changed.headers["etag"] != etag
+    finally:
+        with connected(sources.sources[0].dsn) as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM responses WHERE id = 7")
+
+
+def test_responses_say_which_snapshot_and_how_fresh(client: TestClient) -> None:
+    time.sleep(0.5)
+    response = client.get("/api/charts/escs")
+    assert int(response.headers["x-snapshot-version"]) >= 0
+    assert 0 <= int(response.headers["x-data-age-ms"]) < 1000  # idle sources answer pings: fresh
+    as_of = datetime.fromisoformat(response.headers["x-data-as-of"].replace("Z", "+00:00")).timestamp()
+    assert abs(as_of - time.time()) < 5
+    assert response.headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "status"),
+    [
+        ("GET", "/nowhere", 404),
+        ("GET", "/api/charts/nothing", 404),
+        ("POST", "/api/charts/escs", 405),
+        ("DELETE", "/api/status", 405),
+        ("GET", "/api/charts/submissions-over-time?hours=0", 400),
+        ("GET", "/api/charts/submissions-over-time?bucket=week", 400),
+    ],
+)
+def test_every_error_has_one_shape(client: TestClient, method: str, url: str, status: int) -> None:
+    response = client.request(method, url)
+    assert response.status_code == status
+    assert response.json() == {"error": {"status": status, "message": response.json()["error"]["message"]}}
+    assert response.json()["error"]["message"]
+
+
+def test_cors_allows_get_from_any_origin(client: TestClient) -> None:
+    response = client.get("/api/charts/escs", headers={"Origin": "https://dashboard.example.org"})
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "etag" in response.headers["access-control-expose-headers"].lower()
+    preflight = client.options(
+        "/api/charts/escs",
+        headers={"Origin": "https://x.example.org", "Access-Control-Request-Method": "GET"},
+    )
+    assert preflight.status_code == 200
+
+
+def test_openapi_documents_every_route_and_every_chart(client: TestClient) -> None:
+    doc = client.get("/api/openapi.json").json()
+    documented = set(doc["paths"])
+    served = {"/", "/api/status", "/api/health", "/api/openapi.json"} | {
+        f"/api/charts/{c}" for c in charts.CHARTS
+    }
+    assert documented == served
+    for path in documented:
+        assert client.get(path).status_code == 200, path
+
+
+def test_status_and_health(client: TestClient) -> None:
+    status = client.get("/api/status").json()
+    assert status["mode"] == "replication" and status["snapshot"]["submissions"] >= 600
+    assert {s["source"] for s in status["sources"]} == {"alb", "arg", "aus"}
+    for s in status["sources"]:
+        assert s["state"] == "streaming" and s["rows"] >= 200 and s["lag_ms"] is not None
+    assert client.get("/api/health").json() == {"status": "ok", "sources": 3, "healthy": 3}

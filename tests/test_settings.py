@@ -1,0 +1,72 @@
+"""The serve settings file: valid files load, every bad one fails naming its key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pisa_pulse.api import settings
+from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.sources import config as cfg
+
+SOURCE = '[[sources]]\nname = "alb"\ndsn = "postgresql://reader@db.example.org/alb"\n'
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_full_file_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALB_PW", "s3cr:t@")
+    path = _write(
+        tmp_path,
+        '[server]\nhost = "0.0.0.0"\nport = 9000\n[capture]\nmode = "direct"\nstate_dir = "st"\n'
+        + SOURCE
+        + 'password_env = "ALB_PW"\n',
+    )
+    s = settings.load(path)
+    assert (s.server.host, s.server.port, s.mode) == ("0.0.0.0", 9000, "direct")
+    assert s.state_dir == tmp_path / "st"
+    assert s.sources[0].dsn == "postgresql://reader:s3cr%3At%40@db.example.org/alb"
+    assert s.sources[0].mode == "direct"
+    assert settings.load(path, host="127.0.0.1", port=0).server == settings.ServerSettings("127.0.0.1", 0)
+
+
+def test_the_sources_config_of_sources_up_is_a_settings_file(tmp_path: Path) -> None:
+    config = cfg.SourcesConfig("slim", 42, (cfg.Source("alb", "postgresql://pisa@127.0.0.1:5/alb"),))
+    path = cfg.save(tmp_path, config)
+    s = settings.load(path)
+    assert s.mode == "replication" and s.sources == config.sources and s.state_dir == tmp_path
+    assert s.server == settings.ServerSettings()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[server]\nprot = 1\n" + SOURCE, "unknown setting server.prot"),
+        ("[server]\nport = '80'\n" + SOURCE, "server.port = '80' is not an integer"),
+        ("[server]\nport = 70000\n" + SOURCE, "server.port 70000 is not a port"),
+        ("[capture]\nmode = 'psychic'\n" + SOURCE, "capture.mode 'psychic' is unknown"),
+        ("[server]\n", "list no [[sources]]"),
+        ('[[sources]]\nname = "zzz"\ndsn = "postgresql://a@b/c"\n', "sources[0].name 'zzz' is not a PISA"),
+        ('[[sources]]\nname = "alb"\n', "sources[0].dsn is missing"),
+        ('[[sources]]\nname = "alb"\ndsn = "mysql://a@b/c"\n', "sources[0].dsn is not a postgresql:// URL"),
+        (SOURCE + SOURCE, "names a country twice"),
+        (SOURCE + 'password_env = "PISA_PULSE_TEST_UNSET"\n', "PISA_PULSE_TEST_UNSET, which is not set"),
+        ("colour = 'blue'\n" + SOURCE, "unknown setting colour"),
+        ("[server\n", "not readable TOML"),
+    ],
+)
+def test_each_bad_file_names_the_problem(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(PisaPulseError) as info:
+        settings.load(_write(tmp_path, text))
+    message = str(info.value)
+    assert problem in message and "; " in message and "\n" not in message
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PisaPulseError, match="not found"):
+        settings.load(tmp_path / "nope.toml")
