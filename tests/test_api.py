@@ -189,7 +189,7 @@ def test_cors_allows_get_from_any_origin(client: TestClient) -> None:
 def test_openapi_documents_every_route_and_every_chart(client: TestClient) -> None:
     doc = client.get("/api/openapi.json").json()
     documented = set(doc["paths"])
-    served = {"/", "/api/status", "/api/health", "/api/openapi.json"} | {
+    served = {"/", "/api", "/api/status", "/api/health", "/api/openapi.json"} | {
         f"/api/charts/{c}" for c in charts.CHARTS
     }
     assert documented == served

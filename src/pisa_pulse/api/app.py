@@ -30,13 +30,15 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from pisa_pulse import __version__
 from pisa_pulse.api import charts
 from pisa_pulse.api.openapi import openapi_document
 from pisa_pulse.api.snapshots import Snapshot, Snapshots
+from pisa_pulse.web import static_dir
 
 CACHE_ENTRIES = 4096  # distinct (chart, countries, window) shapes kept per snapshot
 DATA_HEADERS = ("ETag", "X-Snapshot-Version", "X-Data-As-Of", "X-Data-Age-Ms")
@@ -183,8 +185,13 @@ def create_app(snapshots: Snapshots, clock: Callable[[], float] = time.time) -> 
         finally:
             await run_in_threadpool(snapshots.stop)
 
+    async def dashboard(request: Request) -> Response:
+        return FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
+
     routes = [
-        Route("/", index, methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
+        Route("/api", index, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=static_dir()), name="static"),
         Route("/api/charts/{chart}", chart, methods=["GET"]),
         Route("/api/status", status, methods=["GET"]),
         Route("/api/health", health, methods=["GET"]),
