@@ -79,13 +79,21 @@ class LiveSnapshots:
         now = time.monotonic()
         current = self._current
         if current.version != self.pipeline.version and now - self._taken >= self.min_interval:
-            with self._lock:
-                if self._current.version != self.pipeline.version:
-                    with self.pipeline.lock:
-                        version, aggregates = self.pipeline.version, self.pipeline.aggregates.copy()
-                    self._current = Snapshot(version, aggregates, self.pipeline.as_of())
-                    self._taken = now
-                current = self._current
+            # Never wait for the pipeline (an initial copy holds its lock for seconds): serve the
+            # previous snapshot and try again on the next request.
+            if self._lock.acquire(blocking=False):
+                try:
+                    if self.pipeline.lock.acquire(blocking=False):
+                        try:
+                            version, aggregates = self.pipeline.version, self.pipeline.aggregates.copy()
+                            as_of = self.pipeline.as_of()
+                        finally:
+                            self.pipeline.lock.release()
+                        self._current = Snapshot(version, aggregates, as_of)
+                        self._taken = now
+                finally:
+                    self._lock.release()
+            current = self._current
         if current.version != self.pipeline.version:
             return current  # newer changes wait for the next copy: its own as_of still holds
         # Nothing changed since the copy, so it is as fresh as the pipeline (idle sources answer pings).
