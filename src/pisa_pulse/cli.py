@@ -350,7 +350,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"`pisa-pulse traffic set --rate R --data-dir {data_dir}`"
         )
         try:
-            cli_serve.run_server(settings)
+            cli_serve.run_server(settings, traffic_control=data_dir)
         finally:
             stop.set()
             writer.join()

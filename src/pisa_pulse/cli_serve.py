@@ -14,6 +14,7 @@ import uvicorn
 from pisa_pulse.api import settings as api_settings
 from pisa_pulse.api.app import create_app
 from pisa_pulse.api.snapshots import DirectSnapshots, LiveSnapshots, Snapshots
+from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.terminal import out
@@ -31,6 +32,11 @@ def add_command(
     )
     data_dir(serve)
     http_options(serve)
+    serve.add_argument(
+        "--traffic-control",
+        action="store_true",
+        help="add token-protected routes that steer the data dir's traffic (token in <data-dir>/api-token)",
+    )
 
 
 def http_options(parser: argparse.ArgumentParser) -> None:
@@ -78,12 +84,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_server(settings: api_settings.Settings, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve until Ctrl+C or SIGTERM (uvicorn handles both and runs the app's shutdown)."""
+def run_server(settings: api_settings.Settings, traffic_control: Path | None = None) -> None:
+    """Serve until Ctrl+C or SIGTERM; `traffic_control`: the data dir whose traffic the API may steer."""
     sock = listening_socket(settings.server.host, settings.server.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    app = create_app(snapshots_for(settings))
+    routes = traffic_routes(traffic_control, new_token(traffic_control)) if traffic_control else None
+    app = create_app(snapshots_for(settings), traffic_routes=routes)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5
     )
@@ -91,8 +98,8 @@ def run_server(settings: api_settings.Settings, on_ready: Callable[[str], None] 
     out.print(
         f"serving {len(settings.sources)} sources ({settings.mode}) at {url} (API: {url}api/openapi.json)"
     )
-    if on_ready is not None:
-        on_ready(url)
+    if traffic_control:
+        out.print(f"traffic controls on; their token is in {traffic_control / TOKEN_FILE}")
     # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
     # there before it: make that one a no-op, so a requested stop exits 0 like the other commands.
     previous = {s: signal.signal(s, lambda signum, frame: None) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -105,5 +112,7 @@ def run_server(settings: api_settings.Settings, on_ready: Callable[[str], None] 
 
 def cmd_serve(data_dir: Path, args: argparse.Namespace) -> int:
     """`serve`."""
-    run_server(load_settings(args.config, data_dir, args.host, args.port))
+    run_server(
+        load_settings(args.config, data_dir, args.host, args.port), data_dir if args.traffic_control else None
+    )
     return 0

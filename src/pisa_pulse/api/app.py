@@ -10,7 +10,7 @@ it comes from and how old its data is:
     X-Data-As-Of: 2026-11-28T12:00:00.120Z    X-Data-Age-Ms: 35
 
 Every error, on every route, has one shape: `{"error": {"status": 400, "message": "..."}}`.
-The API only reads: it has no route that changes data.
+The API only reads, unless started with the traffic controls (api/traffic.py), which need a token.
 """
 
 from __future__ import annotations
@@ -78,8 +78,10 @@ class ChartCache:
         return found
 
 
-def create_app(snapshots: Snapshots, clock: Callable[[], float] = time.time) -> Starlette:
-    """The API over one source of snapshots."""
+def create_app(
+    snapshots: Snapshots, clock: Callable[[], float] = time.time, traffic_routes: list[Route] | None = None
+) -> Starlette:
+    """The API over one source of snapshots; `traffic_routes` (api/traffic.py) only when enabled."""
     cache = ChartCache()
     direct = snapshots.mode == "direct"
 
@@ -153,7 +155,8 @@ def create_app(snapshots: Snapshots, clock: Callable[[], float] = time.time) -> 
         return Response(_json(body), 200 if ok else 503, media_type="application/json")
 
     async def openapi(request: Request) -> Response:
-        return Response(_json(openapi_document(__version__)), media_type="application/json")
+        doc = openapi_document(__version__, traffic=bool(traffic_routes))
+        return Response(_json(doc), media_type="application/json")
 
     async def index(request: Request) -> Response:
         links = {name: f"/api/charts/{name}" for name in charts.CHARTS}
@@ -196,6 +199,7 @@ def create_app(snapshots: Snapshots, clock: Callable[[], float] = time.time) -> 
         Route("/api/status", status, methods=["GET"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
+        *(traffic_routes or []),
     ]
     middleware = [
         Middleware(

@@ -122,8 +122,31 @@ def _get(
     return {"get": {"summary": summary, "parameters": parameters, "responses": responses}}
 
 
-def openapi_document(version: str) -> dict[str, Any]:
-    """The whole document."""
+def _traffic_paths() -> dict[str, Any]:
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    status = _get("The traffic's rate, state and counts", {"type": "object"}, [])
+    status["get"]["security"] = bearer
+    steer = {
+        "summary": 'Change the traffic: {"rate": R}, {"action": "pause"} or {"action": "resume"}',
+        "security": bearer,
+        "requestBody": body,
+        "responses": {"200": {"description": "The new traffic status"}, "default": _ERROR},
+    }
+    empty = {
+        "summary": 'Empty one country\'s database: {"country": "alb"}',
+        "security": bearer,
+        "requestBody": body,
+        "responses": {"200": {"description": "Which databases were emptied"}, "default": _ERROR},
+    }
+    return {"/api/traffic": {**status, "post": steer}, "/api/traffic/empty": {"post": empty}}
+
+
+def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
+    """The whole document (with the traffic routes when they are enabled)."""
     paths: dict[str, Any] = {}
     for name, schema in CHART_SCHEMAS.items():
         params = (
@@ -154,8 +177,13 @@ def openapi_document(version: str) -> dict[str, Any]:
             },
         }
     }
+    components: dict[str, Any] = {}
+    if traffic:
+        paths.update(_traffic_paths())
+        components = {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
     return {
         "openapi": "3.0.3",
+        "components": components,
         "info": {
             "title": "pisa-pulse",
             "version": version,

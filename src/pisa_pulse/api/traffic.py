@@ -1,0 +1,123 @@
+"""Traffic controls through the API: the only routes that change data, off unless asked for.
+
+`serve --traffic-control` (and `demo`, which owns its traffic) adds
+
+    GET  /api/traffic          the running traffic's rate, state and counts
+    POST /api/traffic          {"rate": 500} | {"action": "pause"} | {"action": "resume"}
+    POST /api/traffic/empty    {"country": "alb"}: empties that country's database
+
+Each needs `Authorization: Bearer <token>`. The token is random per start and written to
+`<data-dir>/api-token` (mode 0600), never printed or logged; without the switch the routes do not
+exist (404) and the dashboard shows no controls. The routes forward to the traffic's own loopback
+control endpoint (`sources/control.py`), so they work whether the traffic runs in this process (demo)
+or in another (`pisa-pulse traffic`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.sources import control, lifecycle
+
+TOKEN_FILE = "api-token"
+
+
+def new_token(data_dir: Path) -> str:
+    """A fresh token, written to `<data-dir>/api-token` readable by this user only."""
+    token = secrets.token_urlsafe(24)
+    path = data_dir / TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+def _reply(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")).encode(), status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _reply({"error": {"status": status, "message": message}}, status)
+
+
+def traffic_routes(data_dir: Path, token: str) -> list[Route]:
+    """The three routes, bound to one data dir and token."""
+
+    def authorized(request: Request) -> bool:
+        sent = request.headers.get("authorization", "")
+        return sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), token.encode())
+
+    async def body_of(request: Request) -> dict[str, Any] | None:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def status(request: Request) -> Response:
+        if not authorized(request):
+            return _error(
+                401,
+                "missing or wrong token; send Authorization: Bearer <token from the data dir's api-token>",
+            )
+        try:
+            return _reply(await run_in_threadpool(control.send, data_dir, "status"))
+        except PisaPulseError as exc:
+            return _error(503, str(exc))
+
+    async def steer(request: Request) -> Response:
+        if not authorized(request):
+            return _error(
+                401,
+                "missing or wrong token; send Authorization: Bearer <token from the data dir's api-token>",
+            )
+        body = await body_of(request)
+        if body is None:
+            return _error(400, 'the body is not a JSON object; send {"rate": 500} or {"action": "pause"}')
+        if "rate" in body:
+            rate = body["rate"]
+            if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1_000_000:
+                return _error(400, "rate must be a number from 0 to 1000000 (operations per second)")
+            action, payload = "rate", {"rate": float(rate)}
+        elif body.get("action") in ("pause", "resume"):
+            action, payload = str(body["action"]), {}
+        else:
+            return _error(400, 'send {"rate": R} or {"action": "pause"} or {"action": "resume"}')
+        try:
+            return _reply(await run_in_threadpool(control.send, data_dir, action, payload))
+        except PisaPulseError as exc:
+            return _error(503, str(exc))
+
+    async def empty(request: Request) -> Response:
+        if not authorized(request):
+            return _error(
+                401,
+                "missing or wrong token; send Authorization: Bearer <token from the data dir's api-token>",
+            )
+        body = await body_of(request)
+        country = body.get("country") if body else None
+        if not isinstance(country, str) or not country.isalpha() or len(country) != 3:
+            return _error(400, 'send {"country": "alb"}: the code of one of the sources')
+        try:
+            emptied = await run_in_threadpool(lifecycle.empty, data_dir, [country.lower()])
+        except PisaPulseError as exc:
+            return _error(400, str(exc))
+        return _reply({"emptied": emptied})
+
+    return [
+        Route("/api/traffic", status, methods=["GET"]),
+        Route("/api/traffic", steer, methods=["POST"]),
+        Route("/api/traffic/empty", empty, methods=["POST"]),
+    ]

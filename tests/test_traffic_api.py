@@ -1,0 +1,87 @@
+"""Traffic controls through the API: absent unless enabled, and then only with the token."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psycopg2
+import pytest
+from starlette.testclient import TestClient
+
+from pisa_pulse.api.app import create_app
+from pisa_pulse.api.snapshots import DirectSnapshots
+from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
+from pisa_pulse.sources import control
+from pisa_pulse.sources.traffic import Traffic
+from tests.conftest import BringUp
+
+
+def test_without_the_switch_there_are_no_traffic_routes(new_dir: Path, bring_up: BringUp) -> None:
+    config = bring_up(new_dir, countries="alb", schema="slim", rows_per_country=10)
+    with TestClient(create_app(DirectSnapshots(config.sources))) as client:
+        for method in ("GET", "POST"):
+            assert client.request(method, "/api/traffic").status_code in (404, 405)
+        assert client.post("/api/traffic/empty", json={"country": "alb"}).status_code in (404, 405)
+        assert not any("traffic" in path for path in client.get("/api/openapi.json").json()["paths"])
+    with psycopg2.connect(config.sources[0].dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM responses")
+        assert cur.fetchone()[0] == 10
+
+
+def test_with_the_switch_every_change_needs_the_token(new_dir: Path, bring_up: BringUp) -> None:
+    config = bring_up(new_dir, countries="alb,arg", schema="slim", rows_per_country=50)
+    token = new_token(new_dir)
+    assert (new_dir / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+    traffic = Traffic(config, rate=50)
+    stop = threading.Event()
+    app = create_app(DirectSnapshots(config.sources), traffic_routes=traffic_routes(new_dir, token))
+    with control.ControlEndpoint(traffic, new_dir), TestClient(app) as client:
+        writer = threading.Thread(target=traffic.run, args=(stop,))
+        writer.start()
+        try:
+            for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": token}):
+                assert client.get("/api/traffic", headers=headers).status_code == 401
+                assert client.post("/api/traffic", json={"rate": 5}, headers=headers).status_code == 401
+                assert (
+                    client.post("/api/traffic/empty", json={"country": "alb"}, headers=headers).status_code
+                    == 401
+                )
+            assert traffic.rate == 50
+            auth = {"Authorization": f"Bearer {token}"}
+            assert client.get("/api/traffic", headers=auth).json()["rate"] == 50
+            assert client.post("/api/traffic", json={"rate": 7}, headers=auth).json()["rate"] == 7
+            assert traffic.rate == 7
+            assert (
+                client.post("/api/traffic", json={"action": "pause"}, headers=auth).json()["paused"] is True
+            )
+            for bad in ({"rate": -1}, {"rate": "fast"}, {"action": "explode"}, [1, 2]):
+                response = client.post("/api/traffic", json=bad, headers=auth)
+                assert response.status_code == 400 and response.json()["error"]["status"] == 400
+            assert client.post("/api/traffic/empty", json={"country": "xx"}, headers=auth).status_code == 400
+            assert client.post("/api/traffic/empty", json={"country": "ALB"}, headers=auth).json() == {
+                "emptied": ["alb"]
+            }
+            paths = client.get("/api/openapi.json").json()["paths"]
+            assert {"/api/traffic", "/api/traffic/empty"} <= set(paths)
+        finally:
+            stop.set()
+            writer.join()
+    counts = []
+    for s in config.sources:
+        with psycopg2.connect(s.dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM responses")
+            counts.append(cur.fetchone()[0])
+    assert counts[0] == 0 and counts[1] >= 50
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"country": 5}'])
+def test_empty_rejects_bad_bodies(new_dir: Path, bring_up: BringUp, body: bytes) -> None:
+    config = bring_up(new_dir, countries="alb", schema="slim", rows_per_country=5)
+    token = new_token(new_dir)
+    app = create_app(DirectSnapshots(config.sources), traffic_routes=traffic_routes(new_dir, token))
+    with TestClient(app) as client:
+        response = client.post(
+            "/api/traffic/empty", content=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 400
