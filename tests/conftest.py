@@ -24,7 +24,7 @@ def scratch() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="pisa-pulse-tests-"))
     root.chmod(0o711)
     yield root
-    for config_file in root.glob("*/sources.toml"):
+    for config_file in root.rglob("sources.toml"):  # every data dir, however deep
         config = cfg.load(config_file.parent)
         if config.cluster is not None:
             EmbeddedCluster(config.cluster, config_file.parent).remove()
