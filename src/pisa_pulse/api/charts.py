@@ -41,6 +41,17 @@ CHARTS = (
     "performance",
 )
 PER_COUNTRY = frozenset(CHARTS[2:])
+# The columns each chart reads besides `cnt` (direct mode queries only these).
+COLUMNS: dict[str, frozenset[str]] = {
+    "submissions": frozenset(),
+    "submissions-over-time": frozenset(),
+    "early-education-and-belonging": frozenset({"durecec", "belong"}),
+    "escs": frozenset({"escs"}),
+    "learning-hours-per-week": frozenset({"tmins"}),
+    "performance": frozenset(
+        {"w_fstuwt"} | {f"pv{i}{d}" for d in ("math", "read", "scie") for i in range(1, 11)}
+    ),
+}
 Bucket = Literal["hour", "minute"]
 MAX_WINDOW = {"hour": 24 * 14, "minute": 24 * 60}  # points: two weeks of hours, a day of minutes
 

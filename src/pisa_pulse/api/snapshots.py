@@ -43,7 +43,7 @@ class Snapshots(Protocol):
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
-    def snapshot(self) -> Snapshot: ...
+    def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot: ...
     def status(self) -> list[dict[str, Any]]: ...
 
 
@@ -74,8 +74,11 @@ class LiveSnapshots:
         self._stop.set()
         self._thread.join()
 
-    def snapshot(self) -> Snapshot:
-        """The latest copy, renewed when the pipeline has changed and `min_interval` has passed."""
+    def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot:
+        """The latest copy, renewed when the pipeline has changed and `min_interval` has passed.
+
+        `columns` is a hint for direct mode; the live aggregates hold every column anyway.
+        """
         now = time.monotonic()
         current = self._current
         if current.version != self.pipeline.version and now - self._taken >= self.min_interval:
@@ -127,11 +130,11 @@ class DirectSnapshots:
             for conn in conns:
                 conn.close()
 
-    def snapshot(self) -> Snapshot:
-        """Query every source now (blocking: call it from a worker thread)."""
+    def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot:
+        """Query every source now, only `columns` when given (blocking: call it from a worker thread)."""
         started = time.time()
         total = Aggregates()
-        for part in self._pool.map(self._query, self.sources):
+        for part in self._pool.map(lambda source: self._query(source, columns), self.sources):
             if part is not None:
                 total.merge(part)
         with self._lock:
@@ -139,14 +142,14 @@ class DirectSnapshots:
             version = self._version
         return Snapshot(version, total, started if not self._errors else 0.0)
 
-    def _query(self, source: Source) -> Aggregates | None:
+    def _query(self, source: Source, columns: frozenset[str] | None) -> Aggregates | None:
         with self._lock:
             idle = self._connections[source.name]
             conn = idle.pop() if idle else None
         try:
             if conn is None:
                 conn = connect(source.dsn)
-            result = aggregates_from_sql(conn, source.name.upper(), arrivals=False)
+            result = aggregates_from_sql(conn, source.name.upper(), arrivals=False, columns=columns)
         except (psycopg2.Error, Exception) as exc:  # a failed source is reported, the others still count
             self._errors[source.name] = scrub(
                 str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)

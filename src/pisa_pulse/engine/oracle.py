@@ -13,6 +13,8 @@ fail where the engine calls it invalid; no other difference is known.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from psycopg2 import sql
 from psycopg2.extensions import connection
 
@@ -71,10 +73,17 @@ def _value(rule: ColumnRule, params: dict[str, object]) -> sql.Composable:
     )
 
 
-def _checked_rows(params: dict[str, object]) -> sql.Composable:
-    """SELECT each row's country and every numeric column's checked value FROM responses."""
+def _checked_rows(params: dict[str, object], columns: Collection[str] | None) -> sql.Composable:
+    """SELECT each row's country and the numeric columns' checked values FROM responses.
+
+    Columns left out of `columns` (when given) are NULL: not read, and counted as never valid.
+    """
     values = [
-        sql.SQL("{} AS {}").format(_value(rule, params), sql.Identifier(rule.name)) for rule in column_rules()
+        sql.SQL("{} AS {}").format(
+            _value(rule, params) if columns is None or rule.name in columns else sql.SQL("NULL::bigint"),
+            sql.Identifier(rule.name),
+        )
+        for rule in column_rules()
     ]
     return sql.SQL(
         "SELECT CASE WHEN cnt = ANY(%(countries)s) THEN cnt ELSE %(source)s END AS country, {values} "
@@ -82,7 +91,9 @@ def _checked_rows(params: dict[str, object]) -> sql.Composable:
     ).format(values=sql.SQL(", ").join(values), table=sql.Identifier(TABLE))
 
 
-def aggregates_statement(source_country: str) -> tuple[sql.Composable, dict[str, object]]:
+def aggregates_statement(
+    source_country: str, columns: Collection[str] | None = None
+) -> tuple[sql.Composable, dict[str, object]]:
     """The SQL of `aggregates_from_sql` and its parameters (for logging and benchmarks)."""
     params = dict(_PARAMS, source=source_country)
     selected: list[sql.Composable] = [sql.SQL("country"), sql.SQL("count(*)")]
@@ -97,14 +108,16 @@ def aggregates_statement(source_country: str) -> tuple[sql.Composable, dict[str,
         selected += [sql.SQL("coalesce(sum({}::numeric * {}), 0)").format(weight, present)]
         selected += [sql.SQL("coalesce(sum({}::numeric * ({})), 0)").format(weight, total)]
     statement = sql.SQL("SELECT {selected} FROM ({rows}) AS checked GROUP BY country").format(
-        selected=sql.SQL(", ").join(selected), rows=_checked_rows(params)
+        selected=sql.SQL(", ").join(selected), rows=_checked_rows(params, columns)
     )
     return statement, params
 
 
-def aggregates_from_sql(conn: connection, source_country: str, *, arrivals: bool = True) -> Aggregates:
+def aggregates_from_sql(
+    conn: connection, source_country: str, *, arrivals: bool = True, columns: Collection[str] | None = None
+) -> Aggregates:
     """One source's aggregates by SQL; every row arrives in minute -1, or in none if not `arrivals`."""
-    statement, params = aggregates_statement(source_country)
+    statement, params = aggregates_statement(source_country, columns)
     with conn.cursor() as cur:
         cur.execute(statement, params)
         result = cur.fetchall()
