@@ -24,15 +24,18 @@ from pisa_pulse.sources.schema import SchemaName
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import api_bench
 import capture_bench
 import sources_bench
 
 PROFILES = {
-    "smoke": {"students": 2_000, "traffic_s": 2.0, "latency_s": 3.0, "backlog_s": 2.0},
-    "quick": {"students": 60_000, "traffic_s": 10.0, "latency_s": 10.0, "backlog_s": 5.0},
-    "full": {"students": 600_000, "traffic_s": 30.0, "latency_s": 30.0, "backlog_s": 20.0},
+    "smoke": {"students": 2_000, "traffic_s": 2.0, "latency_s": 3.0, "backlog_s": 2.0, "api_s": 3.0},
+    "quick": {"students": 60_000, "traffic_s": 10.0, "latency_s": 10.0, "backlog_s": 5.0, "api_s": 10.0},
+    "full": {"students": 600_000, "traffic_s": 30.0, "latency_s": 30.0, "backlog_s": 20.0, "api_s": 30.0},
 }
-SUITES = ("sources", "capture")
+# The API under load: replication at each size (its cost should not grow with rows), direct at the first.
+API_STUDENTS = {"smoke": (2_000,), "quick": (60_000,), "full": (60_000, 600_000)}
+SUITES = ("sources", "capture", "api")
 
 
 def machine() -> dict[str, Any]:
@@ -102,6 +105,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {c['schema']} | {c['students']:,} | {c['copy_seconds']} | {c['rss_mb']} | "
             f"{c['peak_rss_mb']} |"
         )
+    lines += [
+        "",
+        f"| chart API under load (`GET {api_bench.CHART}`) | students | connections | requests/s | "
+        "p50 ms | p99 ms | non-2xx | server CPU (cores) | PostgreSQL CPU (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in result.get("api", []):
+        lines.append(
+            f"| {c['mode']}, {c['schema']} | {c['students']:,} | {c['connections']} | "
+            f"{c['requests_per_s']:,} | {c['p50_ms']} | {c['p99_ms']} | {c['non_2xx']:,} | "
+            f"{c['server_cpu_cores']} | {c['postgres_cpu_cores']} |"
+        )
     return "\n".join(lines)
 
 
@@ -119,6 +134,8 @@ def main() -> int:
         "machine": machine(),
     }
     schemas: tuple[SchemaName, ...] = ("slim", "full")
+    if args.suite in ("api", "all"):
+        api_bench.require_wrk()  # before anything runs: fail in one line, not after the other suites
     if args.suite in ("sources", "all"):
         result["seeding"], result["traffic"] = [], []
         for schema in schemas:
@@ -139,6 +156,12 @@ def main() -> int:
         result["catch_up"] = [capture_bench.catch_up("full", float(p["backlog_s"]))]
         print(f"pipeline memory, {p['students']:,} students, full ...", flush=True)
         result["memory"] = [capture_bench.memory("full", int(p["students"]))]
+    if args.suite in ("api", "all"):
+        result["api"] = []
+        sizes = API_STUDENTS[args.profile]
+        for mode, students in [*(("replication", n) for n in sizes), ("direct", sizes[0])]:
+            print(f"chart API under load, {mode}, {students:,} students, full ...", flush=True)
+            result["api"].append(api_bench.load(mode, students, float(p["api_s"])))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{result['date']}-{result['machine']['host']}-{args.profile}-{args.suite}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

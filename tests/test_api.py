@@ -69,11 +69,12 @@ def test_submissions_over_time_has_one_point_per_hour(client: TestClient) -> Non
     assert all(p.keys() == {"x", "y"} and is_int(p["y"]) for p in dataset["data"])
     hour = time.gmtime().tm_hour
     assert dataset["data"][-1]["x"] == f"{hour:02d}:00"
-    minutes = client.get("/api/charts/submissions-over-time?bucket=minute&hours=3").json()["datasets"][0][
-        "data"
-    ]
-    assert len(minutes) == 3 and all(re.fullmatch(r"\d\d:\d\d", p["x"]) for p in minutes)
-    assert len({p["x"] for p in minutes}) == 3
+    url = "/api/charts/submissions-over-time?bucket=minute&hours=2"
+    minutes = client.get(url).json()["datasets"][0]["data"]
+    assert len(minutes) == 120 and all(re.fullmatch(r"\d\d:\d\d", p["x"]) for p in minutes)
+    assert len({p["x"] for p in minutes}) == 120  # 120 distinct consecutive minutes
+    default = client.get("/api/charts/submissions-over-time?bucket=minute").json()["datasets"][0]["data"]
+    assert len(default) == 60
 
 
 def test_per_country_charts_have_their_exact_shapes(client: TestClient) -> None:
@@ -103,6 +104,7 @@ def test_per_country_charts_have_their_exact_shapes(client: TestClient) -> None:
     [
         ("ALB,ARG", ["ALB", "ARG"]),
         (" alb , Arg ", ["ALB", "ARG"]),
+        ("alb+,+arg", ["ALB", "ARG"]),  # '+' is a blank in a query string
         ("aus,alb", ["AUS", "ALB"]),  # the order asked
         ("ALB,XYZ,FRA", ["ALB"]),  # unknown codes and countries without rows are left out
         ("alb,ALB", ["ALB"]),
@@ -116,7 +118,7 @@ def test_countries_parameter(client: TestClient, raw: str | None, expected: list
     assert [d["id"] for d in response.json()["datasets"]] == expected
 
 
-@pytest.mark.parametrize("raw", ["", "AL", "ALB,,ARG", "ALB;ARG", "AB1", "ALBARG", "ALB,"])
+@pytest.mark.parametrize("raw", ["", "AL", "ALB,,ARG", "ALB;ARG", "AB1", "ALBARG", "ALB,", "A L B", "%C3%9A"])
 def test_malformed_countries_are_a_400_in_the_error_shape(client: TestClient, raw: str) -> None:
     response = client.get(f"/api/charts/performance?countries={raw}")
     assert response.status_code == 400
@@ -133,6 +135,9 @@ def test_unchanged_chart_answers_304_and_a_change_makes_a_new_etag(
     etag = first.headers["etag"]
     again = client.get("/api/charts/submissions", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    for header in (f'"other", {etag}', "*"):
+        assert client.get("/api/charts/submissions", headers={"If-None-Match": header}).status_code == 304
+    assert client.get("/api/charts/submissions", headers={"If-None-Match": '"other"'}).status_code == 200
     with connected(sources.sources[0].dsn) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO responses (id, cnt) VALUES (7, 'ALB')")
     try:
@@ -165,6 +170,7 @@ def test_responses_say_which_snapshot_and_how_fresh(client: TestClient) -> None:
         ("POST", "/api/charts/escs", 405),
         ("DELETE", "/api/status", 405),
         ("GET", "/api/charts/submissions-over-time?hours=0", 400),
+        ("GET", "/api/charts/submissions-over-time?hours=169", 400),
         ("GET", "/api/charts/submissions-over-time?bucket=week", 400),
     ],
 )

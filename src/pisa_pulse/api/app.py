@@ -125,7 +125,8 @@ def create_app(
             ),
         )
         headers = data_headers(snap, etag)
-        if etag in request.headers.get("if-none-match", ""):
+        sent = {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
+        if etag in sent or "*" in sent:
             return Response(status_code=304, headers=headers)
         return Response(body, headers=headers, media_type="application/json")
 

@@ -16,9 +16,10 @@ Decisions where the contract is silent, one place:
   index shows `null` there: a number would be invented.
 - Means are rounded for display (BELONG and ESCS to 4 decimals, the codebook's precision; scores to
   1 decimal); DURECEC years and learning hours are integers (hours = round(mean TMINS / 60)).
-- Time labels are UTC. Submissions-over-time has one point per hour (or minute) of the window ending
-  now, zeros included, counting the rows that arrived then and are still there; rows present before
-  capture started have no arrival time and are left out of this chart (they are in the count).
+- Time labels are UTC. Submissions-over-time covers the last `hours` hours (default 12, or 1 with
+  `bucket=minute`) with one point per hour (or minute) ending now, zeros included, counting the rows
+  that arrived then and are still there; rows present before capture started have no arrival time
+  and are left out of this chart (they are in the count).
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ COLUMNS: dict[str, frozenset[str]] = {
     ),
 }
 Bucket = Literal["hour", "minute"]
-MAX_WINDOW = {"hour": 24 * 14, "minute": 24 * 60}  # points: two weeks of hours, a day of minutes
-
-_CODES = re.compile(r"[A-Za-z]{3}(,[A-Za-z]{3})*")
+MAX_HOURS = 168  # the longest window, in hours (a week: 168 hourly or 10,080 minute points)
+DEFAULT_HOURS = {"hour": 12, "minute": 1}
+# Codes of 3 ASCII letters, any case, comma-separated, blanks allowed around each (the OpenAPI
+# document publishes this same pattern, so the documented and the accepted inputs agree).
+COUNTRIES_PATTERN = r"^ *[A-Za-z]{3} *(, *[A-Za-z]{3} *)*$"
+_CODES = re.compile(COUNTRIES_PATTERN)
 
 
 class BadRequest(PisaPulseError):
@@ -66,26 +70,26 @@ def parse_countries(raw: str | None) -> tuple[str, ...] | None:
     """`?countries=alb, ARG` -> ("ALB", "ARG"); None when absent. Unknown codes are dropped later."""
     if raw is None:
         return None
-    text = re.sub(r"\s+", "", raw)
-    if not _CODES.fullmatch(text):
+    if not _CODES.fullmatch(raw):
         raise BadRequest(
             f"countries={raw!r} is not a list of 3-letter country codes",
             "pass comma-separated codes such as countries=ALB,ARG, or leave the parameter out",
         )
-    return tuple(dict.fromkeys(code.upper() for code in text.split(",")))
+    return tuple(dict.fromkeys(code.strip().upper() for code in raw.split(",")))
 
 
 def parse_window(raw: str | None, bucket: Bucket) -> int:
-    """`?hours=N` (or minutes with bucket=minute): how many points, 1 to MAX_WINDOW[bucket]."""
-    default = 12 if bucket == "hour" else 60
+    """`?hours=N`: the window in hours, 1 to MAX_HOURS; returns its number of points for the bucket."""
     if raw is None:
-        return default
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_WINDOW[bucket]:
+        hours = DEFAULT_HOURS[bucket]
+    elif raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_HOURS:
+        hours = int(raw)
+    else:
         raise BadRequest(
-            f"hours={raw!r} is not a whole number from 1 to {MAX_WINDOW[bucket]}",
-            f"pass e.g. hours={default}",
+            f"hours={raw!r} is not a whole number from 1 to {MAX_HOURS}",
+            f"pass e.g. hours={DEFAULT_HOURS['hour']}",
         )
-    return int(raw)
+    return hours if bucket == "hour" else hours * 60
 
 
 def parse_bucket(raw: str | None) -> Bucket:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pisa_pulse.api.charts import MAX_WINDOW
+from pisa_pulse.api.charts import COUNTRIES_PATTERN, DEFAULT_HOURS, MAX_HOURS
 
 _NUM = {"type": "number", "nullable": True}
 _INT = {"type": "integer"}
@@ -86,14 +86,15 @@ _COUNTRIES = {
     "in": "query",
     "required": False,
     "description": "Comma-separated 3-letter codes (any case, blanks allowed); absent = all countries",
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "pattern": COUNTRIES_PATTERN},
 }
 _HOURS = {
     "name": "hours",
     "in": "query",
     "required": False,
-    "description": f"Points in the window (default 12 hours or 60 minutes; at most {MAX_WINDOW['minute']})",
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW["minute"]},
+    "description": f"The window in hours (default {DEFAULT_HOURS['hour']}, or {DEFAULT_HOURS['minute']} "
+    "with bucket=minute)",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_HOURS},
 }
 _BUCKET = {
     "name": "bucket",

@@ -1,0 +1,235 @@
+"""Benchmark of the chart API under load: requests/s, latency and CPU of `serve`, replication vs direct.
+
+Each case brings up the 20 default countries (full schema) in a scratch dir, starts `pisa-pulse serve`
+as a child process on a free port, waits until it serves every row, then loads one chart from another
+process with wrk (`apt-get install wrk`):
+
+    wrk -t1 -c32 -d10s --timeout 30s --latency http://127.0.0.1:PORT/api/charts/escs?countries=ALB,ARG,AUS
+
+Replication mode answers from the snapshot in memory, so its figures should not depend on the number
+of rows; direct mode runs the aggregate SQL on all 20 sources per request, so it gets fewer
+connections (its requests queue on one pooled connection per source anyway). CPU is read from
+/proc/<pid>/stat over the run: the server process's, and the cluster's (postmaster and its children),
+in cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from capture_bench import CLI, _up
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources.cluster import EmbeddedCluster
+from sources_bench import scratch_dir, total_rows
+
+CHART = "/api/charts/escs?countries=ALB,ARG,AUS"
+CONNECTIONS = {"replication": 32, "direct": 4}
+READY_TIMEOUT_S = 1800.0  # the initial copy of 600,000 full-schema students takes a while
+_TICK = os.sysconf("SC_CLK_TCK")
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def require_wrk() -> str:
+    """The path of wrk, or a one-line exit saying how to install it."""
+    path = shutil.which("wrk")
+    if path is None:
+        raise SystemExit("the api benchmark needs wrk, the HTTP load generator: apt-get install wrk")
+    return path
+
+
+def load(mode: str, students: int, seconds: float) -> dict[str, Any]:
+    """Requests/s, p50/p99 latency, non-2xx and CPU of `serve` in `mode` over `students` students."""
+    wrk = require_wrk()
+    with scratch_dir() as data_dir:
+        config = _up(data_dir, "full", students // 20)
+        rows = total_rows(config)
+        with _Server(_serve_command(mode, data_dir, config), data_dir.parent / "serve.log") as server:
+            server.wait_ready(mode, rows)
+            postmaster = _postmaster_pid(config, data_dir)
+            url = server.url.rstrip("/") + CHART
+            command = [
+                wrk,
+                "-t1",
+                f"-c{CONNECTIONS[mode]}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "30s",
+                "--latency",
+                url,
+            ]
+            server_cpu0, pg_cpu0, t0 = _cpu_s([server.pid]), _tree_cpu_s(postmaster), time.perf_counter()
+            run = subprocess.run(command, capture_output=True, text=True)
+            elapsed = time.perf_counter() - t0
+            server_cpu = _cpu_s([server.pid]) - server_cpu0
+            pg_cpu = max(0.0, _tree_cpu_s(postmaster) - pg_cpu0)  # a backend that ended takes its CPU along
+        if run.returncode != 0:
+            raise RuntimeError(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
+    figures = parse_wrk(run.stdout)
+    return {
+        "mode": mode,
+        "schema": "full",
+        "students": rows,
+        "connections": CONNECTIONS[mode],
+        "seconds": round(elapsed, 1),
+        **figures,
+        "server_cpu_cores": round(server_cpu / elapsed, 2),
+        "postgres_cpu_cores": round(pg_cpu / elapsed, 2),
+        "command": " ".join(["wrk", *command[1:-1], "URL"]),
+    }
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """Requests, requests/s, the latency percentiles (ms) and the error counts of wrk's --latency output."""
+    percentiles = {
+        f"p{q}_ms": round(float(value) * _UNITS_MS[unit], 2)
+        for q, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)
+    }
+    requests = re.search(r"^\s+(\d+) requests in ", text, re.M)
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if requests is None or rate is None or "p50_ms" not in percentiles or "p99_ms" not in percentiles:
+        raise RuntimeError(f"cannot read wrk's output:\n{text}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {
+        "requests": int(requests.group(1)),
+        "requests_per_s": round(float(rate.group(1))),
+        **percentiles,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": sum(int(n) for n in socket_errors.groups()) if socket_errors else 0,
+    }
+
+
+def _serve_command(mode: str, data_dir: Path, config: cfg.SourcesConfig) -> list[str]:
+    if mode == "replication":
+        return [*CLI, "serve", "--data-dir", str(data_dir), "--port", "0"]
+    if mode != "direct":
+        raise ValueError(f"unknown mode {mode!r}: replication or direct")
+    # The data dir's sources, read per request: a settings file with only capture.mode changed.
+    settings = data_dir.parent / "direct.toml"
+    body = {
+        "capture": {"mode": "direct"},
+        "sources": [{"name": s.name, "dsn": s.dsn} for s in config.sources],
+    }
+    fd = os.open(settings, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        tomli_w.dump(body, f)
+    return [*CLI, "serve", "--data-dir", str(data_dir), "--config", str(settings), "--port", "0"]
+
+
+class _Server:
+    """`pisa-pulse serve` as a child process, its output in a log file; stopped (SIGTERM) on exit."""
+
+    def __init__(self, command: list[str], log: Path) -> None:
+        self.command = command
+        self.log = log
+        self.url = ""
+        self.pid = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> _Server:
+        with self.log.open("wb") as out:
+            self._process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
+        self.pid = self._process.pid
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _alive(self) -> None:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"serve exited with {self._process.returncode}: {tail}")
+
+    def wait_ready(self, mode: str, rows: int) -> None:
+        """Until the server prints its URL, /api/health is 200 and (replication) every row is served."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self.url:
+            self._alive()
+            found = re.search(r"serving .* at (http://\S+/) ", self.log.read_text(errors="replace"))
+            if found:
+                self.url = found.group(1)
+            elif time.monotonic() > deadline:
+                raise TimeoutError("serve printed no URL")
+            else:
+                time.sleep(0.1)
+        while True:
+            self._alive()
+            if self._get("/api/health")[0] == 200:
+                status = self._get("/api/status")[1]
+                streaming = {s["state"] for s in status["sources"]} == {"streaming"}
+                if mode == "direct" or (streaming and status["snapshot"]["submissions"] == rows):
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"serve not ready after {READY_TIMEOUT_S:.0f} s")
+            time.sleep(0.2)
+        code, body = self._get(CHART)
+        if code != 200 or len(body["datasets"]) != 3:
+            raise RuntimeError(f"GET {CHART} answered {code}: {body}")
+
+    def _get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url.rstrip("/") + path, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """utime + stime of these processes, in seconds (a process that is gone counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold blanks
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    return total / _TICK
+
+
+def _postmaster_pid(config: cfg.SourcesConfig, data_dir: Path) -> int | None:
+    if config.cluster is None:
+        return None
+    pidfile = EmbeddedCluster(config.cluster, data_dir).pgdata / "postmaster.pid"
+    try:
+        return int(pidfile.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _tree_cpu_s(postmaster: int | None) -> float:
+    """CPU seconds of the postmaster and its children (the backends, walsenders and workers)."""
+    if postmaster is None:
+        return 0.0
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == postmaster:  # ppid, field 4 of proc(5)
+            children.append(int(entry.name))
+    return _cpu_s([postmaster, *children])
