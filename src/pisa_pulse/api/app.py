@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from pisa_pulse import __version__
 from pisa_pulse.api import charts
@@ -53,6 +54,15 @@ def error_response(status: int, message: str) -> Response:
     return Response(
         _json({"error": {"status": status, "message": message}}), status, media_type="application/json"
     )
+
+
+class _RevalidatedStaticFiles(StaticFiles):
+    """The dashboard's files, revalidated on each load (their names carry no version)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 class ChartCache:
@@ -195,7 +205,7 @@ def create_app(
     routes = [
         Route("/", dashboard, methods=["GET"]),
         Route("/api", index, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=static_dir()), name="static"),
+        Mount("/static", _RevalidatedStaticFiles(directory=static_dir()), name="static"),
         Route("/api/charts/{chart}", chart, methods=["GET"]),
         Route("/api/status", status, methods=["GET"]),
         Route("/api/health", health, methods=["GET"]),
@@ -204,7 +214,11 @@ def create_app(
     ]
     middleware = [
         Middleware(
-            CORSMiddleware, allow_origins=["*"], allow_methods=["GET"], expose_headers=list(DATA_HEADERS)
+            CORSMiddleware,
+            allow_origins=["*"],
+            allow_methods=["GET"],
+            allow_headers=["If-None-Match"],  # other sites' dashboards may revalidate by hand
+            expose_headers=list(DATA_HEADERS),
         )
     ]
     return Starlette(

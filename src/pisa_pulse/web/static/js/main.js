@@ -1,0 +1,216 @@
+// The dashboard: six charts and the source-health strip, each polling its own URL every second.
+// Wires the views (views/*.js) to their pollers (poller.js), the country picker (picker.js) and
+// the endpoint settings (settings.js); keeps the picker's countries and the time bucket in the URL.
+
+import { CountryPicker } from "./picker.js";
+import { Poller } from "./poller.js";
+import { Endpoints, settingsDialog } from "./settings.js";
+import { registerTheme } from "./theme.js";
+import { BelongingView } from "./views/belonging.js";
+import { EscsMapView } from "./views/escs-map.js";
+import { HealthView } from "./views/health.js";
+import { LearningHoursView } from "./views/learning-hours.js";
+import { OverTimeView } from "./views/over-time.js";
+import { PerformanceView } from "./views/performance.js";
+import { SubmissionsView } from "./views/submissions.js";
+
+// Paths are relative to the page, so the dashboard also works behind a proxy under a prefix.
+const FEEDS = [
+  { id: "submissions", title: "Submissions", path: "api/charts/submissions", View: SubmissionsView },
+  {
+    id: "submissions-over-time",
+    title: "Submissions over time",
+    path: "api/charts/submissions-over-time",
+    View: OverTimeView,
+    bucket: true,
+  },
+  {
+    id: "early-education-and-belonging",
+    title: "Early education and belonging",
+    path: "api/charts/early-education-and-belonging",
+    View: BelongingView,
+    perCountry: true,
+  },
+  {
+    id: "escs",
+    title: "Economic, social and cultural status",
+    path: "api/charts/escs",
+    View: EscsMapView,
+    perCountry: true,
+  },
+  {
+    id: "learning-hours-per-week",
+    title: "Learning hours per week",
+    path: "api/charts/learning-hours-per-week",
+    View: LearningHoursView,
+    perCountry: true,
+  },
+  {
+    id: "performance",
+    title: "Performance",
+    path: "api/charts/performance",
+    View: PerformanceView,
+    perCountry: true,
+  },
+  { id: "status", title: "Source status (health strip)", path: "api/status", View: HealthView },
+];
+const CHART_COUNT = FEEDS.length - 1;
+const LEVELS = ["ok", "waiting", "amber", "red"]; // worse to the right (idle charts do not count)
+const BUCKET_TEXT = {
+  hour: "Per hour, last 12 hours (UTC)",
+  minute: "Per minute, last hour (UTC)",
+};
+
+function readQuery() {
+  const query = new URLSearchParams(location.search);
+  const raw = query.get("countries");
+  const countries =
+    raw === null
+      ? null
+      : raw
+          .split(",")
+          .map((c) => c.trim().toUpperCase())
+          .filter((c) => /^[A-Z]{3}$/.test(c));
+  return { countries, bucket: query.get("bucket") === "minute" ? "minute" : "hour" };
+}
+
+function writeQuery(countries, bucket) {
+  const query = new URLSearchParams(location.search);
+  query.delete("countries");
+  query.delete("bucket");
+  const parts = [query.toString()];
+  if (countries !== null) parts.push(`countries=${countries.join(",")}`);
+  if (bucket === "minute") parts.push("bucket=minute");
+  const search = parts.filter(Boolean).join("&");
+  history.replaceState(null, "", `${location.pathname}${search ? `?${search}` : ""}${location.hash}`);
+}
+
+function start() {
+  registerTheme();
+  const state = readQuery();
+  const endpoints = new Endpoints(FEEDS);
+  const pollers = new Map();
+
+  const views = new Map();
+  const emptyWithoutCountries = () => {
+    if (state.countries?.length !== 0) return;
+    // Nothing to ask: empty the per-country charts rather than leave the last answer up.
+    for (const feed of FEEDS.filter((f) => f.perCountry)) {
+      views.get(feed.id).render({ datasets: [] });
+      document.querySelector(`[data-feed="${feed.id}"] .empty-note`).textContent =
+        "No country selected: pick some above";
+    }
+  };
+  const picker = new CountryPicker(document.querySelector(".picker"), state.countries, (countries) => {
+    writeQuery(countries, state.bucket);
+    state.countries = countries;
+    emptyWithoutCountries();
+  });
+  const learnCountries = (codes) => {
+    if (picker.value() === null) picker.addPresent(codes); // answers for "all": what the server has
+  };
+
+  function urlFor(feed) {
+    const url = new URL(endpoints.url(feed.id), location.href);
+    if (feed.perCountry && state.countries !== null) {
+      if (state.countries.length === 0) return null;
+      url.searchParams.set("countries", state.countries.join(","));
+    }
+    if (feed.bucket) {
+      if (state.bucket === "minute") url.searchParams.set("bucket", "minute");
+      else url.searchParams.delete("bucket");
+    }
+    return url.href.replace(/%2C/gi, ","); // codes are letters: commas read better unescaped
+  }
+
+  for (const feed of FEEDS) {
+    const root = document.querySelector(`[data-feed="${feed.id}"]`);
+    const view =
+      feed.id === "status"
+        ? new feed.View(root, (codes) => picker.addPresent(codes))
+        : new feed.View(root, learnCountries);
+    views.set(feed.id, view);
+    const poller = new Poller({
+      url: () => urlFor(feed),
+      onBody: (body) => view.render(body),
+      onAnswer: () => view.answered?.(),
+    });
+    pollers.set(feed.id, { feed, root, poller, badge: root.querySelector(".age"), shown: "" });
+    showSource(feed, root, endpoints);
+    poller.start();
+  }
+
+  emptyWithoutCountries();
+
+  settingsDialog(
+    document.querySelector("#settings"),
+    document.querySelector("#open-settings"),
+    endpoints,
+    (changed) => {
+      for (const id of changed) {
+        const { feed, root, poller } = pollers.get(id);
+        poller.reset();
+        showSource(feed, root, endpoints);
+      }
+    },
+  );
+
+  const bucketButtons = document.querySelectorAll("[data-bucket]");
+  const showBucket = () => {
+    for (const button of bucketButtons)
+      button.setAttribute("aria-pressed", String(button.dataset.bucket === state.bucket));
+    document.querySelector("#over-time-subtitle").textContent = BUCKET_TEXT[state.bucket];
+  };
+  for (const button of bucketButtons) {
+    button.addEventListener("click", () => {
+      state.bucket = button.dataset.bucket;
+      writeQuery(state.countries, state.bucket);
+      showBucket();
+    });
+  }
+  showBucket();
+
+  const overall = document.querySelector("#overall");
+  setInterval(() => showFreshness(pollers, overall), 200);
+  document.addEventListener("visibilitychange", () => {
+    // A hidden tab asks nothing; on return every chart polls at once and catches up.
+    for (const { poller } of pollers.values()) document.hidden ? poller.stop() : poller.start();
+  });
+}
+
+/** Names the server a chart polls when it is not this one. */
+function showSource(feed, root, endpoints) {
+  const tag = root.querySelector(".card-source");
+  if (!tag) return;
+  const host = endpoints.foreignHost(feed.id);
+  tag.hidden = host === null;
+  tag.textContent = host === null ? "" : `from ${host}`;
+}
+
+function showFreshness(pollers, overall) {
+  const now = performance.now();
+  const counts = { waiting: 0, ok: 0, amber: 0, red: 0, idle: 0 };
+  for (const [id, entry] of pollers) {
+    const fresh = entry.poller.freshness(now);
+    if (id !== "status") counts[fresh.level] += 1;
+    const key = `${fresh.level}|${fresh.text}`;
+    if (key === entry.shown) continue;
+    entry.shown = key;
+    entry.badge.dataset.level = fresh.level;
+    entry.badge.title = fresh.title;
+    entry.badge.querySelector(".age-text").textContent = fresh.text;
+  }
+  const worst = LEVELS.findLast((level) => counts[level] > 0) ?? "ok";
+  const polled = CHART_COUNT - counts.idle;
+  const text = {
+    waiting: "Connecting…",
+    ok: `Live · all ${polled} charts up to date`,
+    amber: `${counts.amber + counts.red} of ${polled} charts delayed`,
+    red: `${counts.red} of ${polled} charts stale or unreachable`,
+  }[worst];
+  if (overall.dataset.level !== worst) overall.dataset.level = worst;
+  const label = overall.querySelector(".overall-text");
+  if (label.textContent !== text) label.textContent = text;
+}
+
+start();

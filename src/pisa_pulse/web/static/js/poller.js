@@ -1,0 +1,186 @@
+// One chart's polling loop and what it knows about the freshness of what it shows.
+//
+// At most one request is in flight per poller, and requests start at least `interval` ms apart,
+// whatever the server's speed: the next poll is scheduled only when the previous one has ended.
+// Same-origin polls send the last ETag in If-None-Match themselves and keep what is shown on a 304.
+// Cross-origin polls let the browser's HTTP cache send If-None-Match instead (an author-set
+// If-None-Match is not a CORS-safelisted header, so it would need a preflight that a server
+// allowing plain cross-origin GET may refuse); an unchanged ETag is then treated like a 304.
+
+export const FRESH_MS = 1000; // older than this: amber
+export const STALE_MS = 60_000; // older than this: red
+export const FAILING_RED_MS = 5000; // polls failing for this long: red whatever the data's age
+
+/** A response that does not follow the chart's contract. */
+export class ContractError extends Error {}
+
+/** A response with an error status. */
+class HttpError extends Error {}
+
+export class Poller {
+  /**
+   * @param {object} options
+   * @param {() => (string|null)} options.url  the URL to ask now; null: nothing to ask (e.g. no country)
+   * @param {(body: any) => void} options.onBody  renders a new body; throws ContractError on a bad shape
+   * @param {() => void} [options.onAnswer]  called after every good answer (new body or unchanged)
+   */
+  constructor({ url, onBody, onAnswer = () => {}, interval = 1000, timeout = 4000 }) {
+    this.url = url;
+    this.onBody = onBody;
+    this.onAnswer = onAnswer;
+    this.interval = interval;
+    this.timeout = timeout;
+    this.etag = null;
+    this.etagUrl = null;
+    this.receivedAt = null; // performance.now() of the last good answer
+    this.ageAtReceipt = 0; // the data's age (X-Data-Age-Ms) when that answer arrived
+    this.failingSince = null;
+    this.error = null;
+    this.idle = false; // true while url() is null
+    this.lastStart = -Infinity;
+    this.running = false;
+    this.inFlight = false;
+    this.timer = null;
+  }
+
+  /** Start polling (again); never overlaps a request still in flight. */
+  start() {
+    if (this.running) return;
+    this.running = true;
+    if (!this.inFlight) this.schedule();
+  }
+
+  /** Stop polling; a request in flight still completes. */
+  stop() {
+    this.running = false;
+    clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  /** Forget the freshness and ETag (the URL changed for good, e.g. in the settings). */
+  reset() {
+    this.etag = this.etagUrl = this.receivedAt = this.failingSince = this.error = null;
+    this.ageAtReceipt = 0;
+  }
+
+  schedule() {
+    clearTimeout(this.timer);
+    const wait = Math.max(0, this.lastStart + this.interval - performance.now());
+    this.timer = setTimeout(() => this.tick(), wait);
+  }
+
+  async tick() {
+    this.timer = null;
+    if (!this.running || this.inFlight) return;
+    this.lastStart = performance.now(); // also when there is nothing to ask: look again in a second
+    try {
+      await this.poll();
+    } finally {
+      if (this.running) this.schedule();
+    }
+  }
+
+  async poll() {
+    const url = this.url();
+    this.idle = url === null;
+    if (this.idle) return;
+    const target = new URL(url, location.href);
+    const sameOrigin = target.origin === location.origin;
+    if (this.etagUrl !== target.href) this.etag = null;
+    const headers = sameOrigin && this.etag ? { "If-None-Match": this.etag } : {};
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), this.timeout);
+    this.inFlight = true;
+    try {
+      const response = await fetch(target, {
+        headers,
+        cache: sameOrigin ? "no-store" : "no-cache",
+        credentials: "omit",
+        signal: abort.signal,
+      });
+      if (response.status === 304) {
+        this.answered(response);
+        return;
+      }
+      if (!response.ok) throw new HttpError(await describeError(response));
+      const etag = response.headers.get("ETag");
+      if (etag && etag === this.etag && this.etagUrl === target.href) {
+        await response.body?.cancel();
+        this.answered(response);
+        return;
+      }
+      const body = await response.json();
+      if (this.url() !== url) return; // the selection changed meanwhile: the next poll asks anew
+      this.onBody(body);
+      this.etag = etag;
+      this.etagUrl = target.href;
+      this.answered(response);
+    } catch (error) {
+      this.failed(error, abort.signal.aborted);
+    } finally {
+      clearTimeout(timer);
+      this.inFlight = false;
+    }
+  }
+
+  answered(response) {
+    const age = Number.parseInt(response.headers.get("X-Data-Age-Ms") ?? "", 10);
+    this.ageAtReceipt = Number.isFinite(age) && age >= 0 ? age : 0;
+    this.receivedAt = performance.now();
+    this.failingSince = null;
+    this.error = null;
+    this.onAnswer();
+  }
+
+  failed(error, timedOut) {
+    this.failingSince ??= performance.now();
+    if (timedOut) this.error = `no answer in ${this.timeout / 1000} s`;
+    else if (error instanceof ContractError) this.error = `unexpected answer: ${error.message}`;
+    else if (error instanceof SyntaxError) this.error = "unexpected answer: not JSON";
+    else if (error instanceof TypeError) this.error = "unreachable";
+    else if (error instanceof HttpError) this.error = error.message;
+    else {
+      this.error = "the page failed to show the answer";
+      console.error(error); // a bug of this page, not of the server: let it be seen
+    }
+  }
+
+  /** {level: waiting|ok|amber|red|idle, text, title}: what the card's badge shows now. */
+  freshness(now = performance.now()) {
+    if (this.idle) return { level: "idle", text: "no country selected", title: "nothing to ask for" };
+    const age = this.receivedAt === null ? null : this.ageAtReceipt + (now - this.receivedAt);
+    if (this.failingSince !== null) {
+      const failingFor = now - this.failingSince;
+      // Amber at the first failure; red once polls have failed for FAILING_RED_MS (or the data is stale).
+      const red = failingFor >= FAILING_RED_MS || age === null || age > STALE_MS;
+      const text = age === null ? this.error : `${this.error} · data ${formatAge(age)} old`;
+      return { level: red ? "red" : "amber", text, title: `polls failing: ${this.error}`, age };
+    }
+    if (age === null) return { level: "waiting", text: "connecting…", title: "waiting for the first answer" };
+    // The text is the data's whole age; the level allows for the poll interval itself (polling every
+    // second, any data is up to a second older than its answer), or every chart would turn amber
+    // for a moment before each answer. Amber: the server's data was over 1 s old, or an answer is late.
+    const late = this.ageAtReceipt + Math.max(0, now - this.receivedAt - this.interval);
+    const level = late > STALE_MS ? "red" : late > FRESH_MS ? "amber" : "ok";
+    return { level, text: `updated ${formatAge(age)} ago`, title: "age of the data shown", age };
+  }
+}
+
+async function describeError(response) {
+  try {
+    const body = await response.json();
+    if (body?.error?.message) return `HTTP ${response.status}: ${body.error.message}`;
+  } catch {
+    // not the API's error shape: the status says enough
+  }
+  return `HTTP ${response.status}`;
+}
+
+/** 120 ms, 3.4 s, 42 s, 5 min, 3 h */
+export function formatAge(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 10_000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms < 60_000) return `${Math.round(ms / 1000)} s`;
+  if (ms < 3_600_000) return `${Math.floor(ms / 60_000)} min`;
+  return `${Math.floor(ms / 3_600_000)} h`;
+}

@@ -1,0 +1,479 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright).
+
+One set of real sources (four countries) and one `pisa-pulse serve` subprocess serve the whole module;
+each test opens the page in a fresh browser context (its own localStorage). A "soak" page opened by
+the first test keeps polling through all the others (traffic, a stopped server, failing polls) and
+the last test checks that its JavaScript heap did not grow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, Request, sync_playwright
+
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources import lifecycle
+from pisa_pulse.sources.traffic import Traffic
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-precise-memory-info",  # performance.memory in bytes, not rounded buckets
+    "--js-flags=--expose-gc",  # window.gc(), so heap sizes compare live objects only
+]
+COUNTRIES = ("ALB", "ARG", "AUS", "BEL")
+CHARTS = (
+    "submissions",
+    "submissions-over-time",
+    "early-education-and-belonging",
+    "escs",
+    "learning-hours-per-week",
+    "performance",
+)
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+SOAK_SECONDS = 60
+HEAP_GROWTH_LIMIT = 5 * 1024 * 1024
+
+
+@dataclass
+class Server:
+    """A `pisa-pulse serve` subprocess."""
+
+    url: str
+    process: subprocess.Popen[str]
+
+
+@contextmanager
+def serving(data_dir: Path) -> Iterator[Server]:
+    """`pisa-pulse serve --data-dir D --port 0` until the block ends (SIGTERM)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pisa_pulse", "serve", "--data-dir", str(data_dir), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
+        assert found, f"serve printed {line!r}"
+        yield Server(found.group(1), proc)
+    finally:
+        proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def sources(scratch: Path) -> tuple[cfg.SourcesConfig, Path]:
+    """Four slim countries of 200 students (what the `bring_up` fixture does, once per module)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="dashboard-", dir=scratch)) / "data"
+    config = lifecycle.up(
+        lifecycle.UpRequest(
+            data_dir=data_dir, countries=",".join(COUNTRIES).lower(), schema="slim", rows_per_country=200
+        )
+    )
+    return config, data_dir
+
+
+@pytest.fixture(scope="module")
+def server(sources: tuple[cfg.SourcesConfig, Path]) -> Iterator[Server]:
+    with serving(sources[1]) as live:
+        deadline = time.monotonic() + 60
+        while {s["state"] for s in get_json(live.url + "api/status")["sources"]} != {"streaming"}:
+            assert time.monotonic() < deadline, "the pipeline did not start streaming"
+            time.sleep(0.1)
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        yield launch(playwright)
+
+
+def launch(playwright: Playwright) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@dataclass
+class Tab:
+    """A page with what it logged and asked for."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+    requests: list[tuple[float, Request]] = field(default_factory=list)  # (time.monotonic(), request)
+
+    def urls(self) -> list[str]:
+        return [request.url for _, request in self.requests]
+
+    def chart_requests(self, since: float = 0.0) -> Counter[str]:
+        """Requests to this server's API per chart (and `status`) started after `since`."""
+        counts: Counter[str] = Counter()
+        for started, request in self.requests:
+            path = urlsplit(request.url).path
+            if started >= since and path.startswith("/api/"):
+                counts[path.removeprefix("/api/charts/").removeprefix("/api/")] += 1
+        return counts
+
+
+def open_tab(browser: Browser, url: str, width: int = 1440, height: int = 900) -> Tab:
+    context = browser.new_context(viewport={"width": width, "height": height})
+    tab = Tab(context.new_page())
+
+    def on_console(message: Any) -> None:
+        if message.type == "error":
+            tab.errors.append(message.text)
+
+    tab.page.on("console", on_console)
+    tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
+    tab.page.on("request", lambda request: tab.requests.append((time.monotonic(), request)))
+    tab.page.goto(url)
+    return tab
+
+
+@pytest.fixture
+def tab(browser: Browser, server: Server) -> Iterator[Tab]:
+    opened = open_tab(browser, server.url)
+    yield opened
+    opened.page.context.close()
+
+
+def wait_for_data(tab: Tab, timeout: float = 20) -> None:
+    """Until every chart has drawn data from an answer."""
+    tab.page.wait_for_function(
+        """charts => charts.every(
+             id => Number(document.querySelector(`[data-feed="${id}"]`).dataset.items) > 0)""",
+        arg=list(CHARTS),
+        timeout=timeout * 1000,
+    )
+
+
+def levels(page: Page) -> dict[str, str]:
+    """Each feed's freshness level (ok, amber, red, waiting), and the header's as `overall`."""
+    found: dict[str, str] = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('[data-feed]')]
+               .map(el => [el.dataset.feed, el.querySelector('.age').dataset.level]))"""
+    )
+    found["overall"] = page.get_attribute("#overall", "data-level") or ""
+    return found
+
+
+def count_shown(page: Page) -> int:
+    return int(page.get_attribute(".big-number", "data-count") or -1)
+
+
+def heap_bytes(page: Page) -> int:
+    used: int = page.evaluate("() => { window.gc(); return performance.memory.usedJSHeapSize; }")
+    return used
+
+
+@contextmanager
+def traffic_running(config: cfg.SourcesConfig, rate: float, seconds: float) -> Iterator[Traffic]:
+    """Real submissions into the sources from a thread, for at most `seconds`."""
+    traffic = Traffic(config, rate=rate, seed=11)
+    stop = threading.Event()
+    thread = threading.Thread(target=traffic.run, args=(stop,), kwargs={"duration": seconds}, daemon=True)
+    thread.start()
+    try:
+        yield traffic
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+@dataclass
+class Soak:
+    """A page left polling from the first test to the last."""
+
+    tab: Tab
+    started: float
+    heap: int
+    elements: int
+
+
+@pytest.fixture(scope="module")
+def soak(browser: Browser, server: Server, sources: tuple[cfg.SourcesConfig, Path]) -> Iterator[Soak]:
+    opened = open_tab(browser, server.url)
+    wait_for_data(opened)
+    # Warm-up: every chart redraws a few times (the JIT compiles the update paths), animations end.
+    with traffic_running(sources[0], rate=20, seconds=6):
+        opened.page.wait_for_timeout(6000)
+    opened.page.wait_for_timeout(1500)
+    elements = opened.page.evaluate("document.getElementsByTagName('*').length")
+    yield Soak(opened, time.monotonic(), heap_bytes(opened.page), elements)
+    opened.page.context.close()
+
+
+def test_every_chart_renders_data_without_console_errors(tab: Tab, server: Server, soak: Soak) -> None:
+    # (`soak` starts the long-lived page now, so that it polls through every other test.)
+    wait_for_data(tab)
+    page = tab.page
+    # Every ECharts canvas has drawn something.
+    inked = page.evaluate(
+        """() => [...document.querySelectorAll('.chart')].map(box => {
+             const canvas = box.querySelector('canvas');
+             if (!canvas || !canvas.width) return 0;
+             const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+             let inked = 0;
+             for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) inked += 1;
+             return inked;
+           })"""
+    )
+    assert len(inked) == 5 and all(n > 500 for n in inked), inked
+    total = get_json(server.url + "api/charts/submissions")["count"]  # (no traffic now)
+    page.wait_for_function(f"document.querySelector('.big-number').dataset.count === '{total}'")
+    page.wait_for_function("document.querySelectorAll('.health-list .source').length === 4")
+    assert page.inner_text(".health-summary").startswith("4/4 sources healthy")
+    assert page.locator(".off-map").is_hidden()  # all four countries have a shape on the map
+    # Screen readers: the number is announced, every chart title is a heading.
+    assert page.get_attribute(".big-number-live", "aria-live") == "polite"
+    headings = page.eval_on_selector_all(".card h2", "els => els.map(e => e.textContent)")
+    assert len(headings) == 6 and all(headings)
+    page.wait_for_function("document.querySelector('#overall').dataset.level === 'ok'")
+    assert tab.errors == []
+
+
+def test_the_number_rises_while_traffic_runs(tab: Tab, sources: tuple[cfg.SourcesConfig, Path]) -> None:
+    wait_for_data(tab)
+    page = tab.page
+    before = count_shown(page)
+    page.get_by_role("button", name="Minutes").click()
+    with traffic_running(sources[0], rate=60, seconds=8):
+        page.wait_for_function(f"Number(document.querySelector('.big-number').dataset.count) > {before + 20}")
+        rising = count_shown(page)
+        page.wait_for_function(f"Number(document.querySelector('.big-number').dataset.count) > {rising}")
+    # The minute chart was asked for, and shows the new arrivals.
+    assert any("bucket=minute" in url for url in tab.urls())
+    assert "bucket=minute" in page.url
+    page.wait_for_function(
+        "Number(document.querySelector('[data-feed=submissions-over-time]').dataset.total) >= 20"
+    )
+    page.wait_for_function("document.querySelector('.rate').textContent.startsWith('+')")
+    assert tab.errors == []
+
+
+def test_the_picker_changes_the_requested_countries(tab: Tab, server: Server) -> None:
+    wait_for_data(tab)
+    page = tab.page
+    asked_all = [url for url in tab.urls() if "/api/charts/escs" in url]
+    assert asked_all and all("countries" not in url for url in asked_all)  # default: every country
+    page.wait_for_function("document.querySelector('.picker-count').textContent.includes('All 4')")
+
+    # Keyboard only: open, search, Enter unticks the first match (all were ticked).
+    page.focus(".picker-toggle")
+    page.keyboard.press("Enter")
+    page.keyboard.type("argentina")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement.classList.contains('picker-toggle')")
+    wanted = {"ALB", "AUS", "BEL"}
+    assert_next_requests_ask_for(tab, wanted)
+    assert parse_qs(urlsplit(page.url).query)["countries"] == ["ALB,AUS,BEL"]
+
+    # Clear, then tick one with the arrow keys and Space.
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Clear").click()
+    page.fill(".picker-search", "BEL")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Space")
+    page.keyboard.press("Escape")
+    assert_next_requests_ask_for(tab, {"BEL"})
+    page.wait_for_function("document.querySelector('[data-feed=escs]').dataset.items === '1'")
+
+    # Remembered in the URL: a reload asks for the same countries.
+    tab.requests.clear()
+    page.reload()
+    assert_next_requests_ask_for(tab, {"BEL"})
+    assert tab.errors == []
+
+
+def assert_next_requests_ask_for(tab: Tab, wanted: set[str], timeout: float = 5) -> None:
+    """Each per-country chart's next request asks for exactly `wanted`."""
+    since = time.monotonic()
+    deadline = since + timeout
+    seen: dict[str, set[str]] = {}
+    while len(seen) < 4:
+        assert time.monotonic() < deadline, f"not every per-country chart asked for {wanted}: {seen}"
+        tab.page.wait_for_timeout(100)
+        for started, request in tab.requests:
+            parts = urlsplit(request.url)
+            name = parts.path.removeprefix("/api/charts/")
+            if started < since or name not in CHARTS[2:] or name in seen:
+                continue
+            seen[name] = set(parse_qs(parts.query).get("countries", [""])[0].split(","))
+    assert all(codes == wanted for codes in seen.values()), seen
+
+
+def test_each_chart_polls_at_most_once_a_second_and_unchanged_data_costs_a_304(tab: Tab) -> None:
+    wait_for_data(tab)
+    page = tab.page
+    since = time.monotonic()
+    page.wait_for_timeout(5000)
+    counts = tab.chart_requests(since)
+    for name in (*CHARTS, "status"):
+        # 5 s at one poll per second: 5, or 6 when the window catches both ends.
+        assert 3 <= counts[name] <= 6, counts
+    conditional = [
+        r for started, r in tab.requests if started >= since and r.all_headers().get("if-none-match")
+    ]
+    assert conditional, "no poll sent If-None-Match"
+    responses = [r.response() for r in conditional]
+    statuses = Counter(response.status for response in responses if response is not None)
+    assert statuses[304] > 0, statuses  # nothing changed meanwhile: most polls cost a 304
+    assert tab.errors == []
+
+
+class FixedCount(BaseHTTPRequestHandler):
+    """A foreign implementation of chart 1's contract: always 4242, cross-origin GET allowed."""
+
+    asked: list[str]
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        body = b'{"count": 4242}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def foreign() -> Iterator[tuple[str, list[str]]]:
+    asked: list[str] = []
+    handler = type("Handler", (FixedCount,), {"asked": asked})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/count", asked
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_configured_foreign_url_is_polled(tab: Tab, foreign: tuple[str, list[str]]) -> None:
+    url, asked = foreign
+    wait_for_data(tab)
+    page = tab.page
+    page.get_by_role("button", name="Endpoints").click()
+    page.get_by_role("textbox", name="Submissions", exact=True).fill(url)
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_function("document.querySelector('.big-number').dataset.count === '4242'", timeout=10_000)
+    host = urlsplit(url).netloc
+    assert page.inner_text("[data-feed=submissions] .card-source") == f"from {host}"
+    deadline = time.monotonic() + 5
+    while len(asked) < 3:
+        assert time.monotonic() < deadline, asked
+        page.wait_for_timeout(200)
+    assert set(asked) == {"/count"}
+    # Saved in the browser: after a reload the chart still polls the foreign URL.
+    page.reload()
+    page.wait_for_function("document.querySelector('.big-number').dataset.count === '4242'", timeout=10_000)
+    page.wait_for_function("document.querySelector('[data-feed=submissions] .age').dataset.level === 'ok'")
+    assert tab.errors == []
+
+
+def test_there_are_no_traffic_controls(tab: Tab) -> None:
+    wait_for_data(tab)
+    page = tab.page
+    assert page.locator("[id*=traffic i], [class*=traffic i], [data-feed*=traffic i]").count() == 0
+    assert page.get_by_role("button", name=re.compile("pause|resume|rate|empty", re.I)).count() == 0
+    assert page.get_by_role("slider").count() == 0
+    assert not any("/api/traffic" in url for url in tab.urls())
+
+
+def test_screenshots_at_laptop_and_phone_sizes(
+    browser: Browser, server: Server, sources: tuple[cfg.SourcesConfig, Path], tmp_path: Path
+) -> None:
+    with traffic_running(sources[0], rate=30, seconds=20):
+        shots = {}
+        for width, height in ((1440, 900), (390, 844)):
+            tab = open_tab(browser, server.url + "?bucket=minute", width, height)
+            wait_for_data(tab)
+            tab.page.wait_for_timeout(4000)  # the sparkline and rate fill in, animations settle
+            # Nothing wider than the screen (a phone would scroll sideways).
+            assert tab.page.evaluate("document.documentElement.scrollWidth") <= width
+            shot = tmp_path / f"dashboard-{width}x{height}.png"
+            tab.page.screenshot(path=str(shot), full_page=True)
+            assert tab.errors == []
+            tab.page.context.close()
+            shots[width] = shot
+    DOCS.mkdir(exist_ok=True)
+    for shot in shots.values():
+        assert shot.stat().st_size > 50_000
+        shutil.copyfile(shot, DOCS / shot.name)
+
+
+def test_the_age_turns_red_when_the_server_stops_and_recovers(tab: Tab, server: Server) -> None:
+    wait_for_data(tab)
+    page = tab.page
+    page.wait_for_function("document.querySelector('#overall').dataset.level === 'ok'")
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        seen_amber = False
+        deadline = time.monotonic() + 30
+        while set(levels(page).values()) != {"red"}:
+            seen_amber = seen_amber or "amber" in levels(page).values()
+            assert time.monotonic() < deadline, f"not red 30 s after the server stopped: {levels(page)}"
+            page.wait_for_timeout(100)
+        assert seen_amber, "went red without passing amber"
+        assert "no answer" in page.inner_text("[data-feed=submissions] .age")
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    page.wait_for_function(
+        "[...document.querySelectorAll('[data-feed] .age')].every(el => el.dataset.level === 'ok')",
+        timeout=20_000,
+    )
+
+
+def test_a_page_left_open_does_not_grow(soak: Soak, sources: tuple[cfg.SourcesConfig, Path]) -> None:
+    page = soak.tab.page
+    # Keep the data changing (every chart redraws every second) for the rest of the soak.
+    remaining = max(15.0, SOAK_SECONDS - (time.monotonic() - soak.started))
+    with traffic_running(sources[0], rate=20, seconds=remaining):
+        page.wait_for_timeout(remaining * 1000)
+    page.wait_for_timeout(1500)  # the last animations end
+    grown = heap_bytes(page) - soak.heap
+    assert grown < HEAP_GROWTH_LIMIT, f"the JS heap grew by {grown / 1e6:.1f} MB in {SOAK_SECONDS} s"
+    # The same charts and the same DOM: nothing is re-created per poll.
+    assert page.evaluate("document.getElementsByTagName('*').length") <= soak.elements + 10
+    assert page.evaluate("document.querySelectorAll('canvas').length") == 5
+    # At most one request per chart per second over the whole soak.
+    elapsed = time.monotonic() - soak.tab.requests[0][0]
+    counts = soak.tab.chart_requests()
+    assert len(counts) == 7 and all(n <= elapsed + 1 for n in counts.values()), (elapsed, counts)
