@@ -6,9 +6,15 @@ Each data dir lives under a private /tmp folder that the unprivileged server use
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,3 +60,29 @@ def bring_up() -> BringUp:
 def slim20(scratch: Path) -> cfg.SourcesConfig:
     """The 20 default countries, slim, 300 students each: shared by read-mostly tests."""
     return _bring_up(scratch / "slim20", schema="slim", rows_per_country=300, workers=2)
+
+
+@dataclass
+class Server:
+    """A `pisa-pulse serve` subprocess and its base URL."""
+
+    url: str
+    process: subprocess.Popen[str]
+
+
+@contextmanager
+def serving(*args: str) -> Iterator[Server]:
+    """`pisa-pulse serve ARGS --port 0` until the block ends, then SIGTERM and a clean exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pisa_pulse", "serve", *args, "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
+        assert found, f"serve printed {line!r}"
+        yield Server(found.group(1), proc)
+    finally:
+        proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0

@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,9 +29,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, Request, sync_playwright
 
+from pisa_pulse.api.charts import CHARTS
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import lifecycle
 from pisa_pulse.sources.traffic import Traffic
+from tests.conftest import Server, serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -49,45 +49,9 @@ CHROMIUM_ARGS = [
     "--js-flags=--expose-gc",  # window.gc(), so heap sizes compare live objects only
 ]
 COUNTRIES = ("ALB", "ARG", "AUS", "BEL")
-CHARTS = (
-    "submissions",
-    "submissions-over-time",
-    "early-education-and-belonging",
-    "escs",
-    "learning-hours-per-week",
-    "performance",
-)
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SOAK_SECONDS = 60
 HEAP_GROWTH_LIMIT = 5 * 1024 * 1024
-
-
-@dataclass
-class Server:
-    """A `pisa-pulse serve` subprocess."""
-
-    url: str
-    process: subprocess.Popen[str]
-
-
-@contextmanager
-def serving(data_dir: Path) -> Iterator[Server]:
-    """`pisa-pulse serve --data-dir D --port 0` until the block ends (SIGTERM)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pisa_pulse", "serve", "--data-dir", str(data_dir), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        assert found, f"serve printed {line!r}"
-        yield Server(found.group(1), proc)
-    finally:
-        proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
 
 
 def get_json(url: str) -> Any:
@@ -109,7 +73,7 @@ def sources(scratch: Path) -> tuple[cfg.SourcesConfig, Path]:
 
 @pytest.fixture(scope="module")
 def server(sources: tuple[cfg.SourcesConfig, Path]) -> Iterator[Server]:
-    with serving(sources[1]) as live:
+    with serving("--data-dir", str(sources[1])) as live:
         deadline = time.monotonic() + 60
         while {s["state"] for s in get_json(live.url + "api/status")["sources"]} != {"streaming"}:
             assert time.monotonic() < deadline, "the pipeline did not start streaming"

@@ -8,14 +8,9 @@ data is as of a moment after the last commit, every chart must be the same on bo
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,26 +21,7 @@ from pisa_pulse.api import charts
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp
-
-
-@contextmanager
-def serving(args: list[str]) -> Iterator[str]:
-    """`pisa-pulse serve ARGS --port 0` in a subprocess; yields its base URL; stops it with SIGTERM."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pisa_pulse", "serve", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        assert found, f"serve printed {line!r}"
-        yield found.group(1)
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+from tests.conftest import BringUp, serving
 
 
 def get(url: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -84,7 +60,11 @@ def test_every_chart_equals_the_direct_mode_once_traffic_stops(
     sources: tuple[cfg.SourcesConfig, Path], new_dir: Path
 ) -> None:
     config, direct_settings = sources
-    with serving(["--data-dir", str(new_dir)]) as live, serving(["--config", str(direct_settings)]) as direct:
+    with (
+        serving("--data-dir", str(new_dir)) as live_server,
+        serving("--config", str(direct_settings)) as direct_server,
+    ):
+        live, direct = live_server.url, direct_server.url
         wait_streaming(live)
         traffic = Traffic(config, rate=500, updates=0.1, deletes=0.05, messy=0.05, seed=9)
         traffic.run(threading.Event(), duration=3)
@@ -110,7 +90,8 @@ def test_a_committed_row_is_in_the_chart_within_a_second(
     sources: tuple[cfg.SourcesConfig, Path], new_dir: Path
 ) -> None:
     config, _ = sources
-    with serving(["--data-dir", str(new_dir)]) as live:
+    with serving("--data-dir", str(new_dir)) as live_server:
+        live = live_server.url
         wait_streaming(live)
         before = get(live + "api/charts/submissions")[0]["count"]
         with connected(config.sources[0].dsn) as conn, conn.cursor() as cur:
