@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -26,7 +24,7 @@ from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control, lifecycle
 from pisa_pulse.sources.schema import SCHEMAS
 from pisa_pulse.sources.traffic import Traffic
-from pisa_pulse.terminal import console, out, report_while
+from pisa_pulse.terminal import console, on_stop_signals, out, report_while
 
 log = logging.getLogger("pisa_pulse")
 
@@ -308,25 +306,16 @@ def _traffic_line(s: dict[str, Any]) -> str:
 def _run_traffic(traffic: Traffic, data_dir: Path, duration: float | None) -> int:
     """Run the traffic with its control endpoint until Ctrl+C, SIGTERM or the duration."""
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with control.ControlEndpoint(traffic, data_dir) as endpoint:
-            out.print(
-                f"traffic to {traffic.status()['sources']} sources at {traffic.rate}/s; "
-                f"steer with `pisa-pulse traffic set --rate R --data-dir {data_dir}` "
-                f"(control on 127.0.0.1:{endpoint.port}); Ctrl+C stops"
-            )
-            writer = threading.Thread(target=traffic.run, args=(stop, duration), name="traffic")
-            writer.start()
-            report_while(writer, lambda: _traffic_line(traffic.status()))
-            writer.join()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with on_stop_signals(stop.set), control.ControlEndpoint(traffic, data_dir) as endpoint:
+        out.print(
+            f"traffic to {traffic.status()['sources']} sources at {traffic.rate}/s; "
+            f"steer with `pisa-pulse traffic set --rate R --data-dir {data_dir}` "
+            f"(control on 127.0.0.1:{endpoint.port}); Ctrl+C stops"
+        )
+        writer = threading.Thread(target=traffic.run, args=(stop, duration), name="traffic")
+        writer.start()
+        report_while(writer, lambda: _traffic_line(traffic.status()))
+        writer.join()
     _print_traffic(traffic.status())
     return 0
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
 from pathlib import Path
-from types import FrameType
 
 from rich.table import Table
 
@@ -14,7 +12,7 @@ from pisa_pulse.capture.preflight import check_source
 from pisa_pulse.engine.pipeline import Pipeline, slot_name
 from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources import config as cfg
-from pisa_pulse.terminal import out, report_while
+from pisa_pulse.terminal import on_stop_signals, out, report_while
 
 DEFAULT_SLOT_PREFIX = "pisa_pulse"
 
@@ -54,14 +52,9 @@ def cmd_pipeline(data_dir: Path, args: argparse.Namespace) -> int:
     config = cfg.load(data_dir)
     pipeline = Pipeline(config.sources, data_dir, slot_prefix=args.slot_prefix)
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     if args.duration is not None:
         threading.Timer(args.duration, stop.set).start()
-    try:
+    with on_stop_signals(stop.set):
         worker = threading.Thread(target=pipeline.run, args=(stop,), name="pipeline")
         worker.start()
         out.print(
@@ -69,9 +62,6 @@ def cmd_pipeline(data_dir: Path, args: argparse.Namespace) -> int:
         )
         report_while(worker, lambda: _line(pipeline))
         worker.join()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     out.print(_line(pipeline))
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from pisa_pulse.api.snapshots import DirectSnapshots, LiveSnapshots, Snapshots
 from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
-from pisa_pulse.terminal import out
+from pisa_pulse.terminal import on_stop_signals, out
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +101,8 @@ def run_server(settings: api_settings.Settings, traffic_control: Path | None = N
         out.print(f"traffic controls on; their token is in {traffic_control / TOKEN_FILE}")
     # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
     # there before it: make that one a no-op, so a requested stop exits 0 like the other commands.
-    previous = {s: signal.signal(s, lambda signum, frame: None) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_stop_signals(lambda: None):
         server.run(sockets=[sock])
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def cmd_serve(data_dir: Path, args: argparse.Namespace) -> int:

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import FrameType
 
 from rich.console import Console
 from rich.status import Status
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors and progress
 out = Console(highlight=False, soft_wrap=True)  # results
+
+
+@contextlib.contextmanager
+def on_stop_signals(handler: Callable[[], None]) -> Iterator[None]:
+    """Call `handler` on Ctrl+C or SIGTERM inside the block; the previous handlers come back after."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        handler()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 @contextlib.contextmanager

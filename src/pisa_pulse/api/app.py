@@ -45,14 +45,14 @@ CACHE_ENTRIES = 4096  # distinct (chart, countries, window) shapes kept per snap
 DATA_HEADERS = ("ETag", "X-Snapshot-Version", "X-Data-As-Of", "X-Data-Age-Ms")
 
 
-def _json(body: Any) -> bytes:
+def json_bytes(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def error_response(status: int, message: str) -> Response:
     """The one error shape."""
     return Response(
-        _json({"error": {"status": status, "message": message}}), status, media_type="application/json"
+        json_bytes({"error": {"status": status, "message": message}}), status, media_type="application/json"
     )
 
 
@@ -80,7 +80,7 @@ class ChartCache:
             self.version = snap.version
         found = self.entries.get(key)
         if found is None:
-            body = _json(build())
+            body = json_bytes(build())
             found = (body, f'"{zlib.crc32(body):08x}{len(body):x}"')
             self.entries[key] = found
             if len(self.entries) > CACHE_ENTRIES:
@@ -153,7 +153,9 @@ def create_app(
             },
             "sources": snapshots.status(),
         }
-        return Response(_json(body), media_type="application/json", headers={"Cache-Control": "no-cache"})
+        return Response(
+            json_bytes(body), media_type="application/json", headers={"Cache-Control": "no-cache"}
+        )
 
     async def health(request: Request) -> Response:
         states = [s["state"] for s in snapshots.status()]
@@ -163,11 +165,11 @@ def create_app(
             "sources": len(states),
             "healthy": sum(s in ("streaming", "direct") for s in states),
         }
-        return Response(_json(body), 200 if ok else 503, media_type="application/json")
+        return Response(json_bytes(body), 200 if ok else 503, media_type="application/json")
 
     async def openapi(request: Request) -> Response:
         doc = openapi_document(__version__, traffic=bool(traffic_routes))
-        return Response(_json(doc), media_type="application/json")
+        return Response(json_bytes(doc), media_type="application/json")
 
     async def index(request: Request) -> Response:
         links = {name: f"/api/charts/{name}" for name in charts.CHARTS}
@@ -179,7 +181,7 @@ def create_app(
             "health": "/api/health",
             "openapi": "/api/openapi.json",
         }
-        return Response(_json(body), media_type="application/json")
+        return Response(json_bytes(body), media_type="application/json")
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

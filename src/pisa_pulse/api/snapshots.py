@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import psycopg2
-
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.oracle import aggregates_from_sql
 from pisa_pulse.engine.pipeline import Pipeline
-from pisa_pulse.sources.config import Source, scrub
+from pisa_pulse.sources.config import Source, first_line
 from pisa_pulse.sources.databases import Connection, connect
 
 
@@ -150,10 +148,8 @@ class DirectSnapshots:
             if conn is None:
                 conn = connect(source.dsn)
             result = aggregates_from_sql(conn, source.name.upper(), arrivals=False, columns=columns)
-        except (psycopg2.Error, Exception) as exc:  # a failed source is reported, the others still count
-            self._errors[source.name] = scrub(
-                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            )
+        except Exception as exc:
+            self._errors[source.name] = first_line(exc)
             if conn is not None:
                 conn.close()
             return None

@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pisa_pulse.api.app import error_response, json_bytes
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import control, lifecycle
 
 TOKEN_FILE = "api-token"
+Handler = Callable[[Request], Awaitable[Response]]
+_NO_TOKEN = "missing or wrong token; send Authorization: Bearer <the token in the data dir's api-token>"
 
 
 def new_token(data_dir: Path) -> str:
@@ -44,12 +48,8 @@ def new_token(data_dir: Path) -> str:
     return token
 
 
-def _reply(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")).encode(), status, media_type="application/json")
-
-
-def _error(status: int, message: str) -> Response:
-    return _reply({"error": {"status": status, "message": message}}, status)
+def _reply(body: dict[str, Any]) -> Response:
+    return Response(json_bytes(body), media_type="application/json")
 
 
 def traffic_routes(data_dir: Path, token: str) -> list[Route]:
@@ -66,58 +66,53 @@ def traffic_routes(data_dir: Path, token: str) -> list[Route]:
             return None
         return body if isinstance(body, dict) else None
 
+    def with_token(handler: Handler) -> Handler:
+        async def checked(request: Request) -> Response:
+            if not authorized(request):
+                return error_response(401, _NO_TOKEN)
+            return await handler(request)
+
+        return checked
+
     async def status(request: Request) -> Response:
-        if not authorized(request):
-            return _error(
-                401,
-                "missing or wrong token; send Authorization: Bearer <token from the data dir's api-token>",
-            )
         try:
             return _reply(await run_in_threadpool(control.send, data_dir, "status"))
         except PisaPulseError as exc:
-            return _error(503, str(exc))
+            return error_response(503, str(exc))
 
     async def steer(request: Request) -> Response:
-        if not authorized(request):
-            return _error(
-                401,
-                "missing or wrong token; send Authorization: Bearer <token from the data dir's api-token>",
-            )
         body = await body_of(request)
         if body is None:
-            return _error(400, 'the body is not a JSON object; send {"rate": 500} or {"action": "pause"}')
+            return error_response(
+                400, 'the body is not a JSON object; send {"rate": 500} or {"action": "pause"}'
+            )
         if "rate" in body:
             rate = body["rate"]
             if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1_000_000:
-                return _error(400, "rate must be a number from 0 to 1000000 (operations per second)")
+                return error_response(400, "rate must be a number from 0 to 1000000 (operations per second)")
             action, payload = "rate", {"rate": float(rate)}
         elif body.get("action") in ("pause", "resume"):
             action, payload = str(body["action"]), {}
         else:
-            return _error(400, 'send {"rate": R} or {"action": "pause"} or {"action": "resume"}')
+            return error_response(400, 'send {"rate": R} or {"action": "pause"} or {"action": "resume"}')
         try:
             return _reply(await run_in_threadpool(control.send, data_dir, action, payload))
         except PisaPulseError as exc:
-            return _error(503, str(exc))
+            return error_response(503, str(exc))
 
     async def empty(request: Request) -> Response:
-        if not authorized(request):
-            return _error(
-                401,
-                "missing or wrong token; send Authorization: Bearer <token from the data dir's api-token>",
-            )
         body = await body_of(request)
         country = body.get("country") if body else None
         if not isinstance(country, str) or not country.isalpha() or len(country) != 3:
-            return _error(400, 'send {"country": "alb"}: the code of one of the sources')
+            return error_response(400, 'send {"country": "alb"}: the code of one of the sources')
         try:
             emptied = await run_in_threadpool(lifecycle.empty, data_dir, [country.lower()])
         except PisaPulseError as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         return _reply({"emptied": emptied})
 
     return [
-        Route("/api/traffic", status, methods=["GET"]),
-        Route("/api/traffic", steer, methods=["POST"]),
-        Route("/api/traffic/empty", empty, methods=["POST"]),
+        Route("/api/traffic", with_token(status), methods=["GET"]),
+        Route("/api/traffic", with_token(steer), methods=["POST"]),
+        Route("/api/traffic/empty", with_token(empty), methods=["POST"]),
     ]

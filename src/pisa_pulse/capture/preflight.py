@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psycopg2
 
 from pisa_pulse.capture.replication import PUBLICATION
-from pisa_pulse.sources.config import Source, scrub
+from pisa_pulse.sources.config import Source, first_line
 from pisa_pulse.sources.databases import Connection, connected, table_columns
 from pisa_pulse.sources.schema import TABLE
 
@@ -42,7 +42,7 @@ def check_source(source: Source, slot: str, columns: Sequence[str]) -> list[Chec
                 _slots(conn, slot),
             ]
     except psycopg2.Error as exc:
-        return [Check("connect", False, scrub(str(exc).strip()), "check the DSN in the sources config")]
+        return [Check("connect", False, first_line(exc), "check the DSN in the sources config")]
     except Exception as exc:  # PisaPulseError from connect(): already one clean line
         return [Check("connect", False, str(exc), "")]
 

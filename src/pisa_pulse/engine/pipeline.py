@@ -40,7 +40,7 @@ from pisa_pulse.engine.checkpoint import CheckpointStore, Position, SourceChange
 from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.values import CHART_COLUMNS, INITIAL_COPY_MINUTE
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources.config import Source, scrub
+from pisa_pulse.sources.config import Source, first_line
 from pisa_pulse.sources.databases import connected, table_columns
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class Pipeline:
         r.retry_at = time.monotonic() + delay
         r.state, r.reason = (
             state,
-            scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),
+            first_line(exc),
         )
         log.warning("source %s source=%s reason=%s retry_in=%ss", state, r.source.name, r.reason, delay)
 

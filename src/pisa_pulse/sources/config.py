@@ -175,6 +175,12 @@ def scrub(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line, passwords scrubbed: what a status, a log line or a one-line error shows."""
+    text = str(exc).strip()
+    return scrub(text.splitlines()[0]) if text else type(exc).__name__
+
+
 def with_database(dsn: str, database: str) -> str:
     """The same server DSN pointing at another database."""
     parts = urlsplit(dsn)

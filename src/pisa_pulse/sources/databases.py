@@ -17,7 +17,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources.config import redact, with_database
+from pisa_pulse.sources.config import first_line, redact, with_database
 from pisa_pulse.sources.schema import TABLE, SchemaName, create_table, schema_of
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,8 @@ def connect(dsn: str, autocommit: bool = True) -> Connection:
     try:
         conn = psycopg2.connect(dsn, application_name="pisa-pulse", connect_timeout=10)
     except psycopg2.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reason"
         raise PisaPulseError(
-            f"cannot connect to {redact(dsn)}: {reason}",
+            f"cannot connect to {redact(dsn)}: {first_line(exc)}",
             "check that the server is running and the DSN's host, port, user and password are right",
         ) from None
     conn.autocommit = autocommit
@@ -115,7 +114,7 @@ def state(name: str, dsn: str) -> DatabaseState:
             rows, size = cur.fetchone() or (0, 0)
             return DatabaseState(name, int(rows), int(size))
     except (PisaPulseError, psycopg2.Error) as exc:
-        return DatabaseState(name, None, None, str(exc).strip().splitlines()[0])
+        return DatabaseState(name, None, None, first_line(exc))
 
 
 def empty(dsn: str) -> None:

@@ -27,7 +27,7 @@ from psycopg2 import sql
 
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import Country, countries
-from pisa_pulse.sources.config import Source, SourcesConfig
+from pisa_pulse.sources.config import Source, SourcesConfig, first_line
 from pisa_pulse.sources.databases import Connection, connect
 from pisa_pulse.sources.schema import TABLE, SchemaName, columns
 from pisa_pulse.sources.seed import COPY_SQL, MAX_ID, random_ids
@@ -274,7 +274,7 @@ class Traffic:
     def _fail(self, target: _Target, exc: Exception) -> None:
         with self._lock:
             self.counts.errors += 1
-        log.warning("source failed source=%s error=%s", target.source.name, str(exc).strip().splitlines()[0])
+        log.warning("source failed source=%s error=%s", target.source.name, first_line(exc))
         if target.conn is not None:
             target.conn.close()
         target.conn = None
