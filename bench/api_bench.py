@@ -57,7 +57,7 @@ def load(mode: str, students: int, seconds: float) -> dict[str, Any]:
         config = _up(data_dir, "full", students // 20)
         rows = total_rows(config)
         _settle(config)
-        with _Server(_serve_command(mode, data_dir, config), data_dir.parent / "serve.log") as server:
+        with ServeProcess(_serve_command(mode, data_dir, config), data_dir.parent / "serve.log") as server:
             server.wait_ready(mode, rows)
             postmaster = _postmaster_pid(config, data_dir)
             url = server.url.rstrip("/") + CHART
@@ -147,7 +147,7 @@ def _serve_command(mode: str, data_dir: Path, config: cfg.SourcesConfig) -> list
     return [*CLI, "serve", "--data-dir", str(data_dir), "--config", str(settings), "--port", "0"]
 
 
-class _Server:
+class ServeProcess:
     """`pisa-pulse serve` as a child process, its output in a log file; stopped (SIGTERM) on exit."""
 
     def __init__(self, command: list[str], log: Path) -> None:
@@ -157,7 +157,7 @@ class _Server:
         self.pid = 0
         self._process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> _Server:
+    def __enter__(self) -> ServeProcess:
         with self.log.open("wb") as out:
             self._process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
         self.pid = self._process.pid

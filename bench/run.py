@@ -23,9 +23,11 @@ from typing import Any
 from pisa_pulse.sources.schema import SchemaName
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.browser, shared with the browser tests
 
 import api_bench
 import capture_bench
+import dashboard_bench
 import sources_bench
 
 PROFILES = {
@@ -33,9 +35,11 @@ PROFILES = {
     "quick": {"students": 60_000, "traffic_s": 10.0, "latency_s": 10.0, "backlog_s": 5.0, "api_s": 10.0},
     "full": {"students": 600_000, "traffic_s": 30.0, "latency_s": 30.0, "backlog_s": 20.0, "api_s": 30.0},
 }
+# The dashboard left open: (minutes, seconds between samples).
+PAGE_MINUTES = {"smoke": (0.25, 5.0), "quick": (2.0, 15.0), "full": (10.0, 30.0)}
 # The API under load at each size, in both modes: the pipeline's cost should not grow with rows.
 API_STUDENTS = {"smoke": (2_000,), "quick": (60_000,), "full": (60_000, 600_000)}
-SUITES = ("sources", "capture", "api")
+SUITES = ("sources", "capture", "api", "dashboard")
 
 
 def machine() -> dict[str, Any]:
@@ -57,66 +61,83 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _table(header: str, rows: list[str]) -> list[str]:
+    """One Markdown table: a header row `| a | b |`, its rule (first column left, others right), rows."""
+    if not rows:
+        return []
+    columns = header.count("|") - 1
+    return ["", header, "|---|" + "---:|" * (columns - 1), *rows]
+
+
 def markdown(result: dict[str, Any]) -> str:
-    """The tables docs/benchmarks.md embeds."""
+    """The tables docs/benchmarks.md embeds, one per suite that ran."""
     m = result["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['postgresql']}, "
-        f"Python {m['python']}. Profile `{result['profile']}`, {result['date']}.",
-        "",
+        f"Python {m['python']}. Profile `{result['profile']}`, {result['date']}."
+    ]
+    lines += _table(
         "| seeding | students | seconds | students/s |",
-        "|---|---:|---:|---:|",
-    ]
-    for s in result.get("seeding", []):
-        lines.append(f"| {s['schema']} | {s['students']:,} | {s['seconds']} | {s['rows_per_s']:,} |")
-    lines += [
-        "",
+        [
+            f"| {s['schema']} | {s['students']:,} | {s['seconds']} | {s['rows_per_s']:,} |"
+            for s in result.get("seeding", [])
+        ],
+    )
+    lines += _table(
         "| sustained traffic | updates | deletes | operations/s | net rows/s (counted by PostgreSQL) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for t in result.get("traffic", []):
-        lines.append(
+        [
             f"| {t['schema']} | {t['updates']} | {t['deletes']} | {t['ops_per_s']:,} | "
             f"{t['net_rows_per_s_counted_by_postgres']:,} |"
-        )
-    lines += [
-        "",
+            for t in result.get("traffic", [])
+        ],
+    )
+    lines += _table(
         "| commit-to-aggregate latency | target ops/s | changes/s | transactions/s | p50 ms | p99 ms | "
         "max ms | pipeline CPU (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for c in result.get("latency", []):
-        lines.append(
+        [
             f"| {c['schema']} | {c['target_ops_per_s']:,.0f} | {c['changes_per_s']:,} | "
-            f"{c['transactions_per_s']:,} | {c['p50_ms']} | "
-            f"{c['p99_ms']} | {c['max_ms']} | {c['pipeline_cpu_share']} |"
-        )
-    lines += ["", "| catch-up (max change rate) | changes | seconds | changes/s | CPU µs/change |"]
-    lines.append("|---|---:|---:|---:|---:|")
-    for c in result.get("catch_up", []):
-        lines.append(
+            f"{c['transactions_per_s']:,} | {c['p50_ms']} | {c['p99_ms']} | {c['max_ms']} | "
+            f"{c['pipeline_cpu_share']} |"
+            for c in result.get("latency", [])
+        ],
+    )
+    lines += _table(
+        "| catch-up (max change rate) | changes | seconds | changes/s | CPU µs/change |",
+        [
             f"| {c['schema']} | {c['changes']:,} | {c['seconds']} | {c['changes_per_s']:,} | "
             f"{c['cpu_us_per_change']} |"
-        )
-    lines += ["", "| pipeline memory | students | initial copy s | RSS MB | peak RSS MB |"]
-    lines.append("|---|---:|---:|---:|---:|")
-    for c in result.get("memory", []):
-        lines.append(
+            for c in result.get("catch_up", [])
+        ],
+    )
+    lines += _table(
+        "| pipeline memory | students | initial copy s | RSS MB | peak RSS MB |",
+        [
             f"| {c['schema']} | {c['students']:,} | {c['copy_seconds']} | {c['rss_mb']} | "
             f"{c['peak_rss_mb']} |"
-        )
-    lines += [
-        "",
+            for c in result.get("memory", [])
+        ],
+    )
+    lines += _table(
         f"| chart API under load (`GET {api_bench.CHART}`) | students | connections | requests/s | "
         "p50 ms | p99 ms | non-2xx | server CPU (cores) | PostgreSQL CPU (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for c in result.get("api", []):
-        lines.append(
+        [
             f"| {c['mode']}, {c['schema']} | {c['students']:,} | {c['connections']} | "
             f"{c['requests_per_s']:,} | {c['p50_ms']} | {c['p99_ms']} | {c['non_2xx']:,} | "
             f"{c['server_cpu_cores']} | {c['postgres_cpu_cores']} |"
-        )
+            for c in result.get("api", [])
+        ],
+    )
+    lines += _table(
+        "| dashboard left open | minutes | JS heap first / last / max MB | heap slope MB/hour | "
+        "DOM nodes first / last | listeners first / last | max requests per chart per s | console errors |",
+        [
+            f"| {d['students']:,} students, 20/s traffic | {d['minutes']} | {d['heap_first_mb']} / "
+            f"{d['heap_last_mb']} / {d['heap_max_mb']} | {d['heap_slope_mb_per_hour']} | "
+            f"{d['nodes_first']} / {d['nodes_last']} | {d['listeners_first']} / {d['listeners_last']} | "
+            f"{d['max_requests_per_chart_per_s']} | {len(d['console_errors'])} |"
+            for d in result.get("dashboard", [])
+        ],
+    )
     return "\n".join(lines)
 
 
@@ -162,6 +183,10 @@ def main() -> int:
         for mode, students in [(mode, n) for mode in ("replication", "direct") for n in sizes]:
             print(f"chart API under load, {mode}, {students:,} students, full ...", flush=True)
             result["api"].append(api_bench.load(mode, students, float(p["api_s"])))
+    if args.suite in ("dashboard", "all"):
+        minutes, sample_s = PAGE_MINUTES[args.profile]
+        print(f"dashboard left open for {minutes} minutes ...", flush=True)
+        result["dashboard"] = [dashboard_bench.page_memory(minutes, sample_s)]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{result['date']}-{result['machine']['host']}-{args.profile}-{args.suite}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

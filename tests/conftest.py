@@ -64,23 +64,28 @@ def slim20(scratch: Path) -> cfg.SourcesConfig:
 
 @dataclass
 class Server:
-    """A `pisa-pulse serve` subprocess and its base URL."""
+    """A `pisa-pulse serve` (or `demo`) subprocess and its base URL."""
 
     url: str
     process: subprocess.Popen[str]
 
 
 @contextmanager
-def serving(*args: str) -> Iterator[Server]:
-    """`pisa-pulse serve ARGS --port 0` until the block ends, then SIGTERM and a clean exit."""
+def serving(*args: str, command: str = "serve") -> Iterator[Server]:
+    """`pisa-pulse COMMAND ARGS --port 0` until the block ends, then SIGTERM and a clean exit.
+
+    Waits for the line naming the URL (`demo` first brings its sources up and says so).
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pisa_pulse", "serve", *args, "--port", "0"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "pisa_pulse", command, *args, "--port", "0"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        assert found, f"serve printed {line!r}"
+        printed = []
+        while not (found := re.search(r"serving .* at (http://127\.0\.0\.1:\d+/)", "".join(printed))):
+            line = proc.stdout.readline()
+            assert line, f"{command} ended before serving: {''.join(printed)!r}"
+            printed.append(line)
         yield Server(found.group(1), proc)
     finally:
         proc.send_signal(signal.SIGCONT)  # in case a test left it stopped

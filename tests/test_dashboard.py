@@ -27,27 +27,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, Request, sync_playwright
+from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from pisa_pulse.api.charts import CHARTS
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import lifecycle
+from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
+from tests.browser import heap_bytes, launch
 from tests.conftest import Server, serving
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--enable-precise-memory-info",  # performance.memory in bytes, not rounded buckets
-    "--js-flags=--expose-gc",  # window.gc(), so heap sizes compare live objects only
-]
 COUNTRIES = ("ALB", "ARG", "AUS", "BEL")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SOAK_SECONDS = 60
@@ -85,10 +74,6 @@ def server(sources: tuple[cfg.SourcesConfig, Path]) -> Iterator[Server]:
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         yield launch(playwright)
-
-
-def launch(playwright: Playwright) -> Browser:
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
 @dataclass
@@ -156,11 +141,6 @@ def levels(page: Page) -> dict[str, str]:
 
 def count_shown(page: Page) -> int:
     return int(page.get_attribute(".big-number", "data-count") or -1)
-
-
-def heap_bytes(page: Page) -> int:
-    used: int = page.evaluate("() => { window.gc(); return performance.memory.usedJSHeapSize; }")
-    return used
 
 
 @contextmanager
@@ -379,6 +359,83 @@ def test_there_are_no_traffic_controls(tab: Tab) -> None:
     assert page.get_by_role("button", name=re.compile("pause|resume|rate|empty", re.I)).count() == 0
     assert page.get_by_role("slider").count() == 0
     assert not any("/api/traffic" in url for url in tab.urls())
+
+
+@pytest.fixture(scope="module")
+def demo(scratch: Path) -> Iterator[tuple[Server, Path]]:
+    """`pisa-pulse demo` on two slim countries: its own sources, traffic and traffic controls."""
+    data_dir = Path(tempfile.mkdtemp(prefix="demo-", dir=scratch)) / "data"
+    args = ("--data-dir", str(data_dir), "--countries", "alb,arg", "--schema", "slim")
+    with serving(*args, "--rows-per-country", "100", "--rate", "20", command="demo") as live:
+        deadline = time.monotonic() + 60
+        while {s["state"] for s in get_json(live.url + "api/status")["sources"]} != {"streaming"}:
+            assert time.monotonic() < deadline, "the demo's pipeline did not start streaming"
+            time.sleep(0.1)
+        yield live, data_dir
+
+
+def traffic_status(url: str, token: str) -> Any:
+    request = urllib.request.Request(url + "api/traffic", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_the_traffic_controls_need_the_token(browser: Browser, demo: tuple[Server, Path]) -> None:
+    tab = open_tab(browser, demo[0].url)
+    page = tab.page
+    page.get_by_label("Token").wait_for()
+    controls = page.locator("[id^=traffic-rate], #traffic-country, .traffic-pause")
+    assert controls.count() == 0
+    page.get_by_label("Token").fill("not-the-token")
+    page.get_by_role("button", name="Unlock controls").click()
+    page.get_by_text("The token was refused").wait_for()
+    assert controls.count() == 0
+    sent = [r.headers.get("authorization") for _, r in tab.requests if urlsplit(r.url).path == "/api/traffic"]
+    assert sent == ["Bearer not-the-token"]
+    assert tab.errors == [] or all("401" in e for e in tab.errors)  # the refused request itself
+    tab.page.context.close()
+
+
+def test_the_traffic_panel_steers_the_demo(browser: Browser, demo: tuple[Server, Path]) -> None:
+    server, data_dir = demo
+    token = (data_dir / "api-token").read_text().strip()
+    tab = open_tab(browser, server.url + f"#token={token}")
+    page = tab.page
+    rate = page.get_by_label("Target rate, operations per second")
+    rate.wait_for()
+    assert token not in page.url  # out of the address bar and the history at once
+    # The panel shows the achieved rate the traffic reports.
+    page.wait_for_function("Number(document.querySelector('.traffic-achieved').textContent) > 0")
+
+    rate.fill("35")
+    rate.press("Enter")
+    page.get_by_text("Target rate set to 35 per second").wait_for()
+    assert traffic_status(server.url, token)["rate"] == 35
+
+    page.get_by_role("button", name="Pause").click()
+    page.get_by_role("button", name="Resume").wait_for()
+    assert traffic_status(server.url, token)["paused"] is True
+    assert page.inner_text(".traffic-state") == "paused"
+
+    page.get_by_label("Empty").select_option("alb")
+    page.get_by_role("button", name="Empty…").click()
+    page.get_by_role("button", name="Delete every row of Albania").click()
+    page.get_by_text("Emptied Albania").wait_for()
+    alb = next(s for s in cfg.load(data_dir).sources if s.name == "alb")
+    with connected(alb.dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM responses")
+        assert cur.fetchone() == (0,)
+
+    page.get_by_role("button", name="Resume").click()
+    page.get_by_role("button", name="Pause").wait_for()
+    assert traffic_status(server.url, token)["paused"] is False
+    # The token went only in the Authorization header, never in a URL.
+    assert not any(token in url for url in tab.urls())
+    page.set_viewport_size({"width": 390, "height": 844})  # the controls wrap on a phone
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert tab.errors == []
+    tab.page.context.close()
 
 
 def test_screenshots_at_laptop_and_phone_sizes(

@@ -24,6 +24,7 @@ def test_without_the_switch_there_are_no_traffic_routes(new_dir: Path, bring_up:
             assert client.request(method, "/api/traffic").status_code in (404, 405)
         assert client.post("/api/traffic/empty", json={"country": "alb"}).status_code in (404, 405)
         assert not any("traffic" in path for path in client.get("/api/openapi.json").json()["paths"])
+        assert "traffic" not in client.get("/api").json()  # so the dashboard shows no traffic panel
     with psycopg2.connect(config.sources[0].dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM responses")
         assert cur.fetchone()[0] == 10
@@ -49,7 +50,9 @@ def test_with_the_switch_every_change_needs_the_token(new_dir: Path, bring_up: B
                 )
             assert traffic.rate == 50
             auth = {"Authorization": f"Bearer {token}"}
-            assert client.get("/api/traffic", headers=auth).json()["rate"] == 50
+            assert client.get("/api").json()["traffic"] == "/api/traffic"
+            status = client.get("/api/traffic", headers=auth).json()
+            assert status["rate"] == 50 and sorted(status["countries"]) == ["alb", "arg"]
             assert client.post("/api/traffic", json={"rate": 7}, headers=auth).json()["rate"] == 7
             assert traffic.rate == 7
             assert (

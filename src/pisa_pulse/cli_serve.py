@@ -98,7 +98,10 @@ def run_server(settings: api_settings.Settings, traffic_control: Path | None = N
         f"serving {len(settings.sources)} sources ({settings.mode}) at {url} (API: {url}api/openapi.json)"
     )
     if traffic_control:
-        out.print(f"traffic controls on; their token is in {traffic_control / TOKEN_FILE}")
+        out.print(
+            f"traffic controls on: paste the token in {traffic_control / TOKEN_FILE} into the dashboard's "
+            f"traffic panel, or open {url}#token=<that token>"
+        )
     # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
     # there before it: make that one a no-op, so a requested stop exits 0 like the other commands.
     with on_stop_signals(lambda: None):

@@ -181,6 +181,8 @@ def create_app(
             "health": "/api/health",
             "openapi": "/api/openapi.json",
         }
+        if traffic_routes:
+            body["traffic"] = "/api/traffic"  # the dashboard shows its traffic panel only then
         return Response(json_bytes(body), media_type="application/json")
 
     async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -168,7 +168,9 @@ def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
     paths["/api/health"] = _get("ok when every source is streaming (else 503, degraded)", any_object, [])
     paths["/api/health"]["get"]["responses"]["503"] = {"description": "Some source is not streaming"}
     paths["/api/openapi.json"] = _get("This document", any_object, [])
-    paths["/api"] = _get("Links to every API route", any_object, [])
+    paths["/api"] = _get(
+        "Links to every API route (traffic: only when traffic controls are on)", any_object, []
+    )
     paths["/"] = {
         "get": {
             "summary": "The dashboard (HTML; its files are under /static/)",

@@ -173,6 +173,7 @@ class Traffic:
             "transactions": c.transactions,
             "errors": c.errors,
             "sources": len(self._targets),
+            "countries": [t.source.name for t in self._targets],
             "failing": sorted(t.source.name for t in self._targets if t.conn is None and t.retry_at),
         }
 

@@ -1,11 +1,13 @@
 // The dashboard: six charts and the source-health strip, each polling its own URL every second.
 // Wires the views (views/*.js) to their pollers (poller.js), the country picker (picker.js) and
-// the endpoint settings (settings.js); keeps the picker's countries and the time bucket in the URL.
+// the endpoint settings (settings.js) and, where the server allows it, the traffic panel (traffic.js);
+// keeps the picker's countries and the time bucket in the URL.
 
 import { CountryPicker } from "./picker.js";
 import { Poller } from "./poller.js";
 import { Endpoints, settingsDialog } from "./settings.js";
 import { registerTheme } from "./theme.js";
+import { trafficPanel } from "./traffic.js";
 import { BelongingView } from "./views/belonging.js";
 import { EscsMapView } from "./views/escs-map.js";
 import { HealthView } from "./views/health.js";
@@ -169,6 +171,8 @@ function start() {
     });
   }
   showBucket();
+
+  trafficPanel(document.querySelector(".health")); // only where the server has traffic controls
 
   const overall = document.querySelector("#overall");
   setInterval(() => showFreshness(pollers, overall), 200);
