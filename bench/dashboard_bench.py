@@ -5,8 +5,8 @@ traffic at 20 submissions/s (so every chart redraws every second), opens the das
 Chromium at 1440x900 and, after a warm-up, samples every `sample_s` seconds after a full garbage
 collection (Chrome DevTools Protocol `Performance.getMetrics`): the live JavaScript heap, DOM nodes
 and event listeners. A page that leaks shows a heap that climbs from sample to sample; the slope of
-a least-squares line through the samples says by how much per hour. It also counts the page's
-requests per chart: the contract is at most one per chart per second.
+a least-squares line through the samples (all, and the second half) says by how much per hour. It
+also counts the page's requests per chart: the contract is at most one per chart per second.
 """
 
 from __future__ import annotations
@@ -88,12 +88,18 @@ def _watch(url: str, minutes: float, sample_s: float) -> dict[str, Any]:
         elapsed = time.monotonic() - started
         browser.close()
     heap = [s["heap_mb"] for s in samples]
+    half = len(samples) // 2
     return {
         "minutes": round(elapsed / 60, 1),
         "heap_first_mb": heap[0],
         "heap_last_mb": heap[-1],
         "heap_max_mb": max(heap),
         "heap_slope_mb_per_hour": round(_slope([s["s"] for s in samples], heap) * 3600, 2),
+        # The charts' histories (sparkline, minute series) fill during the first minutes: the second
+        # half says whether the heap keeps growing once they are full.
+        "heap_slope_second_half_mb_per_hour": round(
+            _slope([s["s"] for s in samples[half:]], heap[half:]) * 3600, 2
+        ),
         "nodes_first": samples[0]["nodes"],
         "nodes_last": samples[-1]["nodes"],
         "listeners_first": samples[0]["listeners"],

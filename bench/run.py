@@ -128,11 +128,13 @@ def markdown(result: dict[str, Any]) -> str:
         ],
     )
     lines += _table(
-        "| dashboard left open | minutes | JS heap first / last / max MB | heap slope MB/hour | "
-        "DOM nodes first / last | listeners first / last | max requests per chart per s | console errors |",
+        "| dashboard left open | minutes | JS heap first / last / max MB | "
+        "heap slope MB/hour (all / 2nd half) | DOM nodes first / last | listeners first / last | "
+        "max requests per chart per s | console errors |",
         [
             f"| {d['students']:,} students, 20/s traffic | {d['minutes']} | {d['heap_first_mb']} / "
-            f"{d['heap_last_mb']} / {d['heap_max_mb']} | {d['heap_slope_mb_per_hour']} | "
+            f"{d['heap_last_mb']} / {d['heap_max_mb']} | {d['heap_slope_mb_per_hour']} / "
+            f"{d['heap_slope_second_half_mb_per_hour']} | "
             f"{d['nodes_first']} / {d['nodes_last']} | {d['listeners_first']} / {d['listeners_last']} | "
             f"{d['max_requests_per_chart_per_s']} | {len(d['console_errors'])} |"
             for d in result.get("dashboard", [])

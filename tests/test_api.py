@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from pisa_pulse.api import charts
 from pisa_pulse.api.app import create_app
+from pisa_pulse.api.settings import Settings
 from pisa_pulse.api.snapshots import LiveSnapshots
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import lifecycle
@@ -37,7 +38,7 @@ def sources(scratch: Path) -> cfg.SourcesConfig:
 
 @pytest.fixture(scope="module")
 def client(sources: cfg.SourcesConfig, scratch: Path) -> Iterator[TestClient]:
-    snapshots = LiveSnapshots(sources.sources, scratch / "api-state", "api_test")
+    snapshots = LiveSnapshots(Settings(sources.sources, "replication", scratch / "api-state", "api_test"))
     with TestClient(create_app(snapshots)) as client:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -18,6 +18,7 @@ import schemathesis
 from starlette.testclient import TestClient
 
 from pisa_pulse.api.app import create_app
+from pisa_pulse.api.settings import Settings
 from pisa_pulse.api.snapshots import LiveSnapshots
 from tests.conftest import BringUp
 
@@ -68,7 +69,7 @@ def _first_failure(
 
 def test_every_operation_keeps_its_documented_contract(new_dir: Path, bring_up: BringUp) -> None:
     config = bring_up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=200)
-    snapshots = LiveSnapshots(config.sources, new_dir.parent / "state", "pisa_pulse")
+    snapshots = LiveSnapshots(Settings(config.sources, "replication", new_dir.parent / "state"))
     failures = {}
     with TestClient(create_app(snapshots)) as client:
         _wait_until_streaming(client)

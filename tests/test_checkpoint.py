@@ -10,7 +10,7 @@ import pytest
 
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore, Position, SourceChanges
-from pisa_pulse.engine.ledger import Ledger
+from pisa_pulse.engine.ledger import RECORD_BYTES, Ledger
 from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.errors import PisaPulseError
 
@@ -34,7 +34,8 @@ def test_restored_ledger_equals_the_live_one_after_random_changes(tmp_path: Path
             if rng.random() < 0.3:
                 live.delete(pk, aggregates)
             else:
-                live.upsert(pk, _row(rng, pk), rng.randint(480_000, 480_010), aggregates)
+                digest = rng.randint(-(2**63), 2**63 - 1)
+                live.upsert(pk, _row(rng, pk), rng.randint(480_000, 480_010), aggregates, digest)
         lsn += rng.randint(1, 1000)
         store.save({"alb": SourceChanges(Position("sys:1", lsn, 7), live.take_changes())})
     store.close()
@@ -43,7 +44,9 @@ def test_restored_ledger_equals_the_live_one_after_random_changes(tmp_path: Path
     restored_aggregates = Aggregates()
     restored = Ledger.restore("ALB", again.rows("alb"), restored_aggregates)
     assert again.positions() == {"alb": Position("sys:1", lsn, 7)}
-    assert set(restored.keys()) == set(live.keys())
+    held = set(live.keys())
+    assert set(restored.keys()) == held
+    assert all(restored.digest(pk) == live.digest(pk) for pk in held)
     assert restored_aggregates == aggregates and restored_aggregates.hourly() == aggregates.hourly()
 
 
@@ -78,11 +81,15 @@ def test_a_position_never_goes_backwards_and_a_failed_save_changes_nothing(tmp_p
     assert store.positions() == {} and list(store.rows("alb")) == []
 
 
-def test_a_checkpoint_of_another_format_is_refused_and_kept(tmp_path: Path) -> None:
+def test_a_checkpoint_of_another_format_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
     path = tmp_path / "cp.sqlite3"
-    CheckpointStore(path).close()
+    store = CheckpointStore(path)
+    store.save({"alb": SourceChanges(Position("s", 9, 0), [(1, b"x" * RECORD_BYTES)])})
+    store.close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(PisaPulseError, match="format 99"):
-        CheckpointStore(path)
-    assert path.exists()
+    fresh = CheckpointStore(path)
+    assert fresh.positions() == {} and list(fresh.rows("alb")) == []  # rebuilt from the sources
+    fresh.close()
+    with sqlite3.connect(tmp_path / "cp.format-99.sqlite3") as db:  # the old file, kept whole
+        assert db.execute("SELECT source, lsn FROM positions").fetchall() == [("alb", 9)]

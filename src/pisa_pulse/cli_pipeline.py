@@ -8,10 +8,12 @@ from pathlib import Path
 
 from rich.table import Table
 
+from pisa_pulse.api.settings import SOURCE_MODES
 from pisa_pulse.capture.preflight import check_source
 from pisa_pulse.engine.pipeline import Pipeline, slot_name
 from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources.config import Source
 from pisa_pulse.terminal import on_stop_signals, out, report_while
 
 DEFAULT_SLOT_PREFIX = "pisa_pulse"
@@ -31,26 +33,44 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
             help=f"replication slots are named PREFIX_<source> (default: {DEFAULT_SLOT_PREFIX})",
         )
     pipeline.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    pipeline.add_argument(
+        "--mode",
+        choices=SOURCE_MODES,
+        help="capture mode of every source, over the config's: replication, poll (SELECT only) or auto",
+    )
 
 
 def cmd_check(data_dir: Path, args: argparse.Namespace) -> int:
-    """Run the preflight checks on every source; exit 1 when any fails."""
+    """Run the preflight checks on every source; exit 1 when some source can be captured in no mode.
+
+    A check that only one mode needs and fails shows as `no` (that mode is out, the other may do);
+    a check both modes need shows as `FAIL`.
+    """
     config = cfg.load(data_dir)
     table = Table("source", "check", "", "seen", "fix", box=None)
-    failed = 0
+    modes: dict[str, list[str]] = {"replication": [], "poll": [], "none": []}
     for source in config.sources:
         for c in check_source(source, slot_name(args.slot_prefix, source.name), CHART_COLUMNS):
-            failed += not c.ok
-            table.add_row(source.name, c.name, "ok" if c.ok else "FAIL", c.detail, c.fix)
+            mark = "ok" if c.ok else ("no" if c.needed_by != "both" else "FAIL")
+            table.add_row(source.name, c.name, mark, c.detail, c.fix)
+            if c.name == "recommended mode" or (c.name == "connect" and not c.ok):
+                modes[c.detail.split(" ", 1)[0] if c.ok else "none"].append(source.name)
     out.print(table)
-    out.print(f"{failed} check(s) failed" if failed else "every source is ready for logical replication")
-    return 1 if failed else 0
+    if modes["none"]:
+        out.print(f"{len(modes['none'])} source(s) cannot be captured: {', '.join(modes['none'])}")
+        return 1
+    out.print(
+        f"every source is ready: {len(modes['replication'])} by logical replication, "
+        f'{len(modes["poll"])} by polling (SELECT only; `mode = "auto"` picks this per source)'
+    )
+    return 0
 
 
 def cmd_pipeline(data_dir: Path, args: argparse.Namespace) -> int:
     """Run the pipeline with a live status line until Ctrl+C, SIGTERM or --duration."""
     config = cfg.load(data_dir)
-    pipeline = Pipeline(config.sources, data_dir, slot_prefix=args.slot_prefix)
+    sources = [Source(s.name, s.dsn, args.mode or s.mode) for s in config.sources]
+    pipeline = Pipeline(sources, data_dir, slot_prefix=args.slot_prefix)
     stop = threading.Event()
     if args.duration is not None:
         threading.Timer(args.duration, stop.set).start()

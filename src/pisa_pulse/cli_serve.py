@@ -32,6 +32,12 @@ def add_command(
     data_dir(serve)
     http_options(serve)
     serve.add_argument(
+        "--mode",
+        choices=api_settings.MODES,
+        help="capture mode of every source, over the settings: replication, poll (SELECT only), "
+        "auto (replication where allowed, else poll) or direct (SQL per request)",
+    )
+    serve.add_argument(
         "--traffic-control",
         action="store_true",
         help="add token-protected routes that steer the data dir's traffic (token in <data-dir>/api-token)",
@@ -47,24 +53,24 @@ def http_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_settings(
-    config: Path | None, data_dir: Path, host: str | None, port: int | None
+    config: Path | None, data_dir: Path, host: str | None, port: int | None, mode: str | None = None
 ) -> api_settings.Settings:
     """The settings file given, or the sources config of the data dir with the checkpoint beside it."""
     if config is not None:
-        return api_settings.load(config, host, port)
+        return api_settings.load(config, host, port, mode)
     path = cfg.config_path(data_dir)
     if not path.exists():
         raise PisaPulseError(
             f"no sources config in {data_dir}", "run `pisa-pulse sources up` first, or pass --config FILE"
         )
-    return api_settings.load(path, host, port)
+    return api_settings.load(path, host, port, mode)
 
 
 def snapshots_for(settings: api_settings.Settings) -> Snapshots:
     """Live (replication) or direct snapshots, as the settings say."""
     if settings.mode == "direct":
         return DirectSnapshots(settings.sources)
-    return LiveSnapshots(settings.sources, settings.state_dir, settings.slot_prefix)
+    return LiveSnapshots(settings)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -111,6 +117,7 @@ def run_server(settings: api_settings.Settings, traffic_control: Path | None = N
 def cmd_serve(data_dir: Path, args: argparse.Namespace) -> int:
     """`serve`."""
     run_server(
-        load_settings(args.config, data_dir, args.host, args.port), data_dir if args.traffic_control else None
+        load_settings(args.config, data_dir, args.host, args.port, args.mode),
+        data_dir if args.traffic_control else None,
     )
     return 0

@@ -49,6 +49,9 @@ def json_bytes(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+HEALTHY = ("streaming", "polling", "direct")  # source states in which the charts are up to date
+
+
 def error_response(status: int, message: str) -> Response:
     """The one error shape."""
     return Response(
@@ -159,11 +162,11 @@ def create_app(
 
     async def health(request: Request) -> Response:
         states = [s["state"] for s in snapshots.status()]
-        ok = bool(states) and all(s in ("streaming", "direct") for s in states)
+        ok = bool(states) and all(s in HEALTHY for s in states)
         body = {
             "status": "ok" if ok else "degraded",
             "sources": len(states),
-            "healthy": sum(s in ("streaming", "direct") for s in states),
+            "healthy": sum(s in HEALTHY for s in states),
         }
         return Response(json_bytes(body), 200 if ok else 503, media_type="application/json")
 

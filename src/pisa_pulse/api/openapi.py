@@ -165,8 +165,12 @@ def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
     paths["/api/status"] = _get(
         "Per-source state, lag, rows and invalid values; snapshot version and age", any_object, []
     )
-    paths["/api/health"] = _get("ok when every source is streaming (else 503, degraded)", any_object, [])
-    paths["/api/health"]["get"]["responses"]["503"] = {"description": "Some source is not streaming"}
+    paths["/api/health"] = _get(
+        "ok when every source is streaming or polling (else 503, degraded)", any_object, []
+    )
+    paths["/api/health"]["get"]["responses"]["503"] = {
+        "description": "Some source is neither streaming nor polling"
+    }
     paths["/api/openapi.json"] = _get("This document", any_object, [])
     paths["/api"] = _get(
         "Links to every API route (traffic: only when traffic controls are on)", any_object, []

@@ -6,14 +6,18 @@ host = "127.0.0.1"        # loopback unless told otherwise
 port = 8000
 
 [capture]
-mode = "replication"      # or "direct": run the aggregate SQL on every source per request
+mode = "replication"      # "poll" (SELECT only), "auto" (replication where allowed, else poll),
+                          # or "direct": run the aggregate SQL on every source per request
 slot_prefix = "pisa_pulse"
 state_dir = "state"       # checkpoint; relative to this file (default: the file's folder)
+poll_interval = 0.25      # poll mode: seconds between polls of a source
+reconcile_interval = 30   # poll mode: seconds between reconciliations (they find updates)
 
 [[sources]]
 name = "alb"
 dsn = "postgresql://reader@db.example.org/alb"
 password_env = "ALB_PASSWORD"   # optional: the password comes from this environment variable
+mode = "poll"                   # optional: this source's mode (replication, poll or auto)
 ```
 
 The `sources.toml` that `pisa-pulse sources up` writes is a valid settings file as it is (its
@@ -33,7 +37,8 @@ from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import countries
 from pisa_pulse.sources.config import Source
 
-MODES = ("replication", "direct")
+SOURCE_MODES = ("replication", "poll", "auto")
+MODES = (*SOURCE_MODES, "direct")
 _WRITTEN_BY_SOURCES_UP = {"schema", "seed", "cluster", "admin_dsn"}
 
 
@@ -50,14 +55,17 @@ class Settings:
     """Everything `serve` needs."""
 
     sources: tuple[Source, ...]
-    mode: str
+    mode: str  # the capture mode of the settings; each source says its own (`Source.mode`)
     state_dir: Path
     slot_prefix: str = "pisa_pulse"
     server: ServerSettings = ServerSettings()
+    poll_interval: float = 0.25
+    reconcile_interval: float = 30.0
 
 
-def load(path: Path, host: str | None = None, port: int | None = None) -> Settings:
-    """Read and validate a settings file; `host`/`port` override its [server] table."""
+def load(path: Path, host: str | None = None, port: int | None = None, mode: str | None = None) -> Settings:
+    """Read and validate a settings file; `host`/`port` override its [server] table, `mode` every
+    capture mode in it."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -70,7 +78,11 @@ def load(path: Path, host: str | None = None, port: int | None = None) -> Settin
     server_raw = _table(raw, "server")
     capture_raw = _table(raw, "capture")
     _only(server_raw, {"host", "port"}, "server.")
-    _only(capture_raw, {"mode", "slot_prefix", "state_dir"}, "capture.")
+    _only(
+        capture_raw,
+        {"mode", "slot_prefix", "state_dir", "poll_interval", "reconcile_interval"},
+        "capture.",
+    )
     server = ServerSettings(
         host=host or _typed(server_raw, "host", str, "server.", "127.0.0.1"),
         port=port if port is not None else _typed(server_raw, "port", int, "server.", 8000),
@@ -79,20 +91,48 @@ def load(path: Path, host: str | None = None, port: int | None = None) -> Settin
         raise PisaPulseError(f"server.port {server.port} is not a port", "use 1-65535, or 0 for a free one")
     sources = _sources(raw.get("sources"))
     modes = {s.mode for s in sources}
-    mode = _typed(capture_raw, "mode", str, "capture.", modes.pop() if len(modes) == 1 else "replication")
-    if mode not in MODES:
-        raise PisaPulseError(f"capture.mode {mode!r} is unknown", f"use one of {', '.join(MODES)}")
+    shared = modes.pop() if len(modes) == 1 and None not in modes else "replication"
+    default = mode or _typed(capture_raw, "mode", str, "capture.", shared)
+    if default not in MODES:
+        where = "--mode" if mode else "capture.mode"
+        raise PisaPulseError(f"{where} {default!r} is unknown", f"use one of {', '.join(MODES)}")
+    for i, s in enumerate(sources):
+        if s.mode is not None and s.mode not in SOURCE_MODES:
+            raise PisaPulseError(
+                f"sources[{i}].mode {s.mode!r} is unknown", f"use one of {', '.join(SOURCE_MODES)}"
+            )
+    # --mode and direct mode apply to every source; otherwise a source's own mode wins.
+    every = bool(mode) or default == "direct"
     state = Path(_typed(capture_raw, "state_dir", str, "capture.", "."))
     return Settings(
-        sources=tuple(Source(s.name, s.dsn, mode) for s in sources),
-        mode=mode,
+        sources=tuple(Source(s.name, s.dsn, default if every or s.mode is None else s.mode) for s in sources),
+        mode=default,
         state_dir=state if state.is_absolute() else (path.parent / state).resolve(),
         slot_prefix=_typed(capture_raw, "slot_prefix", str, "capture.", "pisa_pulse"),
         server=server,
+        poll_interval=_seconds(capture_raw, "poll_interval", 0.25, 0.05),
+        reconcile_interval=_seconds(capture_raw, "reconcile_interval", 30.0, 1.0),
     )
 
 
-def _sources(raw: object) -> list[Source]:
+def _seconds(raw: dict[str, Any], key: str, default: float, least: float) -> float:
+    value = raw.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not least <= value <= 86_400:
+        raise PisaPulseError(
+            f"capture.{key} = {value!r} is not a number of seconds from {least} to 86400",
+            f"write e.g. {key} = {default}",
+        )
+    return float(value)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    dsn: str
+    mode: str | None
+
+
+def _sources(raw: object) -> list[_Entry]:
     if not isinstance(raw, list) or not raw:
         raise PisaPulseError(
             "the settings list no [[sources]]", "add one [[sources]] table per country database"
@@ -115,7 +155,8 @@ def _sources(raw: object) -> list[Source]:
         env = entry.get("password_env")
         if env is not None:
             dsn = _with_password(dsn, str(env), where)
-        result.append(Source(name, dsn, _typed(entry, "mode", str, where, "replication")))
+        own = entry.get("mode")
+        result.append(_Entry(name, dsn, None if own is None else _typed(entry, "mode", str, where, None)))
     names = [s.name for s in result]
     if len(set(names)) != len(names):
         raise PisaPulseError("[[sources]] names a country twice", "keep one entry per country database")

@@ -1,8 +1,9 @@
 """Where the API's numbers come from: snapshots of the aggregates, live or computed per request.
 
-- `LiveSnapshots` (capture mode `replication`): the pipeline runs in a background thread and the API
-  takes a copy of its aggregates when they have changed, at most every `min_interval` seconds, so a
-  thousand polls a second cost one copy per interval, whatever the number of rows.
+- `LiveSnapshots` (capture modes `replication`, `poll`, `auto`): the pipeline runs in a background
+  thread and the API takes a copy of its aggregates when they have changed, at most every
+  `min_interval` seconds, so a thousand polls a second cost one copy per interval, whatever the
+  number of rows.
 - `DirectSnapshots` (capture mode `direct`, the original course design): every snapshot runs the
   aggregate SQL on all sources, in parallel over one pooled connection per source. It needs only
   SELECT on the sources and no state, and its cost grows with rows and polls: it is the correctness
@@ -15,9 +16,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
+from pisa_pulse.api.settings import Settings
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.oracle import aggregates_from_sql
 from pisa_pulse.engine.pipeline import Pipeline
@@ -48,12 +49,15 @@ class Snapshots(Protocol):
 class LiveSnapshots:
     """The pipeline in a background thread, read through copies of its aggregates."""
 
-    mode = "replication"
-
-    def __init__(
-        self, sources: tuple[Source, ...], state_dir: Path, slot_prefix: str, min_interval: float = 0.02
-    ):
-        self.pipeline = Pipeline(sources, state_dir, slot_prefix=slot_prefix)
+    def __init__(self, settings: Settings, min_interval: float = 0.02):
+        self.mode = settings.mode
+        self.pipeline = Pipeline(
+            settings.sources,
+            settings.state_dir,
+            slot_prefix=settings.slot_prefix,
+            poll_interval=settings.poll_interval,
+            reconcile_interval=settings.reconcile_interval,
+        )
         self.min_interval = min_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(

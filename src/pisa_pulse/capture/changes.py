@@ -26,6 +26,7 @@ class RowChange:
     kind: Literal["upsert", "delete", "truncate"]
     pk: int = 0
     values: tuple[Value, ...] = ()  # CHART_COLUMNS order, `id` included, for upserts
+    digest: int = 0  # the source's digest of the row (read-only polling; 0 from replication)
 
 
 @dataclass(slots=True)

@@ -224,14 +224,22 @@ def copy_snapshot(
     dsn: str, snapshot: str, columns: Sequence[str], on_row: Callable[[list[str | None]], None]
 ) -> int:
     """COPY the chart columns of `responses` as of an exported snapshot; returns the rows copied."""
-    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
+    select = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(TABLE)
     )
-    sink = _CopySink(on_row)
     with connected(dsn, autocommit=False) as conn:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-            cur.copy_expert(query, sink)
+            rows = copy_select(cur, select, on_row)
         conn.rollback()
+    return rows
+
+
+def copy_select(
+    cur: psycopg2.extensions.cursor, select: sql.Composable, on_row: Callable[[list[str | None]], None]
+) -> int:
+    """Stream a SELECT's rows through COPY TO (text values, None for NULL); returns how many."""
+    sink = _CopySink(on_row)
+    cur.copy_expert(sql.SQL("COPY ({}) TO STDOUT").format(select), sink)
     return sink.rows

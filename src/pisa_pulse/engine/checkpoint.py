@@ -8,11 +8,14 @@ transaction at or before the position (exactly once). A position never goes back
 database; a source copied afresh is forgotten first).
 
 The file is `<data-dir>/pipeline/checkpoint.sqlite3` (WAL journal, synchronous=FULL, so a commit that
-returned is on disk before the pipeline confirms that LSN to the source).
+returned is on disk before the pipeline confirms that LSN to the source). A file in another format
+(written by another version) is set aside, renamed with its format number, and the state is rebuilt
+from the sources: the checkpoint is a cache of what the sources hold, never the only copy.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,7 +24,9 @@ from pathlib import Path
 
 from pisa_pulse.errors import PisaPulseError
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # 2: each ledger row carries its digest (read-only polling)
 _CHUNK = 10_000
 
 _SCHEMA = """
@@ -64,6 +69,30 @@ class CheckpointStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
+        self._open()
+        found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found is not None and found[0] != str(SCHEMA_VERSION):
+            self.db.close()
+            aside = path.with_name(f"{path.stem}.format-{found[0]}{path.suffix}")
+            for suffix in ("", "-wal", "-shm"):
+                old = Path(f"{path}{suffix}")
+                if old.exists():
+                    old.rename(f"{aside}{suffix}")
+            log.warning(
+                "checkpoint %s has format %s, this version writes %s: set aside as %s; the state is "
+                "rebuilt from the sources",
+                path,
+                found[0],
+                SCHEMA_VERSION,
+                aside.name,
+            )
+            self._open()
+            found = None
+        if found is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _open(self) -> None:
+        path = self.path
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -74,14 +103,6 @@ class CheckpointStore:
                 f"cannot open the checkpoint {path}: {exc}",
                 "check the data dir's permissions and free space, or pass another --data-dir",
             ) from None
-        found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if found is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(found[0]) != SCHEMA_VERSION:
-            raise PisaPulseError(
-                f"the checkpoint {path} has format {found[0]}, this version reads {SCHEMA_VERSION}",
-                "remove the pipeline folder of the data dir to rebuild the state from the sources",
-            )
 
     def positions(self) -> dict[str, Position]:
         """Every checkpointed source's position."""

@@ -7,6 +7,10 @@ grows by doubling, with a free list of deleted slots and a dict from primary key
 object per row besides the dict entry. A row is read and written with `struct` through a memoryview
 of the block, which is cheaper than numpy's per-element conversion for one row.
 
+Beside each row it keeps a 64-bit digest of the source row's chart columns as the source computed it
+(`capture/polling.py`; 0 where nobody computed one, as in replication mode): read-only polling
+compares the digests of key ranges with the source's to find updated rows.
+
 The ledger also counts, per column, the rows it holds whose value is missing or invalid, and
 remembers which keys changed since `take_changes()` last ran, for the checkpoint.
 """
@@ -39,6 +43,7 @@ from pisa_pulse.errors import PisaPulseError
 
 _ROW = struct.Struct(f"<{ROW_WIDTH}i")  # little-endian: the checkpoint's bytes do not depend on the host
 ROW_BYTES = _ROW.size
+RECORD_BYTES = ROW_BYTES + 8  # a checkpointed row: the row, then its digest (int64, little-endian)
 _INITIAL_CAPACITY = 1024
 
 
@@ -50,6 +55,8 @@ class Ledger:
         self.source_country = source_country
         self._block: npt.NDArray[np.int32] = np.zeros((max(1, capacity), ROW_WIDTH), dtype="<i4")
         self._view = self._block.data.cast("B")
+        self._digests: npt.NDArray[np.int64] = np.zeros(max(1, capacity), dtype="<i8")
+        self._digest_view = self._digests.data.cast("B")
         self._slots: dict[int, int] = {}
         self._free: list[int] = []
         self._used = 0  # slots below this have been handed out at least once
@@ -70,8 +77,10 @@ class Ledger:
 
     # -- changes ----------------------------------------------------------------------------------
 
-    def upsert(self, pk: int, values: Sequence[object], minute: int, aggregates: Aggregates) -> None:
-        """Insert or update row `pk` from its `CHART_COLUMNS` values (None for NULL).
+    def upsert(
+        self, pk: int, values: Sequence[object], minute: int, aggregates: Aggregates, digest: int = 0
+    ) -> None:
+        """Insert or update row `pk` from its `CHART_COLUMNS` values (None for NULL) and its digest.
 
         An update retracts the old contribution and keeps the row's original arrival minute; a value
         that is neither str nor None means "unchanged" and keeps the column's previous value.
@@ -87,6 +96,7 @@ class Ledger:
             aggregates.retract(old)
             row = self._parser.parse_row(values, old[ARRIVAL], old)
         _ROW.pack_into(self._view, slot * ROW_BYTES, *row)
+        self._digests[slot] = digest
         self._count(row)
         aggregates.add(row)
         self._changed.add(pk)
@@ -134,10 +144,28 @@ class Ledger:
         return self._packed(changed)
 
     def _packed(self, keys: set[int]) -> Iterator[tuple[int, bytes | None]]:
-        view, slots = self._view, self._slots
+        view, digests, slots = self._view, self._digest_view, self._slots
         for pk in keys:
             slot = slots.get(pk)
-            yield pk, None if slot is None else bytes(view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES])
+            if slot is None:
+                yield pk, None
+            else:
+                yield (
+                    pk,
+                    bytes(view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES])
+                    + bytes(digests[slot * 8 : slot * 8 + 8]),
+                )
+
+    def digest(self, pk: int) -> int | None:
+        """The digest stored with row `pk`, or None if the ledger does not hold it."""
+        slot = self._slots.get(pk)
+        return None if slot is None else int(self._digests[slot])
+
+    def keys_and_digests(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Every key held and its row's digest, as two aligned arrays."""
+        keys = np.fromiter(self._slots.keys(), dtype=np.int64, count=len(self._slots))
+        slots = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
+        return keys, self._digests[slots].astype(np.int64)
 
     @classmethod
     def restore(
@@ -146,17 +174,18 @@ class Ledger:
         """A ledger holding checkpointed rows (packed as `take_changes` gave them), added to `aggregates`."""
         ledger = cls(source_country)
         for pk, packed in rows:
-            if len(packed) != ROW_BYTES:
+            if len(packed) != RECORD_BYTES:
                 raise PisaPulseError(
-                    f"checkpointed row {pk} of {source_country} has {len(packed)} bytes, not {ROW_BYTES}",
+                    f"checkpointed row {pk} of {source_country} has {len(packed)} bytes, not {RECORD_BYTES}",
                     "the checkpoint was written by another version: remove it to rebuild from the sources",
                 )
-            row = _ROW.unpack(packed)
+            row = _ROW.unpack_from(packed)
             if not 0 <= row[COUNTRY] < len(COUNTRY_CODES) or pk in ledger._slots:
                 raise PisaPulseError(f"checkpointed row {pk} of {source_country} is corrupt")
             slot = ledger._allocate()
             ledger._slots[pk] = slot
-            ledger._view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES] = packed
+            ledger._view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES] = packed[:ROW_BYTES]
+            ledger._digest_view[slot * 8 : slot * 8 + 8] = packed[ROW_BYTES:]
             ledger._count(row)
             aggregates.add(row)
         return ledger
@@ -191,8 +220,8 @@ class Ledger:
     # -- storage ----------------------------------------------------------------------------------
 
     def memory_bytes(self) -> int:
-        """Bytes held by the row block (allocated, not only used)."""
-        return int(self._block.nbytes)
+        """Bytes held by the row block and the digests (allocated, not only used)."""
+        return int(self._block.nbytes + self._digests.nbytes)
 
     def _allocate(self) -> int:
         if self._free:
@@ -206,6 +235,10 @@ class Ledger:
         block: npt.NDArray[np.int32] = np.zeros((capacity, ROW_WIDTH), dtype="<i4")
         kept = min(self._used, capacity)
         block[:kept] = self._block[:kept]
+        digests: npt.NDArray[np.int64] = np.zeros(capacity, dtype="<i8")
+        digests[:kept] = self._digests[:kept]
         self._view.release()
-        self._block = block
+        self._digest_view.release()
+        self._block, self._digests = block, digests
         self._view = block.data.cast("B")
+        self._digest_view = digests.data.cast("B")

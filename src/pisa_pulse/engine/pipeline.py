@@ -17,6 +17,11 @@ positions come back from the checkpoint and any transaction at or before a posit
 Starting without a checkpoint, or when the slot is gone or invalidated, or the database is not the
 one checkpointed, the source is copied afresh through a new slot's exported snapshot. The copy
 reconciles: rows the ledger holds keep their arrival time, rows no longer in the source are retracted.
+
+Sources in `mode = "poll"` are captured by `PollRunner`s instead (`poll_runner.py`, one thread each,
+SELECT only), into the same ledgers, aggregates and checkpoint. A source in `mode = "auto"` starts as
+a replication source and, when its first connection shows replication is not allowed (server
+version, `wal_level`, role, publication), becomes a polled one and says why in its status.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ import psycopg2
 
 from pisa_pulse.capture import pgoutput, replication
 from pisa_pulse.capture.changes import CaptureError, ChangeBatch, TransactionAssembler
+from pisa_pulse.capture.preflight import SourceUnusable, check_table, replication_blockers
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore, Position, SourceChanges
 from pisa_pulse.engine.ledger import Ledger
+from pisa_pulse.engine.poll_runner import PollRunner
 from pisa_pulse.engine.values import CHART_COLUMNS, INITIAL_COPY_MINUTE
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources.config import Source, first_line
-from pisa_pulse.sources.databases import connected, table_columns
+from pisa_pulse.sources.databases import connected
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +66,6 @@ def checkpoint_path(data_dir: Path) -> Path:
 def slot_name(prefix: str, source: str) -> str:
     """The replication slot of one source (slots are per cluster, so the source name is in it)."""
     return f"{prefix}_{source}"
-
-
-class SourceUnusable(PisaPulseError):
-    """The source cannot be captured until someone changes it (no table, missing columns)."""
 
 
 @dataclass
@@ -97,6 +100,7 @@ class SourceRunner:
         lag_ms = 0 if lag_bytes == 0 else round((time.time() * 1e6 - last) / 1000) if last else None
         return {
             "source": self.source.name,
+            "mode": "replication",
             "state": self.state,
             "reason": self.reason,
             "rows": len(self.ledger),
@@ -119,8 +123,11 @@ class Pipeline:
         data_dir: Path,
         slot_prefix: str = "pisa_pulse",
         checkpoint_interval: float = 1.0,
+        poll_interval: float = 0.25,
+        reconcile_interval: float = 30.0,
     ) -> None:
         self.aggregates = Aggregates()
+        self.poll_interval, self.reconcile_interval = poll_interval, reconcile_interval
         self.checkpoint_interval = checkpoint_interval
         self.store = CheckpointStore(checkpoint_path(data_dir))
         self.version = 0  # bumps whenever the aggregates change
@@ -128,10 +135,16 @@ class Pipeline:
         self.lock = threading.Lock()  # held while the aggregates change: readers in other threads take it
         self._last_checkpoint = time.monotonic()
         saved = self.store.positions()
-        self.runners: list[SourceRunner] = []
+        self.runners: list[SourceRunner] = []  # replication (and auto, until it decides)
+        self.pollers: list[PollRunner] = []
+        self._order = {src.name: i for i, src in enumerate(sources)}
+        self._stop_polling = threading.Event()
         for src in sources:
             country = src.name.upper()
             ledger = Ledger.restore(country, self.store.rows(src.name), self.aggregates)
+            if src.mode == "poll":
+                self.pollers.append(self._poller(src, ledger, saved.get(src.name)))
+                continue
             runner = SourceRunner(src, slot_name(slot_prefix, src.name), ledger, saved.get(src.name))
             if runner.position:
                 runner.checkpointed_lsn = runner.position.lsn
@@ -143,12 +156,41 @@ class Pipeline:
 
     def run(self, stop: threading.Event) -> None:
         """Capture until `stop` is set, then checkpoint and close."""
+        for p in self.pollers:
+            p.start(self._stop_polling)
         try:
             while not stop.is_set():
                 self.step(0.1)
         finally:
+            self._stop_polling.set()
+            for p in self.pollers:
+                p.join()
             self.checkpoint()
             self.close()
+
+    def _poller(self, source: Source, ledger: Ledger, position: Position | None, why: str = "") -> PollRunner:
+        def changed() -> None:
+            self.version += 1
+
+        return PollRunner(
+            source,
+            ledger,
+            self.aggregates,
+            self.lock,
+            changed,
+            self.poll_interval,
+            self.reconcile_interval,
+            position=position,
+            why=why,
+        )
+
+    def _switch_to_polling(self, r: SourceRunner, why: str) -> None:
+        """An auto source where replication is not allowed: poll it from now on."""
+        poller = self._poller(r.source, r.ledger, r.position, why)
+        self.runners = [x for x in self.runners if x is not r]
+        self.pollers = [*self.pollers, poller]
+        log.info("polling source=%s reason=%s", r.source.name, why)
+        poller.start(self._stop_polling)
 
     def step(self, timeout: float) -> None:
         """One turn: (re)open due sources, read what arrived, checkpoint when due."""
@@ -215,7 +257,7 @@ class Pipeline:
         with self.lock:
             for ch in batch.changes:
                 if ch.kind == "upsert":
-                    r.ledger.upsert(ch.pk, ch.values, minute, self.aggregates)
+                    r.ledger.upsert(ch.pk, ch.values, minute, self.aggregates, ch.digest)
                 elif ch.kind == "delete":
                     r.ledger.delete(ch.pk, self.aggregates)
                 else:
@@ -233,7 +275,12 @@ class Pipeline:
         stream: replication.ReplicationStream | None = None
         try:
             with connected(r.source.dsn) as conn:
-                _check_table(conn, r.source.name)
+                check_table(conn, r.source.name)
+                if r.source.mode == "auto":
+                    blockers = replication_blockers(conn)
+                    if blockers:
+                        self._switch_to_polling(r, "auto: " + "; ".join(blockers))
+                        return
                 replication.ensure_publication(conn, CHART_COLUMNS)
                 with conn.cursor() as cur:
                     cur.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
@@ -326,6 +373,10 @@ class Pipeline:
                 continue
             if r.ledger.pending_changes or r.position.lsn != r.checkpointed_lsn:
                 changes[r.source.name] = SourceChanges(r.position, r.ledger.take_changes())
+        with self.lock:  # polled ledgers change in their own threads: take their rows whole, now
+            for p in self.pollers:
+                if p.position is not None:
+                    changes[p.source.name] = SourceChanges(p.position, list(p.ledger.take_changes()))
         written = self.store.save(changes) if changes else 0
         self._last_checkpoint = time.monotonic()
         for r in self.runners:
@@ -340,8 +391,11 @@ class Pipeline:
         return written
 
     def as_of(self) -> float:
-        """Unix time up to which every source's changes are known to be in the aggregates (0: not yet)."""
-        return min((r.fresh_at for r in self.runners), default=0.0)
+        """Unix time up to which every source's changes are known to be in the aggregates (0: not yet).
+
+        For a polled source: its inserts and deletes (its updates wait for the next reconciliation).
+        """
+        return min([r.fresh_at for r in self.runners] + [p.fresh_at for p in self.pollers], default=0.0)
 
     def submissions(self) -> int:
         """Rows over all sources, read safely from another thread."""
@@ -349,8 +403,9 @@ class Pipeline:
             return self.aggregates.count()
 
     def status(self) -> list[dict[str, Any]]:
-        """Per source: state, rows, last commit, lag, invalid values."""
-        return [r.status() for r in self.runners]
+        """Per source, in the config's order: mode, state, rows, last commit, lag, invalid values."""
+        every = [r.status() for r in self.runners] + [p.status() for p in self.pollers]
+        return sorted(every, key=lambda s: self._order[s["source"]])
 
     def close(self) -> None:
         """Close every stream and the checkpoint file."""
@@ -359,20 +414,6 @@ class Pipeline:
                 r.stream.close()
                 r.stream = None
         self.store.close()
-
-
-def _check_table(conn: Any, source: str) -> None:
-    present = set(table_columns(conn))
-    if not present:
-        raise SourceUnusable(
-            f"source {source} has no responses table", "run `pisa-pulse sources up` or point the config at it"
-        )
-    missing = [c for c in CHART_COLUMNS if c not in present]
-    if missing:
-        raise SourceUnusable(
-            f"source {source}'s responses table lacks {', '.join(missing)}",
-            "give the table the PISA 2018 columns the charts need",
-        )
 
 
 def _copy_reason(position: Position | None, identity: str, slot: replication.SlotInfo | None) -> str:

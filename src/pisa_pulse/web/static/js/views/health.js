@@ -6,6 +6,7 @@ import { ContractError, formatAge } from "../poller.js";
 
 const STATES = {
   streaming: { symbol: "●", tone: "ok" },
+  polling: { symbol: "◆", tone: "ok" },
   direct: { symbol: "●", tone: "ok" },
   copying: { symbol: "◐", tone: "info" },
   reconnecting: { symbol: "▲", tone: "amber" },

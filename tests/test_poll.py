@@ -1,0 +1,185 @@
+"""Read-only capture (`mode = "poll"`) against real PostgreSQL, through a role with SELECT only.
+
+The sources are read as `reader`, a role with SELECT on `responses` and nothing else (no
+REPLICATION, no CREATE): the pipeline must not need more. Traffic (inserts at random ids,
+corrections, withdrawals, messy values) runs through the owner's role; once it stops and one
+reconciliation has started after it, the engine's aggregates must equal plain SQL over the sources.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pisa_pulse.capture.preflight import check_source
+from pisa_pulse.engine.checkpoint import CheckpointStore
+from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
+from pisa_pulse.engine.values import CHART_COLUMNS
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources.config import Source
+from pisa_pulse.sources.databases import connected
+from pisa_pulse.sources.traffic import Traffic
+from tests.conftest import BringUp
+from tests.test_pipeline import assert_exact
+
+COUNTRIES = "alb,arg,aus,aut,bel"
+READER = "reader"
+
+
+@pytest.fixture
+def five(new_dir: Path, bring_up: BringUp) -> cfg.SourcesConfig:
+    """Five slim sources with 300 students each; `reader` may SELECT from their `responses`."""
+    config = bring_up(new_dir, countries=COUNTRIES, schema="slim", rows_per_country=300, messy=0.05)
+    with connected(config.sources[0].dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP ROLE IF EXISTS {READER}")
+        cur.execute(f"CREATE ROLE {READER} LOGIN NOREPLICATION PASSWORD 'reader-pw'")
+    for s in config.sources:
+        with connected(s.dsn) as conn, conn.cursor() as cur:
+            cur.execute(f"GRANT SELECT ON responses TO {READER}")
+    return config
+
+
+def as_reader(config: cfg.SourcesConfig) -> cfg.SourcesConfig:
+    """The same sources, read as `reader` in poll mode."""
+    assert config.cluster is not None
+    port = config.cluster.port
+    sources = tuple(
+        Source(s.name, f"postgresql://{READER}:reader-pw@127.0.0.1:{port}/{s.name}", "poll")
+        for s in config.sources
+    )
+    return replace(config, sources=sources, cluster=None, admin_dsn=None)
+
+
+@contextmanager
+def running(run: Callable[[threading.Event], object]) -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(stop,))
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
+def polling(config: cfg.SourcesConfig, state: Path, reconcile: float = 1.0) -> Iterator[Pipeline]:
+    pipeline = Pipeline(
+        as_reader(config).sources,
+        state,
+        checkpoint_interval=0.2,
+        poll_interval=0.25,
+        reconcile_interval=reconcile,
+    )
+    with running(pipeline.run):
+        yield pipeline
+
+
+def traffic(config: cfg.SourcesConfig, seconds: float) -> Traffic:
+    """Corrections, withdrawals and messy values at random ids, for `seconds`."""
+    t = Traffic(config, rate=400, updates=0.15, deletes=0.1, messy=0.05, seed=4)
+    t.run(threading.Event(), duration=seconds)
+    assert t.counts.updated > 20 and t.counts.deleted > 10
+    return t
+
+
+def wait_reconciled(pipeline: Pipeline, after: float, timeout: float = 30) -> None:
+    """Until every source has been reconciled from a snapshot taken after `after` (Unix time)."""
+    deadline = time.monotonic() + timeout
+    while any(p.reconciled_as_of <= after for p in pipeline.pollers):
+        assert time.monotonic() < deadline, [p.status() for p in pipeline.pollers]
+        time.sleep(0.05)
+
+
+def objects(dsn: str) -> tuple[int, int]:
+    with connected(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM pg_replication_slots)"
+        )
+        row = cur.fetchone()
+    return int(row[0]), int(row[1])
+
+
+def test_check_recommends_polling_for_a_select_only_role(five: cfg.SourcesConfig) -> None:
+    checks = {c.name: c for c in check_source(as_reader(five).sources[0], "s", CHART_COLUMNS)}
+    assert not checks["replication role"].ok and checks["poll: select"].ok
+    assert checks["recommended mode"].ok and checks["recommended mode"].detail.startswith("poll")
+    assert check_source(five.sources[0], "s", CHART_COLUMNS)[-1].detail == "replication"
+
+
+def test_poll_mode_equals_sql_under_traffic(five: cfg.SourcesConfig, new_dir: Path) -> None:
+    with polling(five, new_dir.parent / "state") as pipeline:
+        traffic(five, 3)
+        stopped = time.time()
+        wait_reconciled(pipeline, stopped)
+        assert_exact(pipeline, five)
+        assert all(p.state == "polling" and p.copies == 1 for p in pipeline.pollers)
+        assert sum(p.updates_found for p in pipeline.pollers) > 20  # the corrections, found by digest
+        # Rows present at the start have no arrival time; the rest arrived at the poll that saw them.
+        hours = pipeline.aggregates.hourly()
+        assert 0 < hours.get(-1, 0) <= 5 * 300
+        assert sum(n for h, n in hours.items() if h >= int(stopped // 3600) - 1) > 100
+    assert objects(five.sources[0].dsn) == (0, 0)  # no publication, no slot: SELECT was enough
+
+
+def test_inserts_and_deletes_show_within_one_poll(five: cfg.SourcesConfig, new_dir: Path) -> None:
+    with polling(five, new_dir.parent / "state", reconcile=3600) as pipeline:
+        deadline = time.monotonic() + 30
+        while pipeline.submissions() != 5 * 300:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for sql, expected in (
+            ("INSERT INTO responses (id, cnt) VALUES (4242, 'ARG')", 5 * 300 + 1),
+            ("DELETE FROM responses WHERE id = 4242", 5 * 300),
+        ):
+            with connected(five.sources[1].dsn) as conn, conn.cursor() as cur:
+                cur.execute(sql)
+            committed = time.monotonic()
+            while pipeline.submissions() != expected:
+                # One poll interval (0.25 s) plus the poll itself, with room for a loaded machine.
+                assert time.monotonic() - committed < 1.0, "not seen within one poll"
+                time.sleep(0.01)
+
+
+def test_sigkill_and_restart_count_nothing_twice(five: cfg.SourcesConfig, new_dir: Path) -> None:
+    readers_dir = new_dir.parent / "readers"
+    readers_dir.mkdir()
+    cfg.save(readers_dir, as_reader(five))
+    command = [
+        sys.executable,
+        "-m",
+        "pisa_pulse",
+        "pipeline",
+        "--mode",
+        "poll",
+        "--data-dir",
+        str(readers_dir),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env={**os.environ})
+    try:
+        store = CheckpointStore(checkpoint_path(readers_dir))
+        deadline = time.monotonic() + 60
+        while len(store.positions()) < len(five.sources):
+            assert time.monotonic() < deadline, "never checkpointed every source"
+            time.sleep(0.2)
+        store.close()
+        traffic(five, 2)  # polled and checkpointed while it runs ...
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    traffic(five, 1.5)  # ... and while the pipeline is down
+    with polling(five, readers_dir) as pipeline:
+        assert pipeline.submissions() > 0  # restored from the checkpoint, not copied again
+        wait_reconciled(pipeline, time.time())
+        assert_exact(pipeline, five)
+        assert all(p.copies == 0 for p in pipeline.pollers)
