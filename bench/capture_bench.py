@@ -19,6 +19,7 @@ from typing import Any
 
 from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.schema import SchemaName
 from sources_bench import scratch_dir
 
@@ -65,11 +66,14 @@ def _percentile(values: list[float], q: float) -> float:
     return round(statistics.quantiles(values, n=1000)[int(q * 1000) - 1], 1) if len(values) > 1 else 0.0
 
 
-class _Running:
-    """The pipeline in a thread of this process."""
+class Running:
+    """The pipeline in a thread of this process (`mode`: every source's capture mode)."""
 
-    def __init__(self, config: cfg.SourcesConfig, data_dir: Path) -> None:
-        self.pipeline = Pipeline(config.sources, data_dir)
+    def __init__(
+        self, config: cfg.SourcesConfig, data_dir: Path, mode: str = "replication", **options: Any
+    ) -> None:
+        sources = [Source(s.name, s.dsn, mode) for s in config.sources]
+        self.pipeline = Pipeline(sources, data_dir, **options)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.pipeline.run, args=(self.stop,))
 
@@ -81,9 +85,11 @@ class _Running:
         self.stop.set()
         self.thread.join()
 
-    def wait_streaming(self, timeout: float = 600) -> float:
+    def wait_streaming(self, timeout: float = 1800) -> float:
+        """Seconds until every source has been copied and is streaming (or polling)."""
         start = time.perf_counter()
-        while any(r.state != "streaming" for r in self.pipeline.runners):
+        p = self.pipeline
+        while any(r.state != "streaming" for r in p.runners) or any(q.state != "polling" for q in p.pollers):
             if time.perf_counter() - start > timeout:
                 raise TimeoutError("sources not streaming")
             time.sleep(0.05)
@@ -94,7 +100,7 @@ def latency(schema: SchemaName, rate: float, seconds: float) -> dict[str, Any]:
     """Commit-to-aggregate latency of live traffic at `rate` operations/s over the 20 sources."""
     with scratch_dir() as data_dir:
         config = _up(data_dir, schema, 1000)
-        running = _Running(config, data_dir)
+        running = Running(config, data_dir)
         with running as pipeline:
             running.wait_streaming()
             traffic = _traffic(data_dir, rate, seconds + 2)
@@ -123,12 +129,12 @@ def catch_up(schema: SchemaName, backlog_seconds: float) -> dict[str, Any]:
     """Maximum change rate: write a backlog while the pipeline is down, then time its catch-up."""
     with scratch_dir() as data_dir:
         config = _up(data_dir, schema, 1000)
-        running = _Running(config, data_dir)
+        running = Running(config, data_dir)
         with running:
             running.wait_streaming()
         traffic = _traffic(data_dir, 1_000_000, backlog_seconds)
         traffic.wait()
-        running = _Running(config, data_dir)
+        running = Running(config, data_dir)
         with running as pipeline:
             running.wait_streaming()
             cpu0, t0 = _cpu_s(), time.perf_counter()
@@ -159,7 +165,7 @@ def memory(schema: SchemaName, students: int) -> dict[str, Any]:
     with scratch_dir() as data_dir:
         config = _up(data_dir, schema, students // 20)
         rss0 = _rss_mb()
-        running = _Running(config, data_dir)
+        running = Running(config, data_dir)
         with running as pipeline:
             seconds = running.wait_streaming()
             rows = sum(len(r.ledger) for r in pipeline.runners)

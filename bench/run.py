@@ -28,6 +28,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.browser, s
 import api_bench
 import capture_bench
 import dashboard_bench
+import poll_bench
 import sources_bench
 
 PROFILES = {
@@ -39,7 +40,7 @@ PROFILES = {
 PAGE_MINUTES = {"smoke": (0.25, 5.0), "quick": (2.0, 15.0), "full": (10.0, 30.0)}
 # The API under load at each size, in both modes: the pipeline's cost should not grow with rows.
 API_STUDENTS = {"smoke": (2_000,), "quick": (60_000,), "full": (60_000, 600_000)}
-SUITES = ("sources", "capture", "api", "dashboard")
+SUITES = ("sources", "capture", "api", "poll", "dashboard")
 
 
 def machine() -> dict[str, Any]:
@@ -128,6 +129,28 @@ def markdown(result: dict[str, Any]) -> str:
         ],
     )
     lines += _table(
+        "| poll mode freshness (commit to applied) | students | traffic ops/s | markers | p50 ms | p95 ms | "
+        "p99 ms | max ms | pipeline CPU (cores) | poll p50 / p99 ms |",
+        [
+            f"| {c['schema']} | {c['students']:,} | {c['target_ops_per_s']:,.0f} | {c['markers']} | "
+            f"{c['p50_ms']} | {c['p95_ms']} | {c['p99_ms']} | {c['max_ms']} | {c['pipeline_cpu_share']} | "
+            f"{c['poll_p50_ms']} / {c['poll_p99_ms']} |"
+            for c in result.get("poll_freshness", [])
+        ],
+    )
+    lines += _table(
+        "| source cost | students | polls/s | PostgreSQL CPU ms per poll | CPU cores for polling | "
+        "index entries per poll | ids read per poll | rows read per poll | one reconciliation ms "
+        "(CPU ms, all sources) | direct mode: CPU ms per round | direct: rows read per round |",
+        [
+            f"| {c['schema']} | {c['students']:,} | {c['polls_per_s']} | {c['pg_cpu_ms_per_poll']} | "
+            f"{c['pg_cpu_cores_polling']} | {c['index_entries_per_poll']:,} | {c['ids_read_per_poll']} | "
+            f"{c['rows_read_per_poll']} | {c['reconcile_ms']} ({c['reconcile_pg_cpu_ms']:,}) | "
+            f"{c['direct_pg_cpu_ms_per_round']:,} | {c['direct_rows_read_per_round']:,} |"
+            for c in result.get("poll_cost", [])
+        ],
+    )
+    lines += _table(
         "| dashboard left open | minutes | JS heap first / last / max MB | "
         "heap slope MB/hour (all / 2nd half) | DOM nodes first / last | listeners first / last | "
         "max requests per chart per s | console errors |",
@@ -185,6 +208,15 @@ def main() -> int:
         for mode, students in [(mode, n) for mode in ("replication", "direct") for n in sizes]:
             print(f"chart API under load, {mode}, {students:,} students, full ...", flush=True)
             result["api"].append(api_bench.load(mode, students, float(p["api_s"])))
+    if args.suite in ("poll", "all"):
+        print(f"poll mode freshness, full, 1,000 ops/s, {API_STUDENTS[args.profile][0]:,} students ...")
+        result["poll_freshness"] = [
+            poll_bench.freshness(1_000.0, float(p["latency_s"]), API_STUDENTS[args.profile][0])
+        ]
+        result["poll_cost"] = []
+        for students in API_STUDENTS[args.profile]:
+            print(f"poll mode source cost, full, {students:,} students ...", flush=True)
+            result["poll_cost"].append(poll_bench.source_cost(students, float(p["api_s"])))
     if args.suite in ("dashboard", "all"):
         minutes, sample_s = PAGE_MINUTES[args.profile]
         print(f"dashboard left open for {minutes} minutes ...", flush=True)

@@ -47,14 +47,19 @@ def test_each_problem_is_named_with_its_fix(new_dir: Path, bring_up: BringUp) ->
         cur.execute("DROP ROLE IF EXISTS reader")
         cur.execute("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'")
         cur.execute("GRANT SELECT ON responses TO reader")
-    assert set(_failed(arg)) == {"table"}
+    assert set(_failed(arg)) == {"table", "recommended mode"}  # both modes need the columns
     assert "escs" in next(c.detail for c in check_source(arg, "s", CHART_COLUMNS) if c.name == "table")
 
     assert config.cluster is not None
     reader = Source("alb", f"postgresql://reader:reader-pw@127.0.0.1:{config.cluster.port}/alb")
     failed = _failed(reader)
-    assert set(failed) == {"replication role", "publication"}
+    assert set(failed) == {"replication role", "publication", "poll: select", "recommended mode"}
     assert "ALTER ROLE reader REPLICATION" in failed["replication role"]
+    assert "GRANT SELECT ON responses TO reader" in failed["poll: select"]
+    with connected(alb.dsn) as conn, conn.cursor() as cur:
+        cur.execute("GRANT SELECT ON responses TO reader")
+    assert set(_failed(reader)) == {"replication role", "publication"}  # polling will do
+    assert check_source(reader, "s", CHART_COLUMNS)[-1].detail.startswith("poll")
 
     with connected(alb.dsn) as conn, conn.cursor() as cur:
         cur.execute("ALTER SYSTEM SET wal_level = replica")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +30,7 @@ from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import BringUp
-from tests.test_pipeline import assert_exact
+from tests.test_pipeline import assert_exact, running
 
 COUNTRIES = "alb,arg,aus,aut,bel"
 READER = "reader"
@@ -58,18 +58,6 @@ def as_reader(config: cfg.SourcesConfig) -> cfg.SourcesConfig:
         for s in config.sources
     )
     return replace(config, sources=sources, cluster=None, admin_dsn=None)
-
-
-@contextmanager
-def running(run: Callable[[threading.Event], object]) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=run, args=(stop,))
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 @contextmanager
@@ -183,3 +171,27 @@ def test_sigkill_and_restart_count_nothing_twice(five: cfg.SourcesConfig, new_di
         wait_reconciled(pipeline, time.time())
         assert_exact(pipeline, five)
         assert all(p.copies == 0 for p in pipeline.pollers)
+
+
+def test_auto_mode_replicates_where_allowed_and_polls_elsewhere(
+    five: cfg.SourcesConfig, new_dir: Path
+) -> None:
+    readers = as_reader(five).sources
+    sources = [Source(s.name, (readers[i] if i % 2 else s).dsn, "auto") for i, s in enumerate(five.sources)]
+    pipeline = Pipeline(sources, new_dir.parent / "state", poll_interval=0.25, reconcile_interval=1.0)
+    with running(pipeline.run):
+        deadline = time.monotonic() + 60
+        while {s["state"] for s in pipeline.status()} != {"streaming", "polling"}:
+            assert time.monotonic() < deadline, pipeline.status()
+            time.sleep(0.1)
+        modes = {s["source"]: s["mode"] for s in pipeline.status()}
+        assert modes == {s.name: "poll" if i % 2 else "replication" for i, s in enumerate(five.sources)}
+        assert all("replication role" in p.why for p in pipeline.pollers)
+        traffic(five, 2)
+        stopped = time.time()
+        wait_reconciled(pipeline, stopped)
+        deadline = time.monotonic() + 30
+        while pipeline.as_of() <= stopped:  # the replicated sources past the end of the traffic too
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert_exact(pipeline, five)

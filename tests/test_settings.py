@@ -43,6 +43,19 @@ def test_the_sources_config_of_sources_up_is_a_settings_file(tmp_path: Path) -> 
     assert s.server == settings.ServerSettings()
 
 
+def test_modes_per_source_and_overall(tmp_path: Path) -> None:
+    arg = '[[sources]]\nname = "arg"\ndsn = "postgresql://reader@db.example.org/arg"\nmode = "poll"\n'
+    path = _write(
+        tmp_path, "[capture]\nmode = 'auto'\npoll_interval = 0.5\nreconcile_interval = 10\n" + SOURCE + arg
+    )
+    s = settings.load(path)
+    assert [src.mode for src in s.sources] == ["auto", "poll"]  # a source's own mode wins
+    assert (s.mode, s.poll_interval, s.reconcile_interval) == ("auto", 0.5, 10.0)
+    assert [src.mode for src in settings.load(path, mode="replication").sources] == ["replication"] * 2
+    direct = _write(tmp_path, "[capture]\nmode = 'direct'\n" + SOURCE + arg)
+    assert [src.mode for src in settings.load(direct).sources] == ["direct"] * 2
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -50,6 +63,9 @@ def test_the_sources_config_of_sources_up_is_a_settings_file(tmp_path: Path) -> 
         ("[server]\nport = '80'\n" + SOURCE, "server.port = '80' is not an integer"),
         ("[server]\nport = 70000\n" + SOURCE, "server.port 70000 is not a port"),
         ("[capture]\nmode = 'psychic'\n" + SOURCE, "capture.mode 'psychic' is unknown"),
+        (SOURCE + 'mode = "direct"\n' + SOURCE.replace("alb", "arg"), "sources[0].mode 'direct' is unknown"),
+        ("[capture]\npoll_interval = 0\n" + SOURCE, "capture.poll_interval = 0 is not a number of seconds"),
+        ("[capture]\nreconcile_interval = 'often'\n" + SOURCE, "capture.reconcile_interval = 'often'"),
         ("[server]\n", "list no [[sources]]"),
         ('[[sources]]\nname = "zzz"\ndsn = "postgresql://a@b/c"\n', "sources[0].name 'zzz' is not a PISA"),
         ('[[sources]]\nname = "alb"\n', "sources[0].dsn is missing"),

@@ -97,7 +97,7 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
         where = "--mode" if mode else "capture.mode"
         raise PisaPulseError(f"{where} {default!r} is unknown", f"use one of {', '.join(MODES)}")
     for i, s in enumerate(sources):
-        if s.mode is not None and s.mode not in SOURCE_MODES:
+        if s.mode is not None and s.mode not in SOURCE_MODES and s.mode != default:
             raise PisaPulseError(
                 f"sources[{i}].mode {s.mode!r} is unknown", f"use one of {', '.join(SOURCE_MODES)}"
             )

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 BACKOFF = (1.0, 2.0, 5.0, 10.0)
 POLL_IDENTITY = "poll"  # the checkpoint position of a polled source: it holds no stream position
 ARRIVAL = "the poll that first saw the row"
+READ_COUNTERS = ("index_entries", "ids_read", "rows_read")
 
 
 @dataclass
@@ -66,6 +67,7 @@ class PollRunner:
     polls: int = 0
     skipped: int = 0
     updates_found: int = 0  # rows whose digest changed, over every reconciliation
+    read: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_COUNTERS, 0))  # totals
     last: PollStats = field(default_factory=PollStats)  # the last poll that was not skipped
     last_reconcile: PollStats | None = None
     reconciled_at: float = 0.0  # time.monotonic() of the last reconciliation (0: none since start)
@@ -152,10 +154,12 @@ class PollRunner:
         self.skipped += stats.skipped
         self.copies += stats.copied
         self.updates_found += stats.updated
+        for key in READ_COUNTERS:
+            self.read[key] += getattr(stats, key)
         self.poll_ms.append(stats.ms)
         if not stats.skipped:
             self.last = stats  # what a poll that read something cost
-        if reconcile:
+        if reconcile or copy:  # a copy reads every row: as good as a reconciliation
             self.last_reconcile, self.reconciled_at = stats, time.monotonic()
             self.reconciled_as_of = started
 

@@ -1,0 +1,208 @@
+"""Benchmark of read-only capture (`mode = "poll"`): freshness under traffic, and what polls cost a source.
+
+- `freshness`: the 20 default countries (full schema) polled by an in-process pipeline while traffic
+  writes at a set rate; a probe commits a marker row into a random source every 50 ms and a watcher
+  looks for it in that source's ledger every 2 ms: commit-to-applied latency.
+- `source_cost`: what the polls cost PostgreSQL at a given size. PostgreSQL's CPU (the postmaster
+  and its children, from /proc) is measured twice for the same time and the same traffic (100
+  operations/s, so nearly every poll finds changes): without the pipeline, then with it; the
+  difference is the polls' cost, divided by the polls that read something. Beside it, the direct
+  mode's cost: the CPU of one round of the `escs` chart's SQL on all 20 sources.
+
+Before measuring, the sources are vacuumed (what autovacuum does after a bulk load): index-only scans
+skip the heap only for pages the visibility map marks all-visible. Autovacuum is then paused, as in
+the API benchmark, so its background work is not counted as the polls'.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+import time
+from typing import Any
+
+import psycopg2
+
+from api_bench import _postmaster_pid, _tree_cpu_s
+from capture_bench import Running, _cpu_s, _percentile, _traffic, _up
+from pisa_pulse.api.snapshots import DirectSnapshots
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources.databases import connected
+from sources_bench import scratch_dir, total_rows
+
+PROBE_EVERY_S = 0.05
+COST_TRAFFIC = 100.0
+ESCS_COLUMNS = frozenset({"cnt", "escs"})
+
+
+def freshness(rate: float, seconds: float, students: int) -> dict[str, Any]:
+    """Commit-to-applied latency of marker rows in poll mode, with traffic at `rate` operations/s."""
+    with scratch_dir() as data_dir:
+        config = _up(data_dir, "full", students // 20)
+        _vacuum(config)
+        running = Running(config, data_dir, mode="poll")
+        with running as pipeline:
+            running.wait_streaming()
+            traffic = _traffic(data_dir, rate, seconds + 3)
+            time.sleep(2)  # warm-up
+            cpu0, t0 = _cpu_s(), time.perf_counter()
+            latencies = _probe(config, pipeline, seconds)
+            cpu = (_cpu_s() - cpu0) / (time.perf_counter() - t0)
+            traffic.wait()
+            polls = [p.status()["poll"] for p in pipeline.pollers]
+    return {
+        "mode": "poll",
+        "schema": "full",
+        "students": students,
+        "target_ops_per_s": rate,
+        "markers": len(latencies),
+        "p50_ms": _percentile(latencies, 0.5),
+        "p95_ms": _percentile(latencies, 0.95),
+        "p99_ms": _percentile(latencies, 0.99),
+        "max_ms": round(max(latencies), 1),
+        "pipeline_cpu_share": round(cpu, 3),
+        "poll_p50_ms": round(statistics.median(p["p50_ms"] for p in polls), 1),
+        "poll_p99_ms": round(max(p["p99_ms"] for p in polls), 1),
+    }
+
+
+def _probe(config: cfg.SourcesConfig, pipeline: Any, seconds: float) -> list[float]:
+    """Marker rows every PROBE_EVERY_S for `seconds`; returns their commit-to-applied latencies (ms)."""
+    conns = [psycopg2.connect(s.dsn) for s in config.sources]
+    for conn in conns:
+        conn.autocommit = True
+    pending: dict[int, tuple[int, float]] = {}  # pk -> (source index, commit time)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() or pending:
+            now = time.perf_counter()
+            with lock:
+                for pk, (i, committed) in list(pending.items()):
+                    if pk in pipeline.pollers[i].ledger:
+                        latencies.append((now - committed) * 1000)
+                        del pending[pk]
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    rng = random.Random(7)
+    end = time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < end:
+            i = rng.randrange(len(conns))
+            pk = rng.randrange(1, 2**62)
+            with conns[i].cursor() as cur:
+                cur.execute(
+                    "INSERT INTO responses (id, cnt) VALUES (%s, %s)", (pk, config.sources[i].name.upper())
+                )
+            with lock:
+                pending[pk] = (i, time.perf_counter())
+            time.sleep(PROBE_EVERY_S)
+    finally:
+        deadline = time.perf_counter() + 30
+        while pending and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        done.set()
+        pending.clear()
+        watcher.join()
+        for conn in conns:
+            conn.close()
+    return latencies
+
+
+def source_cost(students: int, seconds: float) -> dict[str, Any]:
+    """PostgreSQL CPU per poll (and rows read per poll) against one direct-mode round, at `students`."""
+    with scratch_dir() as data_dir:
+        config = _up(data_dir, "full", students // 20)
+        _vacuum(config)
+        rows = total_rows(config)
+        postmaster = _postmaster_pid(config, data_dir)
+        direct_ms = _direct_cpu_ms(config, postmaster)
+        baseline = _pg_cpu_under_traffic(data_dir, postmaster, seconds)
+        # Polls only: the reconciliations (which read every row) are measured on their own below.
+        running = Running(config, data_dir, mode="poll", reconcile_interval=86_400.0)
+        with running as pipeline:
+            running.wait_streaming()
+            before = _poll_totals(pipeline)
+            traffic = _traffic(data_dir, COST_TRAFFIC, seconds)
+            pg0, t0 = _tree_cpu_s(postmaster), time.perf_counter()
+            traffic.wait()
+            pg, elapsed = _tree_cpu_s(postmaster) - pg0, time.perf_counter() - t0
+            after = _poll_totals(pipeline)
+            reconcile_ms, reconcile_cpu_ms = _one_reconciliation(pipeline, postmaster)
+    polls = after["polls"] - before["polls"]
+    read = {k: (after[k] - before[k]) / max(1, polls) for k in ("index_entries", "ids_read", "rows_read")}
+    polls_cpu_ms = max(0.0, pg - baseline * elapsed) * 1000
+    return {
+        "schema": "full",
+        "students": rows,
+        "seconds": round(elapsed, 1),
+        "polls": polls,
+        "polls_per_s": round(polls / elapsed, 1),
+        "pg_cpu_ms_per_poll": round(polls_cpu_ms / max(1, polls), 2),
+        "pg_cpu_cores_polling": round(polls_cpu_ms / 1000 / elapsed, 3),
+        "index_entries_per_poll": round(read["index_entries"]),
+        "ids_read_per_poll": round(read["ids_read"], 1),
+        "rows_read_per_poll": round(read["rows_read"], 1),
+        "reconcile_ms": round(reconcile_ms, 1),
+        "reconcile_pg_cpu_ms": round(reconcile_cpu_ms, 1),
+        "direct_pg_cpu_ms_per_round": round(direct_ms, 1),
+        "direct_rows_read_per_round": rows,
+    }
+
+
+def _one_reconciliation(pipeline: Any, postmaster: int | None) -> tuple[float, float]:
+    """Every source reconciled once, idle: (median duration, PostgreSQL CPU of the whole round) in ms."""
+    started = time.time()
+    pg0 = _tree_cpu_s(postmaster)
+    for p in pipeline.pollers:
+        p.reconciled_at = 0.0  # due now
+    while any(p.reconciled_as_of <= started for p in pipeline.pollers):
+        time.sleep(0.05)
+    cpu_ms = (_tree_cpu_s(postmaster) - pg0) * 1000
+    return statistics.median(p.last_reconcile.ms for p in pipeline.pollers), cpu_ms
+
+
+def _poll_totals(pipeline: Any) -> dict[str, int]:
+    """Polls that read something and what they read, summed over every source so far."""
+    totals = {"polls": 0, "index_entries": 0, "ids_read": 0, "rows_read": 0}
+    for p in pipeline.pollers:
+        totals["polls"] += p.polls - p.skipped
+        for key in ("index_entries", "ids_read", "rows_read"):
+            totals[key] += p.read[key]
+    return totals
+
+
+def _pg_cpu_under_traffic(data_dir: Any, postmaster: int | None, seconds: float) -> float:
+    """PostgreSQL's CPU (cores) under the cost traffic alone: the baseline the polls add to."""
+    traffic = _traffic(data_dir, COST_TRAFFIC, seconds)
+    pg0, t0 = _tree_cpu_s(postmaster), time.perf_counter()
+    traffic.wait()
+    return (_tree_cpu_s(postmaster) - pg0) / (time.perf_counter() - t0)
+
+
+def _direct_cpu_ms(config: cfg.SourcesConfig, postmaster: int | None, rounds: int = 3) -> float:
+    """PostgreSQL CPU of one direct-mode round (the escs chart's SQL on every source), median of a few."""
+    direct = DirectSnapshots(config.sources)
+    try:
+        direct.snapshot(ESCS_COLUMNS)  # connections open, caches warm
+        costs = []
+        for _ in range(rounds):
+            pg0 = _tree_cpu_s(postmaster)
+            direct.snapshot(ESCS_COLUMNS)
+            costs.append((_tree_cpu_s(postmaster) - pg0) * 1000)
+    finally:
+        direct.stop()
+    return statistics.median(costs)
+
+
+def _vacuum(config: cfg.SourcesConfig) -> None:
+    """VACUUM ANALYZE every source (as autovacuum would after the load), then pause autovacuum."""
+    for source in config.sources:
+        with connected(source.dsn) as conn, conn.cursor() as cur:
+            cur.execute("VACUUM (ANALYZE) responses")
+            cur.execute("ALTER TABLE responses SET (autovacuum_enabled = off)")
