@@ -196,7 +196,7 @@ def test_cors_allows_get_from_any_origin(client: TestClient) -> None:
 def test_openapi_documents_every_route_and_every_chart(client: TestClient) -> None:
     doc = client.get("/api/openapi.json").json()
     documented = set(doc["paths"])
-    served = {"/", "/api", "/api/status", "/api/health", "/api/openapi.json"} | {
+    served = {"/", "/api", "/api/status", "/api/health", "/api/openapi.json", "/metrics"} | {
         f"/api/charts/{c}" for c in charts.CHARTS
     }
     assert documented == served
@@ -211,3 +211,26 @@ def test_status_and_health(client: TestClient) -> None:
     for s in status["sources"]:
         assert s["state"] == "streaming" and s["rows"] >= 200 and s["lag_ms"] is not None
     assert client.get("/api/health").json() == {"status": "ok", "sources": 3, "healthy": 3}
+
+
+def test_metrics_for_prometheus(client: TestClient) -> None:
+    client.get("/api/charts/escs")
+    client.get("/api/charts/nope")
+    text = client.get("/metrics").text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    for source in ("alb", "arg", "aus"):
+        assert samples[f'pisa_pulse_source_up{{mode="replication",source="{source}"}}'] == 1.0
+        assert samples[f'pisa_pulse_source_rows{{source="{source}"}}'] >= 200
+        assert f'pisa_pulse_changes_applied_total{{source="{source}"}}' in samples
+    assert (
+        samples['pisa_pulse_http_request_duration_seconds_count{route="/api/charts/escs",status="200"}'] >= 1
+    )
+    assert (
+        samples['pisa_pulse_http_request_duration_seconds_count{route="/api/charts/other",status="404"}'] >= 1
+    )
+    assert samples["pisa_pulse_snapshot_build_seconds_count"] >= 1
+    assert 0 <= samples["pisa_pulse_snapshot_age_seconds"] < 60

@@ -37,6 +37,7 @@ from starlette.types import Scope
 
 from pisa_pulse import __version__
 from pisa_pulse.api import charts
+from pisa_pulse.api.metrics import Metrics, RequestTimer
 from pisa_pulse.api.openapi import openapi_document
 from pisa_pulse.api.snapshots import Snapshot, Snapshots
 from pisa_pulse.web import static_dir
@@ -97,6 +98,13 @@ def create_app(
     """The API over one source of snapshots; `traffic_routes` (api/traffic.py) only when enabled."""
     cache = ChartCache()
     direct = snapshots.mode == "direct"
+
+    def data_age() -> float | None:
+        as_of = snapshots.data_as_of()
+        return max(0.0, clock() - as_of) if as_of else None
+
+    metrics = Metrics(snapshots.status, data_age)
+    snapshots.observe_build = metrics.snapshot_build.observe
 
     async def current(columns: frozenset[str]) -> Snapshot:
         # Direct mode blocks on SQL: keep it off the event loop.
@@ -217,16 +225,18 @@ def create_app(
         Route("/api/status", status, methods=["GET"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
         *(traffic_routes or []),
     ]
     middleware = [
+        Middleware(RequestTimer, metrics=metrics, routes=routes),
         Middleware(
             CORSMiddleware,
             allow_origins=["*"],
             allow_methods=["GET"],
             allow_headers=["If-None-Match"],  # other sites' dashboards may revalidate by hand
             expose_headers=list(DATA_HEADERS),
-        )
+        ),
     ]
     return Starlette(
         routes=routes,

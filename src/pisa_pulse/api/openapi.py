@@ -175,6 +175,15 @@ def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
     paths["/api"] = _get(
         "Links to every API route (traffic: only when traffic controls are on)", any_object, []
     )
+    paths["/metrics"] = {
+        "get": {
+            "summary": "Prometheus metrics: per-source state, lag, changes, invalid values; request times",
+            "responses": {
+                "200": {"description": "The text exposition format", "content": {"text/plain": {}}},
+                "default": _ERROR,
+            },
+        }
+    }
     paths["/"] = {
         "get": {
             "summary": "The dashboard (HTML; its files are under /static/)",

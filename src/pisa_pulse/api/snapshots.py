@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,11 +40,13 @@ class Snapshots(Protocol):
     """What the API reads from."""
 
     mode: str
+    observe_build: Callable[[float], None] | None  # told how long each copy of the aggregates took
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot: ...
     def status(self) -> list[dict[str, Any]]: ...
+    def data_as_of(self) -> float | None: ...
 
 
 class LiveSnapshots:
@@ -66,6 +69,7 @@ class LiveSnapshots:
         self._current = Snapshot(-1, Aggregates(), 0.0)
         self._taken = 0.0
         self._lock = threading.Lock()
+        self.observe_build: Callable[[float], None] | None = None
 
     def start(self) -> None:
         """Start capturing."""
@@ -96,6 +100,8 @@ class LiveSnapshots:
                             self.pipeline.lock.release()
                         self._current = Snapshot(version, aggregates, as_of)
                         self._taken = now
+                        if self.observe_build is not None:
+                            self.observe_build(time.monotonic() - now)
                 finally:
                     self._lock.release()
             current = self._current
@@ -107,6 +113,10 @@ class LiveSnapshots:
     def status(self) -> list[dict[str, Any]]:
         """Per source, from the pipeline."""
         return self.pipeline.status()
+
+    def data_as_of(self) -> float | None:
+        """Unix time up to which every source's changes are in (None: not yet)."""
+        return self.pipeline.as_of() or None
 
 
 class DirectSnapshots:
@@ -121,6 +131,7 @@ class DirectSnapshots:
         self._errors: dict[str, str] = {}
         self._version = 0
         self._lock = threading.Lock()
+        self.observe_build: Callable[[float], None] | None = None  # nothing is copied in direct mode
 
     def start(self) -> None:
         """Nothing runs in the background in direct mode."""
@@ -161,6 +172,10 @@ class DirectSnapshots:
         with self._lock:
             self._connections[source.name].append(conn)
         return result
+
+    def data_as_of(self) -> float | None:
+        """Each request queries the sources: the data is as of the request."""
+        return None
 
     def status(self) -> list[dict[str, Any]]:
         """Per source: queried per request, so only whether the last query failed."""

@@ -110,6 +110,7 @@ class SourceRunner:
             "lsn": replication.lsn_text(pos.lsn) if pos else None,
             "copies": self.copies,
             "transactions": self.transactions,
+            "changes": self.changes,
             "invalid": {k: v for k, v in self.ledger.invalid_counts().items() if v},
         }
 

@@ -67,6 +67,7 @@ class PollRunner:
     polls: int = 0
     skipped: int = 0
     updates_found: int = 0  # rows whose digest changed, over every reconciliation
+    changes: int = 0  # rows inserted, deleted and updated, as the polls found them
     read: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_COUNTERS, 0))  # totals
     last: PollStats = field(default_factory=PollStats)  # the last poll that was not skipped
     last_reconcile: PollStats | None = None
@@ -154,6 +155,7 @@ class PollRunner:
         self.skipped += stats.skipped
         self.copies += stats.copied
         self.updates_found += stats.updated
+        self.changes += stats.inserted + stats.deleted + stats.updated
         for key in READ_COUNTERS:
             self.read[key] += getattr(stats, key)
         self.poll_ms.append(stats.ms)
@@ -190,6 +192,7 @@ class PollRunner:
             "lsn": None,
             "copies": self.copies,
             "transactions": self.polls,
+            "changes": self.changes,
             "invalid": {k: v for k, v in self.ledger.invalid_counts().items() if v},
             "arrival": ARRIVAL,
             "mode_reason": self.why,
