@@ -21,6 +21,7 @@ from tests.browser import launch
 
 from api_bench import ServeProcess
 from capture_bench import CLI, _traffic, _up
+from figures import slope
 from sources_bench import scratch_dir, total_rows
 
 TRAFFIC_RATE = 20.0
@@ -94,11 +95,11 @@ def _watch(url: str, minutes: float, sample_s: float) -> dict[str, Any]:
         "heap_first_mb": heap[0],
         "heap_last_mb": heap[-1],
         "heap_max_mb": max(heap),
-        "heap_slope_mb_per_hour": round(_slope([s["s"] for s in samples], heap) * 3600, 2),
+        "heap_slope_mb_per_hour": round(slope([s["s"] for s in samples], heap) * 3600, 2),
         # The charts' histories (sparkline, minute series) fill during the first minutes: the second
         # half says whether the heap keeps growing once they are full.
         "heap_slope_second_half_mb_per_hour": round(
-            _slope([s["s"] for s in samples[half:]], heap[half:]) * 3600, 2
+            slope([s["s"] for s in samples[half:]], heap[half:]) * 3600, 2
         ),
         "nodes_first": samples[0]["nodes"],
         "nodes_last": samples[-1]["nodes"],
@@ -109,13 +110,3 @@ def _watch(url: str, minutes: float, sample_s: float) -> dict[str, Any]:
         "console_errors": errors,
         "samples": samples,
     }
-
-
-def _slope(xs: list[float], ys: list[float]) -> float:
-    """The least-squares slope of ys against xs (0 for fewer than two points)."""
-    n = len(xs)
-    if n < 2:
-        return 0.0
-    mx, my = sum(xs) / n, sum(ys) / n
-    var = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0

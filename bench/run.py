@@ -4,7 +4,7 @@
 
 `full` measures at PISA 2018's size (600,000 students); `quick` at a tenth of it; `smoke` only checks
 that the suite runs (tiny sizes, for CI). The Markdown printed at the end is what docs/benchmarks.md
-embeds.
+embeds. `--suite soak` (30 minutes in `full`) runs only when named: it is not part of `all`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import api_bench
 import capture_bench
 import dashboard_bench
 import poll_bench
+import soak_bench
 import sources_bench
 
 PROFILES = {
@@ -36,6 +37,8 @@ PROFILES = {
     "quick": {"students": 60_000, "traffic_s": 10.0, "latency_s": 10.0, "backlog_s": 5.0, "api_s": 10.0},
     "full": {"students": 600_000, "traffic_s": 30.0, "latency_s": 30.0, "backlog_s": 20.0, "api_s": 30.0},
 }
+# The soak: (minutes, dashboards, students), at 1,000 operations/s.
+SOAK = {"smoke": (0.5, 10, 2_000), "quick": (5.0, 200, 60_000), "full": (30.0, 200, 60_000)}
 # The dashboard left open: (minutes, seconds between samples).
 PAGE_MINUTES = {"smoke": (0.25, 5.0), "quick": (2.0, 15.0), "full": (10.0, 30.0)}
 # The API under load at each size, in both modes: the pipeline's cost should not grow with rows.
@@ -151,6 +154,17 @@ def markdown(result: dict[str, Any]) -> str:
         ],
     )
     lines += _table(
+        "| soak | minutes | students | ops/s | dashboards | requests | errors | RSS first / last / max MB | "
+        "RSS slope MB/hour | data age p50 / p99 ms | WAL retained by slots max / last MB |",
+        [
+            f"| full | {c['minutes']} | {c['students']:,} | {c['rate']:,.0f} | {c['dashboards']} | "
+            f"{c['requests']:,} | {c['errors']} | {c['rss_first_mb']} / {c['rss_last_mb']} / "
+            f"{c['rss_max_mb']} | {c['rss_slope_mb_per_hour']} | {c['age_p50_ms']} / {c['age_p99_ms']} | "
+            f"{c['wal_retained_max_mb']} / {c['wal_retained_last_mb']} |"
+            for c in result.get("soak", [])
+        ],
+    )
+    lines += _table(
         "| dashboard left open | minutes | JS heap first / last / max MB | "
         "heap slope MB/hour (all / 2nd half) | DOM nodes first / last | listeners first / last | "
         "max requests per chart per s | console errors |",
@@ -170,7 +184,9 @@ def main() -> int:
     """Run the chosen profile and write its results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=PROFILES, default="quick")
-    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all", help="which benchmarks to run")
+    parser.add_argument(
+        "--suite", choices=(*SUITES, "all", "soak"), default="all", help="which benchmarks to run"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     p = PROFILES[args.profile]
@@ -217,6 +233,10 @@ def main() -> int:
         for students in API_STUDENTS[args.profile]:
             print(f"poll mode source cost, full, {students:,} students ...", flush=True)
             result["poll_cost"].append(poll_bench.source_cost(students, float(p["api_s"])))
+    if args.suite == "soak":
+        minutes, dashboards, students = SOAK[args.profile]
+        print(f"soak: {minutes} minutes, 1,000 ops/s, {dashboards} dashboards ...", flush=True)
+        result["soak"] = [soak_bench.soak(minutes, 1_000.0, dashboards, students)]
     if args.suite in ("dashboard", "all"):
         minutes, sample_s = PAGE_MINUTES[args.profile]
         print(f"dashboard left open for {minutes} minutes ...", flush=True)

@@ -97,7 +97,14 @@ def run_server(settings: api_settings.Settings, traffic_control: Path | None = N
     routes = traffic_routes(traffic_control, new_token(traffic_control)) if traffic_control else None
     app = create_app(snapshots_for(settings), traffic_routes=routes)
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        # Bounded: past this many open connections (or requests in progress) a request is answered
+        # 503 at once, so a flood of pollers degrades service instead of exhausting the process.
+        limit_concurrency=settings.server.max_connections,
     )
     server = uvicorn.Server(config)
     out.print(

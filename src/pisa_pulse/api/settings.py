@@ -4,6 +4,7 @@
 [server]
 host = "127.0.0.1"        # loopback unless told otherwise
 port = 8000
+max_connections = 1000    # beyond this many open connections, requests get 503 (not a collapse)
 
 [capture]
 mode = "replication"      # "poll" (SELECT only), "auto" (replication where allowed, else poll),
@@ -48,6 +49,7 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    max_connections: int = 1000
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
     _only(raw, {"server", "capture", "sources"} | _WRITTEN_BY_SOURCES_UP, "")
     server_raw = _table(raw, "server")
     capture_raw = _table(raw, "capture")
-    _only(server_raw, {"host", "port"}, "server.")
+    _only(server_raw, {"host", "port", "max_connections"}, "server.")
     _only(
         capture_raw,
         {"mode", "slot_prefix", "state_dir", "poll_interval", "reconcile_interval"},
@@ -86,7 +88,12 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
     server = ServerSettings(
         host=host or _typed(server_raw, "host", str, "server.", "127.0.0.1"),
         port=port if port is not None else _typed(server_raw, "port", int, "server.", 8000),
+        max_connections=_typed(server_raw, "max_connections", int, "server.", 1000),
     )
+    if not 1 <= server.max_connections <= 100_000:
+        raise PisaPulseError(
+            f"server.max_connections {server.max_connections} is out of range", "use 1 to 100000"
+        )
     if not 0 <= server.port <= 65535:
         raise PisaPulseError(f"server.port {server.port} is not a port", "use 1-65535, or 0 for a free one")
     sources = _sources(raw.get("sources"))

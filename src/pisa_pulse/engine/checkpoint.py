@@ -101,7 +101,8 @@ class CheckpointStore:
         except sqlite3.Error as exc:
             raise PisaPulseError(
                 f"cannot open the checkpoint {path}: {exc}",
-                "check the data dir's permissions and free space, or pass another --data-dir",
+                "check the data dir's permissions and free space; if the file is damaged, remove it "
+                "and the pipeline rebuilds its state from the sources",
             ) from None
 
     def positions(self) -> dict[str, Position]:

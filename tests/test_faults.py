@@ -1,0 +1,201 @@
+"""Faults, on real servers: each case breaks something while traffic runs, then requires the oracle.
+
+Run alone with `pytest -m faults`. Every case ends like the pipeline tests: traffic stopped, the
+pipeline caught up, and its aggregates equal to plain SQL over the sources (no row lost, none
+counted twice). The cases: a source server down for 30 s while the others stay fresh (in both
+capture modes); the pipeline SIGKILLed five times at random moments; a slot invalidated by
+`max_slot_wal_keep_size` while the pipeline is down; columns added and dropped and a TRUNCATE while
+streaming; the checkpoint deleted, and corrupted.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pisa_pulse.engine.checkpoint import CheckpointStore
+from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
+from pisa_pulse.engine.values import CHART_COLUMNS
+from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources.cluster import EmbeddedCluster
+from pisa_pulse.sources.config import Source
+from pisa_pulse.sources.databases import connected, table_columns
+from tests.conftest import BringUp
+from tests.test_pipeline import (
+    assert_exact,
+    pipeline_running,
+    running,
+    server_lsn,
+    traffic_running,
+    wait_caught_up,
+)
+
+pytestmark = pytest.mark.faults
+
+COUNTRIES = "alb,arg,aus,aut"
+
+
+@pytest.fixture
+def four(new_dir: Path, bring_up: BringUp) -> cfg.SourcesConfig:
+    return bring_up(new_dir, countries=COUNTRIES, schema="slim", rows_per_country=300, messy=0.05)
+
+
+def cluster_of(config: cfg.SourcesConfig) -> EmbeddedCluster:
+    assert config.cluster is not None
+    return EmbeddedCluster(config.cluster, Path(config.cluster.cluster_dir))
+
+
+def joined(a: cfg.SourcesConfig, b: cfg.SourcesConfig) -> cfg.SourcesConfig:
+    return replace(a, sources=a.sources + b.sources, cluster=None, admin_dsn=None)
+
+
+@contextmanager
+def capturing(config: cfg.SourcesConfig, state: Path, mode: str) -> Iterator[Pipeline]:
+    sources = [Source(s.name, s.dsn, mode) for s in config.sources]
+    pipeline = Pipeline(sources, state, checkpoint_interval=0.2, poll_interval=0.25, reconcile_interval=1.0)
+    with running(pipeline.run):
+        yield pipeline
+
+
+def wait_settled(pipeline: Pipeline, configs: list[cfg.SourcesConfig], timeout: float = 60) -> None:
+    """Replicated sources past each server's WAL position; polled ones reconciled after now."""
+    now = time.time()
+    targets = {s.name: server_lsn(c) for c in configs for s in c.sources}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        behind = [
+            r for r in pipeline.runners if r.position is None or r.position.lsn < targets[r.source.name]
+        ]
+        behind += [p for p in pipeline.pollers if p.reconciled_as_of <= now]
+        if not behind:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"not settled within {timeout} s: {pipeline.status()}")
+
+
+@pytest.mark.parametrize("mode", ["replication", "poll"])
+def test_a_source_server_down_for_30_s_while_the_others_stay_fresh(
+    four: cfg.SourcesConfig, bring_up: BringUp, new_dir: Path, mode: str
+) -> None:
+    # The fifth country lives on a server of its own, which goes away.
+    lone = bring_up(new_dir.parent / "lone", countries="bel", schema="slim", rows_per_country=300)
+    everything = joined(four, lone)
+    with capturing(everything, new_dir.parent / "state", mode) as pipeline:
+        deadline = time.monotonic() + 60
+        while {s["state"] for s in pipeline.status()} != {
+            "streaming" if mode == "replication" else "polling"
+        }:
+            assert time.monotonic() < deadline, pipeline.status()
+            time.sleep(0.1)
+        with traffic_running(four, rate=200):
+            cluster_of(lone).stop("immediate")
+            down = time.time()
+            while time.time() - down < 30:
+                time.sleep(1)
+                status = {s["source"]: s for s in pipeline.status()}
+                assert status["bel"]["state"] == "reconnecting", status["bel"]
+                # The others keep up: their data is at most a few seconds old.
+                others = [r for r in [*pipeline.runners, *pipeline.pollers] if r.source.name != "bel"]
+                assert all(time.time() - r.fresh_at < 5 for r in others), pipeline.status()
+            bel = {s["source"]: s for s in pipeline.status()}["bel"]
+            assert bel["reason"] and (bel["lag_ms"] is None or bel["lag_ms"] >= 25_000)
+            cluster_of(lone).start()
+        with traffic_running(lone, rate=100):
+            time.sleep(1)
+        wait_settled(pipeline, [four, lone])
+        assert_exact(pipeline, everything)
+
+
+def test_sigkill_five_times_at_random_moments(four: cfg.SourcesConfig, new_dir: Path) -> None:
+    rng = random.Random(11)
+    command = [sys.executable, "-m", "pisa_pulse", "pipeline", "--data-dir", str(new_dir)]
+    with traffic_running(four, rate=300):
+        # The first kill lands during the initial copy, the others mid-stream or mid-checkpoint.
+        for delay in (0.3, *(rng.uniform(0.5, 3.0) for _ in range(4))):
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    with pipeline_running(four, new_dir) as pipeline:
+        wait_caught_up(pipeline, four)
+        assert_exact(pipeline, four)
+
+
+def test_a_slot_invalidated_while_the_pipeline_is_down(four: cfg.SourcesConfig, new_dir: Path) -> None:
+    admin = four.sources[0].dsn
+    with connected(admin) as conn, conn.cursor() as cur:
+        cur.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        cur.execute("SELECT pg_reload_conf()")
+    try:
+        with pipeline_running(four, new_dir) as pipeline:
+            wait_caught_up(pipeline, four)
+        with traffic_running(four, rate=400):  # WAL far past 1 MB while nobody reads the slots
+            time.sleep(3)
+        with connected(admin) as conn, conn.cursor() as cur:
+            for _ in range(3):
+                cur.execute("SELECT pg_switch_wal()")
+                cur.execute("CHECKPOINT")
+            cur.execute("SELECT count(*) FROM pg_replication_slots WHERE wal_status = 'lost'")
+            assert cur.fetchone()[0] == len(four.sources)
+        with pipeline_running(four, new_dir) as pipeline:
+            wait_caught_up(pipeline, four)
+            assert_exact(pipeline, four)
+            assert {(r.copies, r.reason) for r in pipeline.runners} == {(1, "slot invalidated")}
+    finally:
+        with connected(admin) as conn, conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            cur.execute("SELECT pg_reload_conf()")
+
+
+def test_columns_added_and_dropped_and_a_truncate_while_streaming(
+    four: cfg.SourcesConfig, new_dir: Path
+) -> None:
+    alb, arg = four.sources[0], four.sources[1]
+    with connected(alb.dsn) as conn:
+        spare = next(c for c in table_columns(conn) if c not in CHART_COLUMNS)
+    with pipeline_running(four, new_dir) as pipeline:
+        with traffic_running(four, rate=300):
+            time.sleep(1)
+            with connected(alb.dsn) as conn, conn.cursor() as cur:
+                cur.execute("ALTER TABLE responses ADD COLUMN note text DEFAULT 'x'")
+                cur.execute("UPDATE responses SET note = 'y' WHERE id IN (SELECT id FROM responses LIMIT 20)")
+                time.sleep(1)
+                cur.execute(f'ALTER TABLE responses DROP COLUMN "{spare}"')
+                cur.execute("ALTER TABLE responses DROP COLUMN note")
+            with connected(arg.dsn) as conn, conn.cursor() as cur:
+                cur.execute("TRUNCATE responses")
+            time.sleep(1.5)
+        wait_caught_up(pipeline, four)
+        assert_exact(pipeline, four)
+        assert all(r.state == "streaming" for r in pipeline.runners)
+
+
+def test_a_deleted_or_corrupted_checkpoint(four: cfg.SourcesConfig, new_dir: Path) -> None:
+    with pipeline_running(four, new_dir), traffic_running(four, rate=200):
+        time.sleep(1.5)
+    path = checkpoint_path(new_dir)
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        (path.parent / name).unlink(missing_ok=True)
+    with traffic_running(four, rate=200):
+        time.sleep(1)
+    with pipeline_running(four, new_dir) as pipeline:  # deleted: a clean rebuild from the sources
+        wait_caught_up(pipeline, four)
+        assert_exact(pipeline, four)
+        assert all(r.copies == 1 for r in pipeline.runners)
+    path.write_bytes(b"not a checkpoint" * 512)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(PisaPulseError) as info:  # corrupted: a clear error, not wrong numbers
+        CheckpointStore(path)
+    assert "checkpoint" in str(info.value) and "remove" in str(info.value)
+    assert path.read_bytes().startswith(b"not a checkpoint")  # left for whoever looks into it
