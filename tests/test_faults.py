@@ -150,7 +150,7 @@ def test_a_slot_invalidated_while_the_pipeline_is_down(four: cfg.SourcesConfig, 
         with pipeline_running(four, new_dir) as pipeline:
             wait_caught_up(pipeline, four)
             assert_exact(pipeline, four)
-            assert {(r.copies, r.reason) for r in pipeline.runners} == {(1, "slot invalidated")}
+            assert {(s["copies"], s["copy_reason"]) for s in pipeline.status()} == {(1, "slot invalidated")}
     finally:
         with connected(admin) as conn, conn.cursor() as cur:
             cur.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")

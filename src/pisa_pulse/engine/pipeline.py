@@ -84,6 +84,7 @@ class SourceRunner:
     retry_at: float = 0.0
     failures: int = 0
     copies: int = 0
+    copy_reason: str = ""  # why the last full copy was made (first start, slot invalidated, ...)
     skipped: int = 0  # transactions the checkpoint already held, seen again after a restart
     transactions: int = 0
     changes: int = 0  # row changes applied from the stream
@@ -98,6 +99,8 @@ class SourceRunner:
         lag_bytes = max(0, self.wal_end - pos.lsn) if pos else None
         last = pos.last_commit_us if pos and pos.last_commit_us else None
         lag_ms = 0 if lag_bytes == 0 else round((time.time() * 1e6 - last) / 1000) if last else None
+        if self.state != "streaming":  # cut off: behind by as long as it has been unheard
+            lag_ms = round((time.time() - self.fresh_at) * 1000) if self.fresh_at else None
         return {
             "source": self.source.name,
             "mode": "replication",
@@ -109,6 +112,7 @@ class SourceRunner:
             "lag_bytes": lag_bytes,
             "lsn": replication.lsn_text(pos.lsn) if pos else None,
             "copies": self.copies,
+            "copy_reason": self.copy_reason,
             "transactions": self.transactions,
             "changes": self.changes,
             "invalid": {k: v for k, v in self.ledger.invalid_counts().items() if v},
@@ -342,7 +346,7 @@ class Pipeline:
             self.version += 1
         r.position = Position(identity, start.consistent_lsn, 0)
         r.copies += 1
-        r.reason = why
+        r.copy_reason = why
 
     def _lost(
         self,
