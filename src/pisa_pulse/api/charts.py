@@ -66,13 +66,18 @@ class BadRequest(PisaPulseError):
     """A query parameter the API cannot use (answered with a 400)."""
 
 
+def _shown(raw: str, limit: int = 60) -> str:
+    """A query value as an error message quotes it: repr, cut short (a huge input is not echoed)."""
+    return repr(raw) if len(raw) <= limit else f"{raw[:limit]!r}... ({len(raw):,} characters)"
+
+
 def parse_countries(raw: str | None) -> tuple[str, ...] | None:
     """`?countries=alb, ARG` -> ("ALB", "ARG"); None when absent. Unknown codes are dropped later."""
     if raw is None:
         return None
     if not _CODES.fullmatch(raw):
         raise BadRequest(
-            f"countries={raw!r} is not a list of 3-letter country codes",
+            f"countries={_shown(raw)} is not a list of 3-letter country codes",
             "pass comma-separated codes such as countries=ALB,ARG, or leave the parameter out",
         )
     return tuple(dict.fromkeys(code.strip().upper() for code in raw.split(",")))
@@ -86,7 +91,7 @@ def parse_window(raw: str | None, bucket: Bucket) -> int:
         hours = int(raw)
     else:
         raise BadRequest(
-            f"hours={raw!r} is not a whole number from 1 to {MAX_HOURS}",
+            f"hours={_shown(raw)} is not a whole number from 1 to {MAX_HOURS}",
             f"pass e.g. hours={DEFAULT_HOURS['hour']}",
         )
     return hours if bucket == "hour" else hours * 60
@@ -98,7 +103,7 @@ def parse_bucket(raw: str | None) -> Bucket:
         return "hour"
     if raw == "minute":
         return "minute"
-    raise BadRequest(f"bucket={raw!r} is not hour or minute", "pass bucket=hour or bucket=minute")
+    raise BadRequest(f"bucket={_shown(raw)} is not hour or minute", "pass bucket=hour or bucket=minute")
 
 
 def countries_of(agg: Aggregates, wanted: Sequence[str] | None) -> list[str]:
