@@ -10,10 +10,13 @@ streaming; the checkpoint deleted, and corrupted.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,3 +202,83 @@ def test_a_deleted_or_corrupted_checkpoint(four: cfg.SourcesConfig, new_dir: Pat
         CheckpointStore(path)
     assert "checkpoint" in str(info.value) and "remove" in str(info.value)
     assert path.read_bytes().startswith(b"not a checkpoint")  # left for whoever looks into it
+
+
+class Proxy:
+    """A TCP proxy in front of a server that the test controls: it forwards, holds, or drops."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self.flowing.wait()  # held: the bytes wait here, as in a stalled network
+                target.sendall(data)
+        except OSError:
+            pass
+        for s in (source, target):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def drop(self) -> None:
+        """Reset every connection through the proxy."""
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self.sockets = []
+
+    def close(self) -> None:
+        self.drop()
+        self.listener.close()
+
+
+def test_the_network_to_a_source_stalled_then_dropped(four: cfg.SourcesConfig, new_dir: Path) -> None:
+    assert four.cluster is not None
+    proxy = Proxy(four.cluster.port)
+    alb = four.sources[0]
+    behind_proxy = replace(
+        four,
+        sources=(
+            replace(alb, dsn=alb.dsn.replace(f":{four.cluster.port}/", f":{proxy.port}/")),
+            *four.sources[1:],
+        ),
+    )
+    try:
+        with pipeline_running(behind_proxy, new_dir) as pipeline:
+            wait_caught_up(pipeline, four)
+            with traffic_running(four, rate=200):
+                time.sleep(1)
+                proxy.flowing.clear()
+                held = time.time()
+                time.sleep(5)
+                runner = {r.source.name: r for r in pipeline.runners}
+                # The stalled source is not claimed fresh; the others are.
+                assert runner["alb"].fresh_at < held + 0.5 and pipeline.as_of() < held + 0.5
+                assert all(time.time() - r.fresh_at < 2 for r in pipeline.runners if r.source.name != "alb")
+                proxy.flowing.set()
+                time.sleep(1)
+                proxy.drop()  # and now the connections break
+                time.sleep(2)
+            wait_caught_up(pipeline, four)
+            assert_exact(pipeline, four)
+            assert runner["alb"].losses >= 1 and runner["alb"].state == "streaming"
+    finally:
+        proxy.close()

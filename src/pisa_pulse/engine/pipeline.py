@@ -56,6 +56,9 @@ US_PER_MINUTE = 60_000_000
 MAX_MESSAGES_PER_TURN = 5_000  # per source and loop turn, so one busy source cannot starve the others
 BACKOFF = (1.0, 2.0, 5.0, 10.0)
 PING_INTERVAL = 0.1  # ask every source for a keepalive this often, so idle sources stay provably fresh
+SILENCE_LIMIT = (
+    15.0  # a stream that answers no ping for this long is dropped and reopened (a stalled network)
+)
 
 
 def checkpoint_path(data_dir: Path) -> Path:
@@ -82,7 +85,8 @@ class SourceRunner:
     stream: replication.ReplicationStream | None = None
     assembler: TransactionAssembler = field(default_factory=lambda: TransactionAssembler(CHART_COLUMNS))
     retry_at: float = 0.0
-    failures: int = 0
+    failures: int = 0  # in a row, for the back-off
+    losses: int = 0  # connections lost since the start
     copies: int = 0
     copy_reason: str = ""  # why the last full copy was made (first start, slot invalidated, ...)
     skipped: int = 0  # transactions the checkpoint already held, seen again after a restart
@@ -113,6 +117,7 @@ class SourceRunner:
             "lsn": replication.lsn_text(pos.lsn) if pos else None,
             "copies": self.copies,
             "copy_reason": self.copy_reason,
+            "connections_lost": self.losses,
             "transactions": self.transactions,
             "changes": self.changes,
             "invalid": {k: v for k, v in self.ledger.invalid_counts().items() if v},
@@ -204,9 +209,13 @@ class Pipeline:
             if r.stream is None and now >= r.retry_at:
                 self._open(r)
         streams = {r.stream.fileno(): r for r in self.runners if r.stream is not None}
-        for r in streams.values():
-            if now - r.pinged_at >= PING_INTERVAL:
+        for fd, r in list(streams.items()):
+            if time.time() - r.heard_at > SILENCE_LIMIT:
+                self._lost(r, TimeoutError(f"no answer from the source for {SILENCE_LIMIT:.0f} s"))
+                del streams[fd]
+            elif now - r.pinged_at >= PING_INTERVAL:
                 self._ping(r)
+        streams = {fd: r for fd, r in streams.items() if r.stream is not None}  # a ping may lose one
         if streams:
             ready, _, _ = select.select(list(streams), [], [], timeout)
             heard = time.time()
@@ -319,6 +328,7 @@ class Pipeline:
             self._lost(r, exc, stream)
             return
         r.stream, r.state, r.reason, r.failures = stream, "streaming", "", 0
+        r.heard_at = time.time()
         log.info("streaming source=%s lsn=%s", r.source.name, replication.lsn_text(r.position.lsn))
 
     def _copy(self, r: SourceRunner, stream: replication.ReplicationStream, identity: str, why: str) -> None:
@@ -360,6 +370,7 @@ class Pipeline:
                 s.close()
         r.stream = None
         r.failures += 1
+        r.losses += 1
         delay = BACKOFF[min(r.failures, len(BACKOFF)) - 1] if state != "failed" else BACKOFF[-1]
         r.retry_at = time.monotonic() + delay
         r.state, r.reason = (

@@ -62,7 +62,8 @@ class PollRunner:
     state: str = "connecting"
     reason: str = ""
     fresh_at: float = 0.0  # Unix time up to which the source's inserts and deletes are applied
-    failures: int = 0
+    failures: int = 0  # in a row, for the back-off
+    losses: int = 0  # connections lost since the start
     copies: int = 0
     polls: int = 0
     skipped: int = 0
@@ -171,6 +172,7 @@ class PollRunner:
             with contextlib.suppress(psycopg2.Error):
                 poller.close()
         self.failures += 1
+        self.losses += 1
         self.state, self.reason = state, first_line(exc)
         log.warning("source %s source=%s reason=%s", state, self.source.name, self.reason)
         return None
@@ -191,6 +193,7 @@ class PollRunner:
             "lag_bytes": None,
             "lsn": None,
             "copies": self.copies,
+            "connections_lost": self.losses,
             "transactions": self.polls,
             "changes": self.changes,
             "invalid": {k: v for k, v in self.ledger.invalid_counts().items() if v},
