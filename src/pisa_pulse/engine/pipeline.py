@@ -56,9 +56,8 @@ US_PER_MINUTE = 60_000_000
 MAX_MESSAGES_PER_TURN = 5_000  # per source and loop turn, so one busy source cannot starve the others
 BACKOFF = (1.0, 2.0, 5.0, 10.0)
 PING_INTERVAL = 0.1  # ask every source for a keepalive this often, so idle sources stay provably fresh
-SILENCE_LIMIT = (
-    15.0  # a stream that answers no ping for this long is dropped and reopened (a stalled network)
-)
+# A stream that answers no ping for this long is dropped and reopened (a stalled network).
+SILENCE_LIMIT = 15.0
 
 
 def checkpoint_path(data_dir: Path) -> Path:
