@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg2
@@ -26,8 +27,10 @@ from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore
 from pisa_pulse.engine.oracle import aggregates_from_sql
 from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path, slot_name
+from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.cluster import EmbeddedCluster
+from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import BringUp
@@ -203,3 +206,29 @@ def test_a_broken_source_does_not_stop_the_others(five: cfg.SourcesConfig, new_d
         )
         assert {s for s, _ in state.values()} == {"streaming"}
         assert pipeline.aggregates.without_arrivals() == oracle(healthy)
+
+
+def test_a_least_privilege_replication_role(five: cfg.SourcesConfig, new_dir: Path) -> None:
+    """REPLICATION plus SELECT on `responses`, the publication made by the owner: the README's SQL."""
+    assert five.cluster is not None
+    with connected(five.sources[0].dsn) as conn, conn.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS pisa_capture")
+        cur.execute("CREATE ROLE pisa_capture LOGIN REPLICATION PASSWORD 'capture-pw'")
+    for s in five.sources:
+        with connected(s.dsn) as conn, conn.cursor() as cur:
+            cur.execute("GRANT SELECT ON responses TO pisa_capture")
+            replication.ensure_publication(conn, CHART_COLUMNS)  # as the owner
+    port = five.cluster.port
+    capture = replace(
+        five,
+        sources=tuple(
+            Source(s.name, f"postgresql://pisa_capture:capture-pw@127.0.0.1:{port}/{s.name}")
+            for s in five.sources
+        ),
+    )
+    with pipeline_running(capture, new_dir) as pipeline:
+        with traffic_running(five):
+            time.sleep(1.5)
+        wait_caught_up(pipeline, five)
+        assert_exact(pipeline, five)
+        assert all(r.state == "streaming" for r in pipeline.runners)
