@@ -102,7 +102,10 @@ def test_check_recommends_polling_for_a_select_only_role(five: cfg.SourcesConfig
     checks = {c.name: c for c in check_source(as_reader(five).sources[0], "s", CHART_COLUMNS)}
     assert not checks["replication role"].ok and checks["poll: select"].ok
     assert checks["recommended mode"].ok and checks["recommended mode"].detail.startswith("poll")
-    assert check_source(five.sources[0], "s", CHART_COLUMNS)[-1].detail == "replication"
+    assert checks["least privilege"].detail == f"{READER} is not a superuser"
+    owner = {c.name: c for c in check_source(five.sources[0], "s", CHART_COLUMNS)}
+    assert owner["recommended mode"].detail == "replication"
+    assert "superuser" in owner["least privilege"].detail and "SELECT only" in owner["least privilege"].fix
 
 
 def test_poll_mode_equals_sql_under_traffic(five: cfg.SourcesConfig, new_dir: Path) -> None:

@@ -50,6 +50,7 @@ def check_source(source: Source, slot: str, columns: Sequence[str]) -> list[Chec
                 _slots(conn, slot),
                 _poll_version(conn),
                 _select(conn),
+                _least_privilege(conn),
             ]
             return [*checks, recommend(checks)]
     except psycopg2.Error as exc:
@@ -113,6 +114,19 @@ def _version(conn: Connection) -> Check:
         "upgrade to PostgreSQL 15+ (publication column lists) or use polling mode",
         "replication",
     )
+
+
+def _least_privilege(conn: Connection) -> Check:
+    """Never a failure: says when the role may do more than capture needs, and what would be enough."""
+    user = str(_one(conn, "SELECT current_user"))
+    if _one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        return Check(
+            "least privilege",
+            True,
+            f"{user} is a superuser: more than capture needs",
+            "enough: REPLICATION + SELECT on responses (replication) or SELECT only (poll); see README",
+        )
+    return Check("least privilege", True, f"{user} is not a superuser")
 
 
 def _poll_version(conn: Connection) -> Check:
