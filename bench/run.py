@@ -143,8 +143,8 @@ def markdown(result: dict[str, Any]) -> str:
     )
     lines += _table(
         "| source cost | students | polls/s | PostgreSQL CPU ms per poll | CPU cores for polling | "
-        "index entries per poll | ids read per poll | rows read per poll | one reconciliation ms "
-        "(CPU ms, all sources) | direct mode: CPU ms per round | direct: rows read per round |",
+        "index entries per poll | ids read per poll | rows read per poll | reconciling everything at once: "
+        "ms (CPU ms, all sources) | direct mode: CPU ms per round | direct: rows read per round |",
         [
             f"| {c['schema']} | {c['students']:,} | {c['polls_per_s']} | {c['pg_cpu_ms_per_poll']} | "
             f"{c['pg_cpu_cores_polling']} | {c['index_entries_per_poll']:,} | {c['ids_read_per_poll']} | "
@@ -188,8 +188,12 @@ def main() -> int:
         "--suite", choices=(*SUITES, "all", "soak"), default="all", help="which benchmarks to run"
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="students for the api and poll suites (default: the profile's)"
+    )
     args = parser.parse_args()
     p = PROFILES[args.profile]
+    sizes = tuple(args.sizes or API_STUDENTS[args.profile])
     result: dict[str, Any] = {
         "profile": args.profile,
         "date": datetime.date.today().isoformat(),
@@ -220,17 +224,14 @@ def main() -> int:
         result["memory"] = [capture_bench.memory("full", int(p["students"]))]
     if args.suite in ("api", "all"):
         result["api"] = []
-        sizes = API_STUDENTS[args.profile]
         for mode, students in [(mode, n) for mode in ("replication", "direct") for n in sizes]:
             print(f"chart API under load, {mode}, {students:,} students, full ...", flush=True)
             result["api"].append(api_bench.load(mode, students, float(p["api_s"])))
     if args.suite in ("poll", "all"):
-        print(f"poll mode freshness, full, 1,000 ops/s, {API_STUDENTS[args.profile][0]:,} students ...")
-        result["poll_freshness"] = [
-            poll_bench.freshness(1_000.0, float(p["latency_s"]), API_STUDENTS[args.profile][0])
-        ]
+        print(f"poll mode freshness, full, 1,000 ops/s, {sizes[0]:,} students ...")
+        result["poll_freshness"] = [poll_bench.freshness(1_000.0, float(p["latency_s"]), sizes[0])]
         result["poll_cost"] = []
-        for students in API_STUDENTS[args.profile]:
+        for students in sizes:
             print(f"poll mode source cost, full, {students:,} students ...", flush=True)
             result["poll_cost"].append(poll_bench.source_cost(students, float(p["api_s"])))
     if args.suite == "soak":

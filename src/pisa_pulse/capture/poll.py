@@ -14,10 +14,11 @@ ONLY transaction (so everything it reads is one consistent state):
    (index-only range scans) and compares them with the ledger's: new ids and gone ids;
 4. reads the chart columns of the new ids only, with each row's digest.
 
-A row's digest is `hashtextextended` of its chart columns' text, computed by the source. Every
-reconciliation (by default every 30 s) adds `sum(digest)` to step 2, which reads every row's chart
-columns; ranges whose digest sum differs get their (id, digest) pairs compared with the ledger's, and
-the rows whose digest changed are read again: updates.
+A row's digest is `hashtextextended` of its chart columns' text, computed by the source. Each poll
+also reconciles a slice of the ranges (the caller rolls the slice so that every range comes round
+once per reconciliation interval, 30 s by default): it reads `sum(digest)` of the slice's rows;
+ranges whose digest sum differs get their (id, digest) pairs compared with the ledger's, and the
+rows whose digest changed are read again: updates.
 
 What the mode sees: every insert and delete within one poll; every update within one reconciliation;
 the state of the source at each poll, exactly. What it cannot see: states between two polls (a row
@@ -205,27 +206,27 @@ class SourcePoller:
         self,
         keys: KeyRanges,
         digest_of: Callable[[int], int | None],
-        all_digests: Callable[[], tuple[Keys, Keys]] | None,
+        reconcile: range | None,
         apply: Apply,
         copy: bool = False,
     ) -> PollStats:
-        """One poll; `all_digests` (the ledger's keys and digests) asks for a reconciliation too, and
-        `copy` for a full copy instead (the first start, into an empty ledger).
+        """One poll; `reconcile` (a slice of the layout's ranges) asks to compare those ranges' digests
+        too, and `copy` for a full copy instead (the first start, into an empty ledger).
 
         Changes go to `apply` in chunks, every chunk from the same snapshot.
         """
         t0 = time.perf_counter()
-        stats = PollStats(reconciled=all_digests is not None)
+        stats = PollStats(reconciled=bool(reconcile))
         try:
             with self.conn.cursor() as cur:
                 cur.execute("SELECT txid_current_snapshot()::text")
                 stats.snapshot = str(cur.fetchone()[0])  # type: ignore[index]
-                if stats.snapshot == self.last_snapshot and all_digests is None:
+                if stats.snapshot == self.last_snapshot and not reconcile:
                     stats.skipped = True
                 elif copy:
                     self._copy(cur, apply, stats)
                 else:
-                    self._compare(cur, keys, digest_of, all_digests, apply, stats)
+                    self._compare(cur, keys, digest_of, reconcile or range(0), apply, stats)
         finally:
             self.conn.rollback()
         self.last_snapshot = stats.snapshot
@@ -251,47 +252,59 @@ class SourcePoller:
         cur: psycopg2.extensions.cursor,
         keys: KeyRanges,
         digest_of: Callable[[int], int | None],
-        all_digests: Callable[[], tuple[Keys, Keys]] | None,
+        reconcile: range,
         apply: Apply,
         stats: PollStats,
     ) -> None:
         layout = keys.layout
-        reconcile = all_digests is not None
-        columns = sql.SQL("count(*), sum(id), sum(d)" if reconcile else "count(*), sum(id)")
-        inner = sql.SQL(", {} AS d").format(DIGEST) if reconcile else sql.SQL("")
         cur.execute(
-            sql.SQL("SELECT r, {} FROM (SELECT {} AS r, id{} FROM {}) t GROUP BY r").format(
-                columns, layout.expression(), inner, sql.Identifier(TABLE)
+            sql.SQL("SELECT r, count(*), sum(id) FROM (SELECT {} AS r, id FROM {}) t GROUP BY r").format(
+                layout.expression(), sql.Identifier(TABLE)
             )
         )
-        source = {int(row[0]): tuple(int(v) for v in row[1:]) for row in cur.fetchall()}
+        source = {int(r): (int(n), int(total)) for r, n, total in cur.fetchall()}
         stats.ranges = layout.ranges
-        stats.index_entries = sum(v[0] for v in source.values())
-        ledger_digests = _digest_sums(layout, all_digests()) if all_digests is not None else None
-        differing = []
-        for r in range(layout.ranges):
-            count, total, *digest = source.get(r, (0, 0, 0))
-            ids_differ = count != keys.counts[r] or total != keys.sums[r]
-            if ids_differ or (ledger_digests is not None and digest[0] != ledger_digests[r]):
-                differing.append(r)
+        stats.index_entries = sum(n for n, _ in source.values())
+        differing = {
+            r for r in range(layout.ranges) if source.get(r, (0, 0)) != (keys.counts[r], keys.sums[r])
+        }
+        if reconcile:
+            # The slice's digests: the rows of those ranges are read (and only those).
+            lo, hi = layout.bounds(reconcile.start)[0], layout.bounds(reconcile.stop - 1)[1]
+            cur.execute(
+                sql.SQL(
+                    "SELECT r, sum(d) FROM (SELECT {} AS r, {} AS d FROM {} WHERE id BETWEEN %s AND %s) t "
+                    "GROUP BY r"
+                ).format(layout.expression(), DIGEST, sql.Identifier(TABLE)),
+                (lo, hi),
+            )
+            digests = {int(r): int(d) for r, d in cur.fetchall()}
+            stats.rows_read += sum(source.get(r, (0, 0))[0] for r in reconcile)
+            for r in reconcile:
+                if digests.get(r, 0) != sum(digest_of(pk) or 0 for pk in keys.keys_in(r)):
+                    differing.add(r)
         stats.ranges_differing = len(differing)
         if not differing:
             return
-        found = self._ids_in(cur, layout, differing, with_digest=reconcile)
+        checked = sorted(differing & set(reconcile))  # ids and digests compared
+        counted = sorted(differing - set(reconcile))  # ids compared
+        found = self._ids_in(cur, layout, checked, with_digest=True) + self._ids_in(
+            cur, layout, counted, with_digest=False
+        )
         stats.ids_read = len(found)
         by_range: dict[int, dict[int, int]] = {r: {} for r in differing}
         for pk, row_digest in found:
             by_range[layout.range_of(pk)][pk] = row_digest
         fetch: list[int] = []
         deletes: list[RowChange] = []
-        for r in differing:
-            held, seen = keys.keys_in(r), by_range[r]
-            deletes.extend(RowChange("delete", pk) for pk in held - seen.keys())
-            new = seen.keys() - held
+        for r in sorted(differing):
+            mine, seen = keys.keys_in(r), by_range[r]
+            deletes.extend(RowChange("delete", pk) for pk in mine - seen.keys())
+            new = seen.keys() - mine
             fetch.extend(new)
             stats.inserted += len(new)
-            if reconcile:
-                changed = [pk for pk in seen.keys() & held if digest_of(pk) != seen[pk]]
+            if r in reconcile:
+                changed = [pk for pk in seen.keys() & mine if digest_of(pk) != seen[pk]]
                 fetch.extend(changed)
                 stats.updated += len(changed)
         stats.deleted = len(deletes)
@@ -305,6 +318,8 @@ class SourcePoller:
         self, cur: psycopg2.extensions.cursor, layout: Layout, ranges: Sequence[int], with_digest: bool
     ) -> list[tuple[int, int]]:
         """(id, digest or 0) of every row in the given ranges, adjacent ranges read as one."""
+        if not ranges:
+            return []
         spans: list[list[int]] = []
         for r in ranges:
             lo, hi = layout.bounds(r)
@@ -333,12 +348,3 @@ def _range_count(keys: int) -> int:
     while ranges < MAX_RANGES and ranges * ROWS_PER_RANGE < keys:
         ranges *= 2
     return ranges
-
-
-def _digest_sums(layout: Layout, keys_digests: tuple[Keys, Keys]) -> list[int]:
-    """Per range, the exact sum of the ledger's digests."""
-    keys, digests = keys_digests
-    sums = [0] * layout.ranges
-    for r, d in zip(layout.ranges_of(keys).tolist(), digests.tolist(), strict=True):
-        sums[r] += d
-    return sums

@@ -4,11 +4,13 @@ Each polled source has its own thread, so polls of one source never overlap and 
 delays no other. A poll starts `poll_interval` after the previous one started (default 250 ms) or,
 when it took longer than that, as long after it ended as it took (a slow source spends at most half
 its time answering polls); after an error the thread reconnects with back-off (1, 2, 5, 10 s).
-Every `reconcile_interval` (default 30 s), and at the first poll after a start, the poll also
-reconciles (finds updates). The changes of a poll go to the ledger and the shared aggregates under
-the pipeline's lock, the same way a replicated transaction does; the pipeline's checkpoint stores
-the ledger like any other, with the position `poll` (state-based: a restart compares the source
-with the restored ledger, so nothing is counted twice).
+Reconciliation (finding updates) rolls: each poll compares the digests of the next slice of ranges,
+sized so that every range is compared once per `reconcile_interval` (default 30 s); no poll reads
+more than its slice, so finding updates never delays finding inserts and deletes. The changes of a
+poll go to the ledger and the shared aggregates under the pipeline's lock, the same way a replicated
+transaction does; the pipeline's checkpoint stores the ledger like any other, with the position
+`poll` (state-based: a restart compares the source with the restored ledger, so nothing is counted
+twice).
 
 States: connecting -> copying (first start only) -> polling -> reconnecting (after an error) ...;
 failed when the table is unusable (retried slowly).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -71,9 +74,10 @@ class PollRunner:
     changes: int = 0  # rows inserted, deleted and updated, as the polls found them
     read: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_COUNTERS, 0))  # totals
     last: PollStats = field(default_factory=PollStats)  # the last poll that was not skipped
-    last_reconcile: PollStats | None = None
-    reconciled_at: float = 0.0  # time.monotonic() of the last reconciliation (0: none since start)
-    reconciled_as_of: float = 0.0  # Unix time up to which updates are applied too (that one's start)
+    reconciled_as_of: float = 0.0  # Unix time up to which updates are applied too (a cycle's start)
+    reconcile_everything: bool = False  # the next poll compares every range's digests (then resets)
+    _cursor: int = 0  # the next range to reconcile
+    _cycle_started: float = 0.0  # when the poll that reconciled range 0 of this cycle started
     poll_ms: deque[float] = field(default_factory=lambda: deque(maxlen=240))
     _keys: KeyRanges | None = None
     _thread: threading.Thread | None = None
@@ -120,10 +124,8 @@ class PollRunner:
         if self._keys is None:
             self._keys = KeyRanges(self.ledger.keys_and_digests()[0])
         keys = self._keys
-        reconcile = not copy and (
-            self.reconciled_at == 0.0 or time.monotonic() - self.reconciled_at >= self.reconcile_interval
-        )
         started = time.time()
+        reconcile = None if copy else self._slice(keys.layout.ranges, started)
         minute = INITIAL_COPY_MINUTE if copy else int(started // 60)
         if copy:
             self.state = "copying"
@@ -141,14 +143,14 @@ class PollRunner:
                             keys.add(ch.pk)
                 self.changed()
 
-        stats = poller.poll(
-            keys,
-            self.ledger.digest,
-            self.ledger.keys_and_digests if reconcile else None,
-            apply,
-            copy=copy,
-        )
+        stats = poller.poll(keys, self.ledger.digest, reconcile, apply, copy=copy)
+        if reconcile is not None:
+            self._cursor = reconcile.stop % keys.layout.ranges
+            if self._cursor == 0:  # every range compared since the cycle started
+                self.reconciled_as_of = self._cycle_started
         self._keys = keys.tidy()
+        if self._keys.layout != keys.layout:
+            self._cursor = 0  # new ranges: the cycle starts over
         self.fresh_at = started
         self.position = Position(POLL_IDENTITY, 0, int(started * 1e6))
         self.state, self.reason, self.failures = "polling", "", 0
@@ -162,9 +164,19 @@ class PollRunner:
         self.poll_ms.append(stats.ms)
         if not stats.skipped:
             self.last = stats  # what a poll that read something cost
-        if reconcile or copy:  # a copy reads every row: as good as a reconciliation
-            self.last_reconcile, self.reconciled_at = stats, time.monotonic()
+        if copy:  # a copy reads every row: as good as a reconciliation
             self.reconciled_as_of = started
+
+    def _slice(self, ranges: int, started: float) -> range:
+        """The ranges whose digests this poll compares: a slice, or all when asked."""
+        if self.reconcile_everything:
+            self.reconcile_everything, self._cursor = False, 0
+            self._cycle_started = started
+            return range(ranges)
+        if self._cursor == 0:
+            self._cycle_started = started
+        per_poll = max(1, math.ceil(ranges * self.poll_interval / self.reconcile_interval))
+        return range(self._cursor, min(ranges, self._cursor + per_poll))
 
     def _lost(self, poller: SourcePoller | None, exc: BaseException, state: str) -> SourcePoller | None:
         """Close the connection and say why; returns no poller, for the caller to reconnect."""
@@ -181,7 +193,6 @@ class PollRunner:
         """What `pisa-pulse pipeline` and the API show for this source."""
         last = self.last
         ms = sorted(self.poll_ms)
-        reconcile = self.last_reconcile
         return {
             "source": self.source.name,
             "mode": "poll",
@@ -212,9 +223,8 @@ class PollRunner:
                 "ranges": last.ranges,
                 "ranges_differing": last.ranges_differing,
                 "reconcile_interval_s": self.reconcile_interval,
+                "reconcile_progress": round(self._cursor / last.ranges, 3) if last.ranges else None,
                 "updates_as_of_us": int(self.reconciled_as_of * 1e6) or None,
-                "last_reconcile_ms": round(reconcile.ms, 1) if reconcile else None,
-                "last_reconcile_rows_read": reconcile.rows_read if reconcile else None,
                 "updates_found": self.updates_found,
             },
         }
