@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# make bench: the full profile (about an hour), which regenerates docs/benchmarks.md's tables;
+# make bench BENCH_ARGS='--profile quick' for a few minutes, '--suite serving' for one suite.
+BENCH_ARGS ?= --profile full
 
 .PHONY: demo test lint bench clean
 

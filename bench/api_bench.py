@@ -1,16 +1,15 @@
-"""Benchmark of the chart API under load: requests/s, latency and CPU of `serve`, replication vs direct.
+"""The chart API at full speed, and the pieces the serving, freshness and soak benchmarks share.
 
-Each case brings up the 20 default countries (full schema) in a scratch dir, starts `pisa-pulse serve`
-as a child process on a free port, waits until it serves every row, then loads one chart from another
-process with wrk (`apt-get install wrk`):
+`ServeProcess` runs `pisa-pulse serve` as a child process (settings file: `serve_command`) and waits
+until it serves every row; `max_throughput` loads one chart with wrk (`apt-get install wrk`) from
+another process:
 
     wrk -t1 -c32 -d10s --timeout 30s --latency http://127.0.0.1:PORT/api/charts/escs?countries=ALB,ARG,AUS
 
-Replication mode answers from the snapshot in memory, so its figures should not depend on the number
-of rows; direct mode runs the aggregate SQL on all 20 sources per request, so it gets fewer
-connections (its requests queue on one pooled connection per source anyway). CPU is read from
-/proc/<pid>/stat over the run: the server process's, and the cluster's (postmaster and its children),
-in cores.
+The pipeline answers from the snapshot in memory, so its figures should not depend on the number of
+rows; direct mode runs the aggregate SQL on all 20 sources per request, so it gets fewer connections
+(its requests queue on one pooled connection per source anyway). CPU is read from /proc/<pid>/stat
+over the run: the server process's, and the cluster's (postmaster and its children), in cores.
 """
 
 from __future__ import annotations
@@ -29,16 +28,14 @@ from typing import Any
 
 import tomli_w
 
-from capture_bench import CLI, _up
+from capture_bench import CLI
+from cpu import cluster_cpu_s, process_cpu_s
 from pisa_pulse.sources import config as cfg
-from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.databases import connected
-from sources_bench import scratch_dir, total_rows
 
 CHART = "/api/charts/escs?countries=ALB,ARG,AUS"
 CONNECTIONS = {"replication": 32, "direct": 4}
 READY_TIMEOUT_S = 1800.0  # the initial copy of 600,000 full-schema students takes a while
-_TICK = os.sysconf("SC_CLK_TCK")
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
@@ -50,45 +47,25 @@ def require_wrk() -> str:
     return path
 
 
-def load(mode: str, students: int, seconds: float) -> dict[str, Any]:
-    """Requests/s, p50/p99 latency, non-2xx and CPU of `serve` in `mode` over `students` students."""
+def max_throughput(server: ServeProcess, postmaster: int | None, mode: str, seconds: float) -> dict[str, Any]:
+    """Requests/s, p50/p99 latency, non-2xx and CPU of a running `serve` loaded by wrk on one chart."""
     wrk = require_wrk()
-    with scratch_dir() as data_dir:
-        config = _up(data_dir, "full", students // 20)
-        rows = total_rows(config)
-        _settle(config)
-        with ServeProcess(_serve_command(mode, data_dir, config), data_dir.parent / "serve.log") as server:
-            server.wait_ready(mode, rows)
-            postmaster = _postmaster_pid(config, data_dir)
-            url = server.url.rstrip("/") + CHART
-            command = [
-                wrk,
-                "-t1",
-                f"-c{CONNECTIONS[mode]}",
-                f"-d{max(1, round(seconds))}s",
-                "--timeout",
-                "30s",
-                "--latency",
-                url,
-            ]
-            server_cpu0, pg_cpu0, t0 = _cpu_s([server.pid]), _tree_cpu_s(postmaster), time.perf_counter()
-            run = subprocess.run(command, capture_output=True, text=True)
-            elapsed = time.perf_counter() - t0
-            server_cpu = _cpu_s([server.pid]) - server_cpu0
-            pg_cpu = max(0.0, _tree_cpu_s(postmaster) - pg_cpu0)  # a backend that ended takes its CPU along
-        if run.returncode != 0:
-            raise RuntimeError(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
-    figures = parse_wrk(run.stdout)
+    url = server.url.rstrip("/") + CHART
+    command = [wrk, "-t1", f"-c{CONNECTIONS[mode]}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"]
+    server_cpu0, pg_cpu0, t0 = process_cpu_s([server.pid]), cluster_cpu_s(postmaster), time.perf_counter()
+    run = subprocess.run([*command, "--latency", url], capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    server_cpu = process_cpu_s([server.pid]) - server_cpu0
+    pg_cpu = max(0.0, cluster_cpu_s(postmaster) - pg_cpu0)  # a backend that ended takes its CPU along
+    if run.returncode != 0:
+        raise RuntimeError(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
     return {
-        "mode": mode,
-        "schema": "full",
-        "students": rows,
         "connections": CONNECTIONS[mode],
         "seconds": round(elapsed, 1),
-        **figures,
+        **parse_wrk(run.stdout),
         "server_cpu_cores": round(server_cpu / elapsed, 2),
         "postgres_cpu_cores": round(pg_cpu / elapsed, 2),
-        "command": " ".join(["wrk", *command[1:-1], "URL"]),
+        "command": " ".join(["wrk", *command[1:], "--latency", "URL"]),
     }
 
 
@@ -130,15 +107,19 @@ def parse_wrk(text: str) -> dict[str, Any]:
     }
 
 
-def _serve_command(mode: str, data_dir: Path, config: cfg.SourcesConfig) -> list[str]:
-    if mode == "replication":
-        return [*CLI, "serve", "--data-dir", str(data_dir), "--port", "0"]
-    if mode != "direct":
-        raise ValueError(f"unknown mode {mode!r}: replication or direct")
-    # The data dir's sources, read per request: a settings file with only capture.mode changed.
-    settings = data_dir.parent / "direct.toml"
+def serve_command(
+    data_dir: Path, config: cfg.SourcesConfig, mode: str, max_connections: int = 1000
+) -> list[str]:
+    """`pisa-pulse serve` over the data dir's sources in `mode`, through a settings file.
+
+    The file lists the embedded cluster's sources as a real deployment would list its servers, with
+    the capture mode and `[server] max_connections` (a thousand simulated dashboards hold a thousand
+    connections, the default limit).
+    """
+    settings = data_dir.parent / f"{mode}.toml"
     body = {
-        "capture": {"mode": "direct"},
+        "capture": {"mode": mode},
+        "server": {"max_connections": max_connections},
         "sources": [{"name": s.name, "dsn": s.dsn} for s in config.sources],
     }
     fd = os.open(settings, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -196,7 +177,7 @@ class ServeProcess:
             self._alive()
             if self._get("/api/health")[0] == 200:
                 status = self._get("/api/status")[1]
-                streaming = {s["state"] for s in status["sources"]} == {"streaming"}
+                streaming = {s["state"] for s in status["sources"]} <= {"streaming", "polling"}
                 if mode == "direct" or (streaming and status["snapshot"]["submissions"] == rows):
                     break
             if time.monotonic() > deadline:
@@ -212,43 +193,3 @@ class ServeProcess:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, None
-
-
-def _cpu_s(pids: list[int]) -> float:
-    """utime + stime of these processes, in seconds (a process that is gone counts 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold blanks
-        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
-    return total / _TICK
-
-
-def _postmaster_pid(config: cfg.SourcesConfig, data_dir: Path) -> int | None:
-    if config.cluster is None:
-        return None
-    pidfile = EmbeddedCluster(config.cluster, data_dir).pgdata / "postmaster.pid"
-    try:
-        return int(pidfile.read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-
-
-def _tree_cpu_s(postmaster: int | None) -> float:
-    """CPU seconds of the postmaster and its children (the backends, walsenders and workers)."""
-    if postmaster is None:
-        return 0.0
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[1]) == postmaster:  # ppid, field 4 of proc(5)
-            children.append(int(entry.name))
-    return _cpu_s([postmaster, *children])

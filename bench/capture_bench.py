@@ -8,6 +8,7 @@ batch is applied to the aggregates (both clocks are this machine's).
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import subprocess
@@ -17,10 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpu import cluster_cpu_s, postmaster_pid, process_cpu_s, self_cpu_s
 from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.schema import SchemaName
+from sampling import sampled
 from sources_bench import scratch_dir
 
 CLI = [sys.executable, "-m", "pisa_pulse"]
@@ -46,11 +49,6 @@ def _traffic(data_dir: Path, rate: float, seconds: float) -> subprocess.Popen[by
     return subprocess.Popen(command, stdout=subprocess.DEVNULL)
 
 
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -63,7 +61,19 @@ def _changes(pipeline: Pipeline) -> int:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    return round(statistics.quantiles(values, n=1000)[int(q * 1000) - 1], 1) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        return round(values[0], 1) if values else 0.0
+    return round(statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1], 1)
+
+
+def spread(latencies_ms: list[float]) -> dict[str, float]:
+    """p50, p95, p99 and max of latencies in ms, for the results."""
+    return {
+        "p50_ms": _percentile(latencies_ms, 0.5),
+        "p95_ms": _percentile(latencies_ms, 0.95),
+        "p99_ms": _percentile(latencies_ms, 0.99),
+        "max_ms": round(max(latencies_ms), 1),
+    }
 
 
 class Running:
@@ -96,37 +106,52 @@ class Running:
         return time.perf_counter() - start
 
 
-def latency(schema: SchemaName, rate: float, seconds: float) -> dict[str, Any]:
-    """Commit-to-aggregate latency of live traffic at `rate` operations/s over the 20 sources."""
+def latency(schema: SchemaName, rate: float, seconds: float, per_country: int = 1000) -> dict[str, Any]:
+    """Commit-to-aggregate latency of live traffic at `rate` operations/s over the 20 sources.
+
+    Beside the pipeline's CPU, the traffic writer's and PostgreSQL's: on two shared cores, whichever
+    of the three runs out first is where the rate stops rising.
+    """
     with scratch_dir() as data_dir:
-        config = _up(data_dir, schema, 1000)
+        config = _up(data_dir, schema, per_country)
+        postmaster = postmaster_pid(config, data_dir)
         running = Running(config, data_dir)
         with running as pipeline:
             running.wait_streaming()
             traffic = _traffic(data_dir, rate, seconds + 2)
             time.sleep(2)  # warm-up
             pipeline.latencies_ms.clear()
-            cpu0, tx0, ch0, t0 = _cpu_s(), _changes(pipeline), _applied_ops(pipeline), time.perf_counter()
+            cpu0, tx0, ch0, t0 = self_cpu_s(), _changes(pipeline), _applied_ops(pipeline), time.perf_counter()
+            writer0, pg0 = process_cpu_s([traffic.pid]), cluster_cpu_s(postmaster)
             time.sleep(seconds)
-            cpu1, tx1, ch1, t1 = _cpu_s(), _changes(pipeline), _applied_ops(pipeline), time.perf_counter()
+            cpu1, tx1, ch1, t1 = self_cpu_s(), _changes(pipeline), _applied_ops(pipeline), time.perf_counter()
+            writer, pg = process_cpu_s([traffic.pid]) - writer0, max(0.0, cluster_cpu_s(postmaster) - pg0)
             samples = list(pipeline.latencies_ms)
             traffic.wait()
             rows = sum(len(r.ledger) for r in pipeline.runners)
+    elapsed, changes = t1 - t0, ch1 - ch0
     return {
         "schema": schema,
+        "students": per_country * 20,
         "target_ops_per_s": rate,
-        "transactions_per_s": round((tx1 - tx0) / (t1 - t0)),
-        "changes_per_s": round((ch1 - ch0) / (t1 - t0)),
+        "transactions_per_s": round((tx1 - tx0) / elapsed),
+        "changes_per_s": round(changes / elapsed),
         "p50_ms": _percentile(samples, 0.5),
         "p99_ms": _percentile(samples, 0.99),
         "max_ms": round(max(samples), 1) if samples else None,
-        "pipeline_cpu_share": round((cpu1 - cpu0) / (t1 - t0), 3),
+        "pipeline_cpu_share": round((cpu1 - cpu0) / elapsed, 3),
+        "cpu_us_per_change": round((cpu1 - cpu0) / changes * 1e6, 1) if changes else None,
+        "writer_cpu_cores": round(writer / elapsed, 2),
+        "postgres_cpu_cores": round(pg / elapsed, 2),
         "rows_held": rows,
     }
 
 
 def catch_up(schema: SchemaName, backlog_seconds: float) -> dict[str, Any]:
-    """Maximum change rate: write a backlog while the pipeline is down, then time its catch-up."""
+    """Maximum change rate: write a backlog while the pipeline is down, then time its catch-up.
+
+    py-spy samples this process (the pipeline's threads) meanwhile: where the time goes at full speed.
+    """
     with scratch_dir() as data_dir:
         config = _up(data_dir, schema, 1000)
         running = Running(config, data_dir)
@@ -135,24 +160,27 @@ def catch_up(schema: SchemaName, backlog_seconds: float) -> dict[str, Any]:
         traffic = _traffic(data_dir, 1_000_000, backlog_seconds)
         traffic.wait()
         running = Running(config, data_dir)
+        profile: dict[str, Any] = {}
         with running as pipeline:
             running.wait_streaming()
-            cpu0, t0 = _cpu_s(), time.perf_counter()
-            ops0 = _applied_ops(pipeline)
-            idle = 0
-            while idle < 5:  # until nothing new for half a second
-                before = _changes(pipeline)
-                time.sleep(0.1)
-                idle = idle + 1 if _changes(pipeline) == before else 0
-            elapsed = time.perf_counter() - t0 - 0.5
-            ops = _applied_ops(pipeline) - ops0
-            cpu = _cpu_s() - cpu0
+            with sampled(os.getpid(), backlog_seconds * 3, profile):
+                cpu0, t0 = self_cpu_s(), time.perf_counter()
+                ops0 = _applied_ops(pipeline)
+                idle = 0
+                while idle < 5:  # until nothing new for half a second
+                    before = _changes(pipeline)
+                    time.sleep(0.1)
+                    idle = idle + 1 if _changes(pipeline) == before else 0
+                elapsed = time.perf_counter() - t0 - 0.5
+                ops = _applied_ops(pipeline) - ops0
+                cpu = self_cpu_s() - cpu0
     return {
         "schema": schema,
         "changes": ops,
         "seconds": round(elapsed, 2),
         "changes_per_s": round(ops / elapsed),
         "cpu_us_per_change": round(cpu / ops * 1e6, 1) if ops else None,
+        "profile": profile,
     }
 
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import psycopg2
 
-from api_bench import _postmaster_pid, _tree_cpu_s
-from capture_bench import Running, _cpu_s, _percentile, _traffic, _up
+from capture_bench import Running, _traffic, _up, spread
+from cpu import cluster_cpu_s, postmaster_pid, self_cpu_s
 from pisa_pulse.api.snapshots import DirectSnapshots
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.databases import connected
@@ -47,9 +47,9 @@ def freshness(rate: float, seconds: float, students: int) -> dict[str, Any]:
             running.wait_streaming()
             traffic = _traffic(data_dir, rate, seconds + 3)
             time.sleep(2)  # warm-up
-            cpu0, t0 = _cpu_s(), time.perf_counter()
+            cpu0, t0 = self_cpu_s(), time.perf_counter()
             latencies = _probe(config, pipeline, seconds)
-            cpu = (_cpu_s() - cpu0) / (time.perf_counter() - t0)
+            cpu = (self_cpu_s() - cpu0) / (time.perf_counter() - t0)
             traffic.wait()
             polls = [p.status()["poll"] for p in pipeline.pollers]
     return {
@@ -58,10 +58,7 @@ def freshness(rate: float, seconds: float, students: int) -> dict[str, Any]:
         "students": students,
         "target_ops_per_s": rate,
         "markers": len(latencies),
-        "p50_ms": _percentile(latencies, 0.5),
-        "p95_ms": _percentile(latencies, 0.95),
-        "p99_ms": _percentile(latencies, 0.99),
-        "max_ms": round(max(latencies), 1),
+        **spread(latencies),
         "pipeline_cpu_share": round(cpu, 3),
         "poll_p50_ms": round(statistics.median(p["p50_ms"] for p in polls), 1),
         "poll_p99_ms": round(max(p["p99_ms"] for p in polls), 1),
@@ -121,7 +118,7 @@ def source_cost(students: int, seconds: float) -> dict[str, Any]:
         config = _up(data_dir, "full", students // 20)
         _vacuum(config)
         rows = total_rows(config)
-        postmaster = _postmaster_pid(config, data_dir)
+        postmaster = postmaster_pid(config, data_dir)
         direct_ms = _direct_cpu_ms(config, postmaster)
         baseline = _pg_cpu_under_traffic(data_dir, postmaster, seconds)
         # The default intervals: each poll also compares the digests of its slice of the ranges.
@@ -130,9 +127,9 @@ def source_cost(students: int, seconds: float) -> dict[str, Any]:
             running.wait_streaming()
             before = _poll_totals(pipeline)
             traffic = _traffic(data_dir, COST_TRAFFIC, seconds)
-            pg0, t0 = _tree_cpu_s(postmaster), time.perf_counter()
+            pg0, t0 = cluster_cpu_s(postmaster), time.perf_counter()
             traffic.wait()
-            pg, elapsed = _tree_cpu_s(postmaster) - pg0, time.perf_counter() - t0
+            pg, elapsed = cluster_cpu_s(postmaster) - pg0, time.perf_counter() - t0
             after = _poll_totals(pipeline)
             reconcile_ms, reconcile_cpu_ms = _one_reconciliation(pipeline, postmaster)
     polls = after["polls"] - before["polls"]
@@ -160,7 +157,7 @@ def _one_reconciliation(pipeline: Any, postmaster: int | None) -> tuple[float, f
     """Every range of every source reconciled at once, idle: (median time until a source is done,
     PostgreSQL CPU of the whole round), in ms. The rolling reconciliation spreads this over 30 s."""
     started = time.time()
-    pg0 = _tree_cpu_s(postmaster)
+    pg0 = cluster_cpu_s(postmaster)
     for p in pipeline.pollers:
         p.reconcile_everything = True
     done: dict[str, float] = {}
@@ -169,7 +166,7 @@ def _one_reconciliation(pipeline: Any, postmaster: int | None) -> tuple[float, f
             if p.reconciled_as_of > started and p.source.name not in done:
                 done[p.source.name] = time.time() - started
         time.sleep(0.01)
-    cpu_ms = (_tree_cpu_s(postmaster) - pg0) * 1000
+    cpu_ms = (cluster_cpu_s(postmaster) - pg0) * 1000
     return statistics.median(done.values()) * 1000, cpu_ms
 
 
@@ -186,9 +183,9 @@ def _poll_totals(pipeline: Any) -> dict[str, int]:
 def _pg_cpu_under_traffic(data_dir: Any, postmaster: int | None, seconds: float) -> float:
     """PostgreSQL's CPU (cores) under the cost traffic alone: the baseline the polls add to."""
     traffic = _traffic(data_dir, COST_TRAFFIC, seconds)
-    pg0, t0 = _tree_cpu_s(postmaster), time.perf_counter()
+    pg0, t0 = cluster_cpu_s(postmaster), time.perf_counter()
     traffic.wait()
-    return (_tree_cpu_s(postmaster) - pg0) / (time.perf_counter() - t0)
+    return (cluster_cpu_s(postmaster) - pg0) / (time.perf_counter() - t0)
 
 
 def _direct_cpu_ms(config: cfg.SourcesConfig, postmaster: int | None, rounds: int = 3) -> float:
@@ -198,9 +195,9 @@ def _direct_cpu_ms(config: cfg.SourcesConfig, postmaster: int | None, rounds: in
         direct.snapshot(ESCS_COLUMNS)  # connections open, caches warm
         costs = []
         for _ in range(rounds):
-            pg0 = _tree_cpu_s(postmaster)
+            pg0 = cluster_cpu_s(postmaster)
             direct.snapshot(ESCS_COLUMNS)
-            costs.append((_tree_cpu_s(postmaster) - pg0) * 1000)
+            costs.append((cluster_cpu_s(postmaster) - pg0) * 1000)
     finally:
         direct.stop()
     return statistics.median(costs)

@@ -1,10 +1,14 @@
-"""`make bench`: run the benchmarks, write bench/results/<date>-<host>.json and a Markdown table.
+"""`make bench` / `pisa-pulse bench`: run the benchmarks, write their figures and tables.
 
-    python bench/run.py [--profile quick|full|smoke]
+    python bench/run.py [--profile smoke|quick|full] [--suite NAME ...] [--no-docs] [--tables-from JSON]
 
-`full` measures at PISA 2018's size (600,000 students); `quick` at a tenth of it; `smoke` only checks
-that the suite runs (tiny sizes, for CI). The Markdown printed at the end is what docs/benchmarks.md
-embeds. `--suite soak` (30 minutes in `full`) runs only when named: it is not part of `all`.
+`full` measures at PISA 2018's size (600,000 students) and beyond; `quick` at a tenth of it, in a few
+minutes; `smoke` only checks that the suite runs (tiny sizes, for CI). Each run writes
+bench/results/<date>-<host>-<profile>[-<suites>].json and, beside it, the Markdown tables; a `full`
+run also replaces the tables it measured in docs/benchmarks.md (each sits between
+`<!-- bench:NAME -->` and `<!-- /bench:NAME -->`), so the page shows what this machine measured.
+The 30-minute `soak` runs only when named. `--tables-from` re-renders the tables of an earlier result
+(and for a `full` one, embeds them) without measuring.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import datetime
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from pisa_pulse.sources.schema import SchemaName
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.browser, shared with the browser tests
@@ -28,22 +33,143 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.browser, s
 import api_bench
 import capture_bench
 import dashboard_bench
+import e2e_bench
+import limits_bench
 import poll_bench
+import serving_bench
 import soak_bench
 import sources_bench
+import tables
+from pisa_pulse.sources.schema import SchemaName
 
-PROFILES = {
-    "smoke": {"students": 2_000, "traffic_s": 2.0, "latency_s": 3.0, "backlog_s": 2.0, "api_s": 3.0},
-    "quick": {"students": 60_000, "traffic_s": 10.0, "latency_s": 10.0, "backlog_s": 5.0, "api_s": 10.0},
-    "full": {"students": 600_000, "traffic_s": 30.0, "latency_s": 30.0, "backlog_s": 20.0, "api_s": 30.0},
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "students": 2_000,
+        "seconds": 2.0,
+        "schemas": ("full",),
+        "mixes": ((0.05, 0.02),),
+        "sizes": (2_000,),
+        "crowds": (2, 5),
+        "rates": (500.0,),
+        "scale_sizes": (2_000,),
+        "decode_changes": 2_000,
+        "soak": (0.5, 10, 2_000),
+        "page": (0.25, 5.0),
+    },
+    "quick": {
+        "students": 60_000,
+        "seconds": 10.0,
+        "schemas": ("slim", "full"),
+        "mixes": ((0.0, 0.0), (0.05, 0.02)),
+        "sizes": (60_000,),
+        "crowds": (10, 100),
+        "rates": (500.0, 1_000.0, 2_000.0),
+        "scale_sizes": (20_000, 60_000),
+        "decode_changes": 50_000,
+        "soak": (5.0, 200, 60_000),
+        "page": (2.0, 15.0),
+    },
+    "full": {
+        "students": 600_000,
+        "seconds": 30.0,
+        "schemas": ("slim", "full"),
+        "mixes": ((0.0, 0.0), (0.05, 0.02)),  # shares of corrections and withdrawals in the traffic
+        "sizes": (60_000, 600_000, 2_400_000),
+        "crowds": serving_bench.CROWDS,
+        "rates": (250.0, 1_000.0, 2_000.0, 4_000.0, 8_000.0),
+        "scale_sizes": (60_000, 600_000, 2_400_000),
+        "decode_changes": 200_000,
+        "soak": (30.0, 200, 60_000),  # minutes, dashboards, students, at 1,000 operations/s
+        "page": (10.0, 30.0),  # the dashboard left open: minutes, seconds between samples
+    },
 }
-# The soak: (minutes, dashboards, students), at 1,000 operations/s.
-SOAK = {"smoke": (0.5, 10, 2_000), "quick": (5.0, 200, 60_000), "full": (30.0, 200, 60_000)}
-# The dashboard left open: (minutes, seconds between samples).
-PAGE_MINUTES = {"smoke": (0.25, 5.0), "quick": (2.0, 15.0), "full": (10.0, 30.0)}
-# The API under load at each size, in both modes: the pipeline's cost should not grow with rows.
-API_STUDENTS = {"smoke": (2_000,), "quick": (60_000,), "full": (60_000, 600_000)}
-SUITES = ("sources", "capture", "api", "poll", "dashboard")
+RATE = 1_000.0  # submissions/s: the freshness targets' traffic
+
+
+def run_sources(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["seeding"], r["traffic"] = [], []
+    schemas: tuple[SchemaName, ...] = p["schemas"]
+    for schema in schemas:
+        print(f"seeding {p['students']:,} students, {schema} ...", flush=True)
+        r["seeding"].append(sources_bench.seeding(schema, p["students"]))
+    for schema in schemas:
+        for updates, deletes in p["mixes"]:
+            print(f"sustained traffic, {schema}, updates {updates} deletes {deletes} ...", flush=True)
+            r["traffic"].append(sources_bench.sustained_traffic(schema, p["seconds"], updates, deletes))
+
+
+def run_capture(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["latency"] = []
+    for rate in p["rates"]:
+        print(f"pipeline latency, full, {rate:,.0f} ops/s ...", flush=True)
+        r["latency"].append(capture_bench.latency("full", rate, p["seconds"]))
+    print("pipeline catch-up (maximum change rate), full, profiled ...", flush=True)
+    r["catch_up"] = [capture_bench.catch_up("full", p["seconds"] * 2 / 3)]
+    print(f"pipeline memory, {p['students']:,} students, full ...", flush=True)
+    r["memory"] = [capture_bench.memory("full", p["students"])]
+
+
+def run_freshness(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["freshness"] = []
+    for mode in ("replication", "poll", "direct"):
+        students = p["scale_sizes"][0]
+        print(f"end-to-end freshness over HTTP, {mode}, {students:,} students, {RATE:,.0f} ops/s ...")
+        r["freshness"].append(e2e_bench.freshness(mode, students, RATE, p["seconds"]))
+    for students in p["scale_sizes"][1:]:
+        print(f"end-to-end freshness over HTTP, replication, {students:,} students ...", flush=True)
+        r["freshness"].append(e2e_bench.freshness("replication", students, RATE, p["seconds"]))
+
+
+def run_serving(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["serving"] = []
+    for students in p["sizes"]:
+        print(f"serving, {students:,} students: crowds of dashboards and wrk, both modes ...", flush=True)
+        r["serving"] += serving_bench.serving(students, p["seconds"], p["crowds"])
+
+
+def run_poll(p: dict[str, Any], r: dict[str, Any]) -> None:
+    students = p["sizes"][0]
+    print(f"poll mode freshness (in process), full, 1,000 ops/s, {students:,} students ...", flush=True)
+    r["poll_freshness"] = [poll_bench.freshness(RATE, p["seconds"], students)]
+    r["poll_cost"] = []
+    for students in p["sizes"][:2]:
+        print(f"poll mode source cost, full, {students:,} students ...", flush=True)
+        r["poll_cost"].append(poll_bench.source_cost(students, p["seconds"]))
+
+
+def run_limits(p: dict[str, Any], r: dict[str, Any]) -> None:
+    print("physical limits: PostgreSQL inserts, a static HTTP answer, pgoutput decoding ...", flush=True)
+    r["limits"] = {
+        "postgres_insert": limits_bench.postgres_insert(p["students"] // 10, p["seconds"]),
+        "static_http": limits_bench.static_http(p["seconds"]),
+        "pgoutput_decode": limits_bench.pgoutput_decode(p["decode_changes"]),
+    }
+
+
+def run_dashboard(p: dict[str, Any], r: dict[str, Any]) -> None:
+    minutes, sample_s = p["page"]
+    print(f"dashboard left open for {minutes} minutes ...", flush=True)
+    r["dashboard"] = [dashboard_bench.page_memory(minutes, sample_s)]
+
+
+def run_soak(p: dict[str, Any], r: dict[str, Any]) -> None:
+    minutes, dashboards, students = p["soak"]
+    print(f"soak: {minutes} minutes, 1,000 ops/s, {dashboards} dashboards ...", flush=True)
+    r["soak"] = [soak_bench.soak(minutes, RATE, dashboards, students)]
+
+
+SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    "sources": run_sources,
+    "capture": run_capture,
+    "freshness": run_freshness,
+    "serving": run_serving,
+    "poll": run_poll,
+    "limits": run_limits,
+    "dashboard": run_dashboard,
+    "soak": run_soak,
+}
+ALL = tuple(s for s in SUITES if s != "soak")
 
 
 def machine() -> dict[str, Any]:
@@ -65,188 +191,85 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _table(header: str, rows: list[str]) -> list[str]:
-    """One Markdown table: a header row `| a | b |`, its rule (first column left, others right), rows."""
-    if not rows:
-        return []
-    columns = header.count("|") - 1
-    return ["", header, "|---|" + "---:|" * (columns - 1), *rows]
+def update_docs(path: Path, blocks: dict[str, str]) -> list[str]:
+    """Replace each `<!-- bench:NAME -->...<!-- /bench:NAME -->` block of `path`; returns the names."""
+    text = path.read_text()
+    replaced = []
+    for name, body in blocks.items():
+        found = re.search(rf"<!-- bench:{name} -->\n(.*?)<!-- /bench:{name} -->", text, re.S)
+        if found:
+            text = text[: found.start(1)] + body + "\n" + text[found.end(1) :]
+            replaced.append(name)
+    path.write_text(text)
+    return replaced
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The tables docs/benchmarks.md embeds, one per suite that ran."""
-    m = result["machine"]
-    lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['postgresql']}, "
-        f"Python {m['python']}. Profile `{result['profile']}`, {result['date']}."
-    ]
-    lines += _table(
-        "| seeding | students | seconds | students/s |",
-        [
-            f"| {s['schema']} | {s['students']:,} | {s['seconds']} | {s['rows_per_s']:,} |"
-            for s in result.get("seeding", [])
-        ],
-    )
-    lines += _table(
-        "| sustained traffic | updates | deletes | operations/s | net rows/s (counted by PostgreSQL) |",
-        [
-            f"| {t['schema']} | {t['updates']} | {t['deletes']} | {t['ops_per_s']:,} | "
-            f"{t['net_rows_per_s_counted_by_postgres']:,} |"
-            for t in result.get("traffic", [])
-        ],
-    )
-    lines += _table(
-        "| commit-to-aggregate latency | target ops/s | changes/s | transactions/s | p50 ms | p99 ms | "
-        "max ms | pipeline CPU (cores) |",
-        [
-            f"| {c['schema']} | {c['target_ops_per_s']:,.0f} | {c['changes_per_s']:,} | "
-            f"{c['transactions_per_s']:,} | {c['p50_ms']} | {c['p99_ms']} | {c['max_ms']} | "
-            f"{c['pipeline_cpu_share']} |"
-            for c in result.get("latency", [])
-        ],
-    )
-    lines += _table(
-        "| catch-up (max change rate) | changes | seconds | changes/s | CPU µs/change |",
-        [
-            f"| {c['schema']} | {c['changes']:,} | {c['seconds']} | {c['changes_per_s']:,} | "
-            f"{c['cpu_us_per_change']} |"
-            for c in result.get("catch_up", [])
-        ],
-    )
-    lines += _table(
-        "| pipeline memory | students | initial copy s | RSS MB | peak RSS MB |",
-        [
-            f"| {c['schema']} | {c['students']:,} | {c['copy_seconds']} | {c['rss_mb']} | "
-            f"{c['peak_rss_mb']} |"
-            for c in result.get("memory", [])
-        ],
-    )
-    lines += _table(
-        f"| chart API under load (`GET {api_bench.CHART}`) | students | connections | requests/s | "
-        "p50 ms | p99 ms | non-2xx | server CPU (cores) | PostgreSQL CPU (cores) |",
-        [
-            f"| {c['mode']}, {c['schema']} | {c['students']:,} | {c['connections']} | "
-            f"{c['requests_per_s']:,} | {c['p50_ms']} | {c['p99_ms']} | {c['non_2xx']:,} | "
-            f"{c['server_cpu_cores']} | {c['postgres_cpu_cores']} |"
-            for c in result.get("api", [])
-        ],
-    )
-    lines += _table(
-        "| poll mode freshness (commit to applied) | students | traffic ops/s | markers | p50 ms | p95 ms | "
-        "p99 ms | max ms | pipeline CPU (cores) | poll p50 / p99 ms |",
-        [
-            f"| {c['schema']} | {c['students']:,} | {c['target_ops_per_s']:,.0f} | {c['markers']} | "
-            f"{c['p50_ms']} | {c['p95_ms']} | {c['p99_ms']} | {c['max_ms']} | {c['pipeline_cpu_share']} | "
-            f"{c['poll_p50_ms']} / {c['poll_p99_ms']} |"
-            for c in result.get("poll_freshness", [])
-        ],
-    )
-    lines += _table(
-        "| source cost | students | polls/s | PostgreSQL CPU ms per poll | CPU cores for polling | "
-        "index entries per poll | ids read per poll | rows read per poll | reconciling everything at once: "
-        "ms (CPU ms, all sources) | direct mode: CPU ms per round | direct: rows read per round |",
-        [
-            f"| {c['schema']} | {c['students']:,} | {c['polls_per_s']} | {c['pg_cpu_ms_per_poll']} | "
-            f"{c['pg_cpu_cores_polling']} | {c['index_entries_per_poll']:,} | {c['ids_read_per_poll']} | "
-            f"{c['rows_read_per_poll']} | {c['reconcile_ms']} ({c['reconcile_pg_cpu_ms']:,}) | "
-            f"{c['direct_pg_cpu_ms_per_round']:,} | {c['direct_rows_read_per_round']:,} |"
-            for c in result.get("poll_cost", [])
-        ],
-    )
-    lines += _table(
-        "| soak | minutes | students | ops/s | dashboards | requests | errors | RSS first / last / max MB | "
-        "RSS slope MB/hour | data age p50 / p99 ms | WAL retained by slots max / last MB |",
-        [
-            f"| full | {c['minutes']} | {c['students']:,} | {c['rate']:,.0f} | {c['dashboards']} | "
-            f"{c['requests']:,} | {c['errors']} | {c['rss_first_mb']} / {c['rss_last_mb']} / "
-            f"{c['rss_max_mb']} | {c['rss_slope_mb_per_hour']} | {c['age_p50_ms']} / {c['age_p99_ms']} | "
-            f"{c['wal_retained_max_mb']} / {c['wal_retained_last_mb']} |"
-            for c in result.get("soak", [])
-        ],
-    )
-    lines += _table(
-        "| dashboard left open | minutes | JS heap first / last / max MB | "
-        "heap slope MB/hour (all / 2nd half) | DOM nodes first / last | listeners first / last | "
-        "max requests per chart per s | console errors |",
-        [
-            f"| {d['students']:,} students, 20/s traffic | {d['minutes']} | {d['heap_first_mb']} / "
-            f"{d['heap_last_mb']} / {d['heap_max_mb']} | {d['heap_slope_mb_per_hour']} / "
-            f"{d['heap_slope_second_half_mb_per_hour']} | "
-            f"{d['nodes_first']} / {d['nodes_last']} | {d['listeners_first']} / {d['listeners_last']} | "
-            f"{d['max_requests_per_chart_per_s']} | {len(d['console_errors'])} |"
-            for d in result.get("dashboard", [])
-        ],
-    )
-    return "\n".join(lines)
+def measure(profile: str, suites: tuple[str, ...], path: Path) -> dict[str, Any]:
+    """Run the suites of a profile, saving the result to `path` after each (a crash keeps the rest)."""
+    if "serving" in suites or "limits" in suites:
+        api_bench.require_wrk()  # before anything runs: fail in one line, not after the other suites
+    result: dict[str, Any] = {
+        "profile": profile,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "suites": list(suites),
+        "suite_seconds": {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suite in suites:
+        started = time.monotonic()
+        SUITES[suite](PROFILES[profile], result)
+        result["suite_seconds"][suite] = round(time.monotonic() - started)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{suite}: done in {result['suite_seconds'][suite]} s", flush=True)
+    return result
+
+
+def merged(paths: list[Path]) -> dict[str, Any]:
+    """Several results as one (for tables from runs of different suites); later files win."""
+    result: dict[str, Any] = {}
+    for path in paths:
+        for key, value in json.loads(path.read_text()).items():
+            result[key] = result.get(key, []) + value if key == "suites" else value
+    return result
 
 
 def main() -> int:
-    """Run the chosen profile and write its results."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=PROFILES, default="quick")
+    """Run the chosen suites of the chosen profile (or read results) and write the tables."""
+    parser = argparse.ArgumentParser(prog="pisa-pulse bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=PROFILES, default="quick", help="sizes and durations")
     parser.add_argument(
-        "--suite", choices=(*SUITES, "all", "soak"), default="all", help="which benchmarks to run"
+        "--suite", choices=(*SUITES, "all"), nargs="+", default=["all"], help="which benchmarks (default all)"
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="results folder")
+    parser.add_argument("--no-docs", action="store_true", help="full profile: leave docs/benchmarks.md alone")
     parser.add_argument(
-        "--sizes", type=int, nargs="+", help="students for the api and poll suites (default: the profile's)"
+        "--tables-from",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: write the tables of these results (merged)",
     )
     args = parser.parse_args()
-    p = PROFILES[args.profile]
-    sizes = tuple(args.sizes or API_STUDENTS[args.profile])
-    result: dict[str, Any] = {
-        "profile": args.profile,
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-    }
-    schemas: tuple[SchemaName, ...] = ("slim", "full")
-    if args.suite in ("api", "all"):
-        api_bench.require_wrk()  # before anything runs: fail in one line, not after the other suites
-    if args.suite in ("sources", "all"):
-        result["seeding"], result["traffic"] = [], []
-        for schema in schemas:
-            print(f"seeding {p['students']:,} students, {schema} ...", flush=True)
-            result["seeding"].append(sources_bench.seeding(schema, int(p["students"])))
-        for schema in schemas:
-            for updates, deletes in ((0.0, 0.0), (0.05, 0.02)):
-                print(f"sustained traffic, {schema}, updates {updates} deletes {deletes} ...", flush=True)
-                result["traffic"].append(
-                    sources_bench.sustained_traffic(schema, float(p["traffic_s"]), updates, deletes)
-                )
-    if args.suite in ("capture", "all"):
-        result["latency"] = []
-        for rate in (1_000.0, 5_000.0):
-            print(f"pipeline latency, full, {rate:,.0f} ops/s ...", flush=True)
-            result["latency"].append(capture_bench.latency("full", rate, float(p["latency_s"])))
-        print("pipeline catch-up, full ...", flush=True)
-        result["catch_up"] = [capture_bench.catch_up("full", float(p["backlog_s"]))]
-        print(f"pipeline memory, {p['students']:,} students, full ...", flush=True)
-        result["memory"] = [capture_bench.memory("full", int(p["students"]))]
-    if args.suite in ("api", "all"):
-        result["api"] = []
-        for mode, students in [(mode, n) for mode in ("replication", "direct") for n in sizes]:
-            print(f"chart API under load, {mode}, {students:,} students, full ...", flush=True)
-            result["api"].append(api_bench.load(mode, students, float(p["api_s"])))
-    if args.suite in ("poll", "all"):
-        print(f"poll mode freshness, full, 1,000 ops/s, {sizes[0]:,} students ...")
-        result["poll_freshness"] = [poll_bench.freshness(1_000.0, float(p["latency_s"]), sizes[0])]
-        result["poll_cost"] = []
-        for students in sizes:
-            print(f"poll mode source cost, full, {students:,} students ...", flush=True)
-            result["poll_cost"].append(poll_bench.source_cost(students, float(p["api_s"])))
-    if args.suite == "soak":
-        minutes, dashboards, students = SOAK[args.profile]
-        print(f"soak: {minutes} minutes, 1,000 ops/s, {dashboards} dashboards ...", flush=True)
-        result["soak"] = [soak_bench.soak(minutes, 1_000.0, dashboards, students)]
-    if args.suite in ("dashboard", "all"):
-        minutes, sample_s = PAGE_MINUTES[args.profile]
-        print(f"dashboard left open for {minutes} minutes ...", flush=True)
-        result["dashboard"] = [dashboard_bench.page_memory(minutes, sample_s)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{result['date']}-{result['machine']['host']}-{args.profile}-{args.suite}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {path}\n")
-    print(markdown(result))
+    if args.tables_from:
+        path = args.tables_from[-1]
+        result = merged(args.tables_from)
+        sources = ", ".join(p.name for p in args.tables_from)
+    else:
+        suites = ALL if "all" in args.suite else tuple(dict.fromkeys(args.suite))
+        name = f"{datetime.date.today().isoformat()}-{socket.gethostname()}-{args.profile}"
+        if suites != ALL:
+            name += "-" + "-".join(suites)
+        path = args.out / f"{name}.json"
+        result = measure(args.profile, suites, path)
+        sources = path.name
+    blocks = tables.markdown(result, source=sources)
+    path.with_suffix(".md").write_text("\n\n".join(blocks.values()) + "\n")
+    print(f"\nwrote {path} and {path.with_suffix('.md').name}\n")
+    print("\n\n".join(blocks.values()))
+    if result["profile"] == "full" and not args.no_docs:
+        replaced = update_docs(DOCS, blocks)
+        print(f"\nupdated {DOCS.name}: {', '.join(replaced) or 'no tables'}")
     return 0
 
 

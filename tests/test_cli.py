@@ -23,11 +23,17 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = _commands(build_parser())
     assert ("sources", "up") in commands and ("traffic", "set") in commands and ("demo",) in commands
-    for command in commands:
+    for command in [c for c in commands if c != ("bench",)]:
         with pytest.raises(SystemExit) as done:
             main([*command, "--help"])
         assert done.value.code == 0
         assert capsys.readouterr().out.startswith("usage: pisa-pulse")
+
+
+def test_bench_help_is_the_runners(capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--help"]) == 0  # bench/run.py, in a child process
+    out = capfd.readouterr().out
+    assert out.startswith("usage: pisa-pulse bench") and "--profile" in out and "--tables-from" in out
 
 
 def test_every_option_is_documented() -> None:

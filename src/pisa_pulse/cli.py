@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 import threading
 import time
@@ -155,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=_non_negative, default=DEMO_RATE, help="traffic, operations per second")
     cli_pipeline.add_commands(commands, _data_dir)
     cli_serve.add_command(commands, _data_dir)
+    commands.add_parser(
+        "bench",
+        add_help=False,  # --help and every option go to bench/run.py
+        help="run the benchmarks (bench/run.py in a source checkout; `pisa-pulse bench --help`)",
+    )
     return parser
 
 
@@ -347,6 +353,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(options: list[str]) -> int:
+    """`bench`: bench/run.py of this checkout with these options (it is not installed with the package)."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+    if not script.is_file():
+        raise PisaPulseError(
+            "the benchmarks are not installed with the package (no bench/run.py beside it)",
+            "clone the repository, then run `make bench` or `pisa-pulse bench` from an editable install",
+        )
+    return subprocess.run([sys.executable, str(script), *options]).returncode
+
+
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("sources", "up"): cmd_sources_up,
     ("sources", "down"): cmd_sources_down,
@@ -362,11 +379,16 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run one command, and turn user errors into one line and exit code 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.log_level)
     action = getattr(args, "action", None)
-    command = cmd_traffic if args.command == "traffic" else COMMANDS[(args.command, action)]
     try:
+        if args.command == "bench":
+            return cmd_bench(extra)
+        command = cmd_traffic if args.command == "traffic" else COMMANDS[(args.command, action)]
         return command(args)
     except PisaPulseError as exc:
         console.print(f"error: {exc}", markup=False)

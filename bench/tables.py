@@ -1,0 +1,288 @@
+"""The Markdown tables of a benchmark result: one block per table, named as in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def markdown(result: dict[str, Any], source: str) -> dict[str, str]:
+    """Every table the result has figures for, each ending with the results file it comes from."""
+    blocks = {"machine": _machine(result)}
+    for name, (key, header, row) in TABLES.items():
+        rows = result.get(key) or []
+        if rows:
+            blocks[name] = "\n".join(_table(header, [row(r) for r in rows]))
+    if result.get("limits"):
+        blocks["limits"] = "\n".join(_table(*_limits(result)))
+    headline = _headline(result.get("serving") or [])
+    if headline:
+        blocks["headline"] = "\n".join(_table(*headline))
+    profile = (result.get("catch_up") or [{}])[0].get("profile", {}).get("top")
+    if profile:
+        blocks["profile"] = "\n".join(
+            _table(
+                "| where the pipeline's time goes at full speed (py-spy) | share of samples |",
+                [f"| `{f['function']}` | {f['share']:.1%} |" for f in profile],
+            )
+        )
+    note = f"\n\n<sub>From bench/results/: {source} (profile `{result['profile']}`, {result['date']}).</sub>"
+    return {name: body + (note if name != "machine" else "") for name, body in blocks.items()}
+
+
+def _machine(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['postgresql']}, "
+        f"Python {m['python']}. Profile `{result['profile']}`, {result['date']}."
+    )
+
+
+def _table(header: str, rows: list[str]) -> list[str]:
+    """One Markdown table: a header row `| a | b |`, its rule (first column left, others right), rows."""
+    columns = header.count("|") - 1
+    return [header, "|---|" + "---:|" * (columns - 1), *rows]
+
+
+def _n(value: Any) -> str:
+    """A figure for a table: thousands separated, `-` for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 100:
+        return f"{int(value):,}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _cells(*values: Any) -> str:
+    return "| " + " | ".join(_n(v) for v in values) + " |"
+
+
+def _headline(serving: list[Row]) -> tuple[str, list[str]] | None:
+    """Pipeline against direct mode at full speed (wrk), per size."""
+    best = {(r["mode"], r["students"]): r for r in serving if r["dashboards"] == "wrk"}
+    rows = []
+    for (mode, students), pipeline in sorted(best.items(), key=lambda kv: kv[0][1]):
+        direct = best.get(("direct", students))
+        if mode != "replication" or direct is None:
+            continue
+        ratio = pipeline["requests_per_s"] / max(direct["requests_per_s"], 0.1)
+        rows.append(
+            _cells(
+                students,
+                pipeline["requests_per_s"],
+                pipeline["p99_ms"],
+                direct["requests_per_s"],
+                direct["p99_ms"],
+                f"{ratio:,.0f}x",
+            )
+        )
+    if not rows:
+        return None
+    header = (
+        "| students (pipeline against direct mode, one chart, wrk) | pipeline requests/s | pipeline p99 ms | "
+        "direct requests/s | direct p99 ms | pipeline / direct |"
+    )
+    return header, rows
+
+
+def _limits(result: dict[str, Any]) -> tuple[str, list[str]]:
+    """The machine's best beside ours, as a fraction where the same run measured ours."""
+    limits = result["limits"]
+    insert, http = limits["postgres_insert"], limits["static_http"]
+    decode = {(c["interface"], c["columns"]): c["changes_per_s"] for c in limits["pgoutput_decode"]["cases"]}
+    wrk = [r["requests_per_s"] for r in result.get("serving", []) if r["dashboards"] == "wrk"]
+    writes = [t["ops_per_s"] for t in result.get("traffic", []) if t["schema"] == "full" and not t["updates"]]
+    seeding = [s["rows_per_s"] for s in result.get("seeding", []) if s["schema"] == "full"]
+    catch_up = [c["changes_per_s"] for c in result.get("catch_up", [])]
+
+    def row(limit: str, best: float, ours: str, figures: list[float]) -> str:
+        mine = max(figures, default=None)
+        return _cells(
+            limit, best, ours if mine else "-", mine, f"{mine / best:.0%}" if mine and best else "-"
+        )
+
+    return "| physical limit of this machine | best | ours | figure | fraction of the limit |", [
+        row(
+            f"PostgreSQL: one-row INSERT transactions/s, full width, {insert['single_writers']} writers",
+            insert["single_transactions_per_s"],
+            "traffic writer, inserts/s (batched COPY)",
+            writes,
+        ),
+        row(
+            "PostgreSQL: rows/s of INSERT ... SELECT inside the server, full width",
+            insert["bulk_rows_per_s"],
+            "seeding, students/s (generated in Python, COPY)",
+            seeding,
+        ),
+        row(
+            "pgoutput: changes/s decoded and streamed to a client that drops them (one slot, chart columns)",
+            decode[("stream", "chart")],
+            "pipeline catch-up, changes/s (20 slots, applied)",
+            catch_up,
+        ),
+        row("pgoutput: the same, every column published", decode[("stream", "all")], "", []),
+        row(
+            "pgoutput: changes/s decoded in SQL (no client, chart columns)", decode[("sql", "chart")], "", []
+        ),
+        row(
+            "a static 1 KB answer from the same server stack (uvicorn, Starlette), requests/s",
+            http["requests_per_s"],
+            "a chart from memory, requests/s (wrk)",
+            wrk,
+        ),
+    ]
+
+
+TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
+    "seeding": (
+        "seeding",
+        "| seeding (20 countries) | students | seconds | students/s |",
+        lambda s: _cells(s["schema"], s["students"], s["seconds"], s["rows_per_s"]),
+    ),
+    "traffic": (
+        "traffic",
+        "| sustained traffic | updates | deletes | operations/s | net rows/s (counted by PostgreSQL) |",
+        lambda t: _cells(
+            t["schema"], t["updates"], t["deletes"], t["ops_per_s"], t["net_rows_per_s_counted_by_postgres"]
+        ),
+    ),
+    "latency": (
+        "latency",
+        "| commit-to-aggregate latency, by traffic rate | students | target ops/s | changes/s reached | "
+        "p50 ms | p99 ms | max ms | CPU µs per change | CPU cores: pipeline / writer / PostgreSQL |",
+        lambda c: _cells(
+            c["schema"],
+            c.get("students"),
+            c["target_ops_per_s"],
+            c["changes_per_s"],
+            c["p50_ms"],
+            c["p99_ms"],
+            c["max_ms"],
+            c.get("cpu_us_per_change"),
+            f"{c['pipeline_cpu_share']} / {c.get('writer_cpu_cores', '-')} / "
+            f"{c.get('postgres_cpu_cores', '-')}",
+        ),
+    ),
+    "catch_up": (
+        "catch_up",
+        "| maximum change rate (catch-up of a backlog) | changes | seconds | changes/s | CPU µs/change |",
+        lambda c: _cells(c["schema"], c["changes"], c["seconds"], c["changes_per_s"], c["cpu_us_per_change"]),
+    ),
+    "memory": (
+        "memory",
+        "| pipeline memory | students | initial copy s | RSS MB after the copy | peak RSS MB |",
+        lambda c: _cells(c["schema"], c["students"], c["copy_seconds"], c["rss_mb"], c["peak_rss_mb"]),
+    ),
+    "freshness": (
+        "freshness",
+        "| end-to-end freshness over HTTP (commit to chart) | students | traffic ops/s | markers | "
+        "p50 ms | p95 ms | p99 ms | max ms | CPU µs per change (server) | server CPU (cores) | "
+        "PostgreSQL CPU (cores) |",
+        lambda c: _cells(
+            c["mode"],
+            c["students"],
+            c["target_ops_per_s"],
+            c["markers"],
+            c["p50_ms"],
+            c["p95_ms"],
+            c["p99_ms"],
+            c["max_ms"],
+            round(c["server_cpu_cores"] / c["target_ops_per_s"] * 1e6) if c["mode"] != "direct" else None,
+            c["server_cpu_cores"],
+            c["postgres_cpu_cores"],
+        ),
+    ),
+    "serving": (
+        "serving",
+        "| serving (six charts per dashboard per second) | students | dashboards | offered/s | requests/s | "
+        "p50 ms | p99 ms | errors | server CPU (cores) | PostgreSQL CPU (cores) |",
+        lambda c: _cells(
+            c["mode"],
+            c["students"],
+            c["dashboards"] if c["dashboards"] != "wrk" else f"wrk, {c['connections']} connections",
+            c.get("offered_per_s", "as fast as answered"),
+            c["requests_per_s"],
+            c["p50_ms"],
+            c["p99_ms"],
+            c.get("errors", c.get("non_2xx", 0) + c.get("socket_errors", 0)),
+            c["server_cpu_cores"],
+            c["postgres_cpu_cores"],
+        ),
+    ),
+    "poll_freshness": (
+        "poll_freshness",
+        "| poll mode freshness (commit to applied, in process) | students | traffic ops/s | markers | "
+        "p50 ms | p95 ms | p99 ms | max ms | pipeline CPU (cores) | poll p50 / p99 ms |",
+        lambda c: _cells(
+            "full",
+            c["students"],
+            c["target_ops_per_s"],
+            c["markers"],
+            c["p50_ms"],
+            c["p95_ms"],
+            c["p99_ms"],
+            c["max_ms"],
+            c["pipeline_cpu_share"],
+            f"{c['poll_p50_ms']} / {c['poll_p99_ms']}",
+        ),
+    ),
+    "poll_cost": (
+        "poll_cost",
+        "| source cost | students | polls/s | PostgreSQL CPU ms per poll | CPU cores for polling | "
+        "index entries per poll | ids read per poll | rows read per poll | reconciling everything at once: "
+        "ms (CPU ms, all sources) | direct mode: CPU ms per round | direct: rows read per round |",
+        lambda c: _cells(
+            "full",
+            c["students"],
+            c["polls_per_s"],
+            c["pg_cpu_ms_per_poll"],
+            c["pg_cpu_cores_polling"],
+            c["index_entries_per_poll"],
+            c["ids_read_per_poll"],
+            c["rows_read_per_poll"],
+            f"{c['reconcile_ms']:,} ({c['reconcile_pg_cpu_ms']:,})",
+            c["direct_pg_cpu_ms_per_round"],
+            c["direct_rows_read_per_round"],
+        ),
+    ),
+    "soak": (
+        "soak",
+        "| soak | minutes | ops/s | dashboards | requests | errors | rows first / last | "
+        "RSS first / last MB | RSS bytes per row | RSS beyond rows: slope MB/hour (range MB) | "
+        "data age p50 / p99 ms | WAL retained by slots max / last MB |",
+        lambda c: _cells(
+            "full",
+            c["minutes"],
+            c["rate"],
+            c["dashboards"],
+            c["requests"],
+            c["errors"],
+            f"{c['rows_first']:,} / {c['rows_last']:,}",
+            f"{c['rss_first_mb']} / {c['rss_last_mb']}",
+            c["rss_bytes_per_row"],
+            f"{c['rss_beyond_rows_slope_mb_per_hour']} ({c['rss_beyond_rows_range_mb']})",
+            f"{c['age_p50_ms']} / {c['age_p99_ms']}",
+            f"{c['wal_retained_max_mb']} / {c['wal_retained_last_mb']}",
+        ),
+    ),
+    "dashboard": (
+        "dashboard",
+        "| dashboard left open | minutes | JS heap first / last / max MB | "
+        "heap slope MB/hour (all / 2nd half) | DOM nodes first / last | listeners first / last | "
+        "max requests per chart per s | console errors |",
+        lambda d: _cells(
+            f"{d['students']:,} students, 20/s traffic",
+            d["minutes"],
+            f"{d['heap_first_mb']} / {d['heap_last_mb']} / {d['heap_max_mb']}",
+            f"{d['heap_slope_mb_per_hour']} / {d['heap_slope_second_half_mb_per_hour']}",
+            f"{d['nodes_first']} / {d['nodes_last']}",
+            f"{d['listeners_first']} / {d['listeners_last']}",
+            d["max_requests_per_chart_per_s"],
+            len(d["console_errors"]),
+        ),
+    ),
+}

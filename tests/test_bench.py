@@ -1,0 +1,95 @@
+"""The benchmark suite runs end to end at tiny size and writes valid results (no timing is checked).
+
+This is the CI smoke run of `make bench`: `bench/run.py --profile smoke` over every suite but the
+soak, on its own embedded sources. It checks that each suite produced figures of the right kind and
+that the Markdown tables docs/benchmarks.md embeds are complete; speed is the benchmarks' business.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import run  # noqa: E402  (bench/run.py, found through the path above)
+import tables  # noqa: E402
+
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("results")
+    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--profile", "smoke", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [path] = out.glob("*-smoke.json")
+    return json.loads(path.read_text()), path.with_suffix(".md").read_text()
+
+
+def test_every_suite_reports_figures(smoke: tuple[dict, str]) -> None:
+    result, _ = smoke
+    assert result["suites"] == list(run.ALL)
+    assert result["machine"]["cores"] >= 1 and "PostgreSQL" in result["machine"]["postgresql"]
+    for key in ("seeding", "traffic", "latency", "catch_up", "memory", "freshness", "serving"):
+        assert result[key], f"{key} is empty"
+    assert all(s["students"] == 2_000 for s in result["seeding"])
+    assert {c["mode"] for c in result["freshness"]} == {"replication", "poll", "direct"}
+    for case in result["freshness"]:
+        assert case["markers"] > 0 and 0 < case["p50_ms"] <= case["p99_ms"] <= case["max_ms"]
+    modes = {(c["mode"], c["dashboards"]) for c in result["serving"]}
+    assert {("replication", "wrk"), ("direct", "wrk"), ("replication", 2), ("replication", 5)} <= modes
+    for case in result["serving"]:
+        assert case["requests_per_s"] > 0
+    assert result["catch_up"][0]["changes_per_s"] > 0
+    assert result["catch_up"][0]["profile"].get("samples", 0) > 0, result["catch_up"][0]["profile"]
+    limits = result["limits"]
+    assert limits["postgres_insert"]["bulk_rows_per_s"] > 0
+    assert limits["postgres_insert"]["single_transactions_per_s"] > 0
+    assert limits["static_http"]["requests_per_s"] > 0
+    cases = {(c["interface"], c["columns"]) for c in limits["pgoutput_decode"]["cases"]}
+    assert cases == {("sql", "chart"), ("sql", "all"), ("stream", "chart"), ("stream", "all")}
+    assert all(c["changes_per_s"] > 0 for c in limits["pgoutput_decode"]["cases"])
+    assert result["dashboard"][0]["max_requests_per_chart_per_s"] > 0
+    assert result["poll_freshness"][0]["markers"] > 0
+
+
+def test_markdown_has_every_table(smoke: tuple[dict, str]) -> None:
+    result, markdown = smoke
+    blocks = tables.markdown(result, source="x.json")
+    expected = {"machine", "headline", "limits", "profile", *tables.TABLES} - {"soak"}
+    assert set(blocks) == expected
+    for name, body in blocks.items():
+        assert body in markdown, name
+        if name != "machine":
+            header, rule, *rows = body.split("\n\n")[0].splitlines()
+            assert rows and all(row.count("|") == header.count("|") == rule.count("|") for row in rows), name
+
+
+def test_docs_blocks_are_replaced_and_nothing_else(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    b = "<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+    docs.write_text(f"intro\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\nmiddle\n{b}")
+    replaced = run.update_docs(docs, {"a": "new a", "c": "nowhere"})
+    assert replaced == ["a"]
+    assert docs.read_text() == f"intro\n<!-- bench:a -->\nnew a\n<!-- /bench:a -->\nmiddle\n{b}"
+
+
+def test_docs_have_a_place_for_every_table() -> None:
+    text = run.DOCS.read_text()
+    for name in {"machine", "headline", "limits", "profile", *tables.TABLES}:
+        assert f"<!-- bench:{name} -->" in text and f"<!-- /bench:{name} -->" in text, name
+
+
+def test_cli_bench_forwards_to_the_runner() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pisa_pulse", "bench", "--profile", "nonsense"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "invalid choice: 'nonsense'" in done.stderr and "pisa-pulse bench" in done.stderr
