@@ -32,7 +32,7 @@ from api_bench import ServeProcess, serve_command
 from capture_bench import _traffic, _up, spread
 from cpu import cluster_cpu_s, postmaster_pid, process_cpu_s
 from pisa_pulse.sources import config as cfg
-from poll_bench import _vacuum
+from poll_bench import vacuum
 from sources_bench import scratch_dir, total_rows
 
 CHART = "/api/charts/early-education-and-belonging?countries="
@@ -45,7 +45,7 @@ def freshness(mode: str, students: int, rate: float, seconds: float) -> dict[str
     with scratch_dir() as data_dir:
         config = _up(data_dir, "full", students // 20)
         held = total_rows(config)
-        _vacuum(config)
+        vacuum(config)
         probe, others = config.sources[-1], config.sources[:-1]
         traffic_dir = _traffic_dir(data_dir.parent / "traffic", config, others)
         postmaster = postmaster_pid(config, data_dir)

@@ -27,7 +27,7 @@ from api_bench import ServeProcess, max_throughput, serve_command
 from capture_bench import _percentile, _traffic, _up
 from cpu import cluster_cpu_s, postmaster_pid, process_cpu_s
 from crowd import URLS, Crowd, errors
-from poll_bench import _vacuum
+from poll_bench import vacuum
 from sources_bench import scratch_dir, total_rows
 
 TRAFFIC = 100.0
@@ -42,7 +42,7 @@ def serving(students: int, seconds: float, crowds: tuple[int, ...] = CROWDS) -> 
     with scratch_dir() as data_dir:
         config = _up(data_dir, "full", students // 20)
         held = total_rows(config)
-        _vacuum(config)
+        vacuum(config)
         postmaster = postmaster_pid(config, data_dir)
         traffic = None
         try:
