@@ -30,6 +30,7 @@ import tomli_w
 
 from capture_bench import CLI
 from cpu import cluster_cpu_s, process_cpu_s
+from figures import per_second
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.databases import connected
 
@@ -100,7 +101,7 @@ def parse_wrk(text: str) -> dict[str, Any]:
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     return {
         "requests": int(requests.group(1)),
-        "requests_per_s": round(float(rate.group(1))),
+        "requests_per_s": per_second(float(rate.group(1)), 1.0),
         **percentiles,
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": sum(int(n) for n in socket_errors.groups()) if socket_errors else 0,

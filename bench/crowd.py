@@ -15,6 +15,9 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
+
+from figures import per_second
 
 URLS = (
     "/api/charts/submissions",
@@ -44,6 +47,11 @@ class Tally:
 def errors(answers: Counter[str] | dict[str, int]) -> int:
     """Answers that a dashboard would show as a failure: anything but 200 and 304."""
     return sum(n for status, n in answers.items() if status not in ("200", "304"))
+
+
+def answered_per_s(run: dict[str, Any]) -> float:
+    """Answers a dashboard could use (200 and 304) per second of a crowd's run."""
+    return per_second(run["answers"].get("200", 0) + run["answers"].get("304", 0), run["seconds"])
 
 
 class Crowd:

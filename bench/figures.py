@@ -11,3 +11,9 @@ def slope(xs: list[float], ys: list[float]) -> float:
     mx, my = sum(xs) / n, sum(ys) / n
     var = sum((x - mx) ** 2 for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+
+
+def per_second(count: float, seconds: float) -> float:
+    """A rate as a figure: whole from 100 up, else two decimals (direct mode answers < 1/s)."""
+    rate = float(count) / seconds
+    return round(rate) if rate >= 100 else round(rate, 2)

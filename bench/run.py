@@ -256,7 +256,6 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.tables_from:
-        path = args.tables_from[-1]
         result = merged(args.tables_from)
         sources = ", ".join(p.name for p in args.tables_from)
     else:
@@ -268,8 +267,9 @@ def main() -> int:
         result = measure(args.profile, suites, path)
         sources = path.name
     blocks = tables.markdown(result, source=sources)
-    path.with_suffix(".md").write_text("\n\n".join(blocks.values()) + "\n")
-    print(f"\nwrote {path} and {path.with_suffix('.md').name}\n")
+    if not args.tables_from:
+        path.with_suffix(".md").write_text("\n\n".join(blocks.values()) + "\n")
+        print(f"\nwrote {path} and {path.with_suffix('.md').name}\n")
     print("\n\n".join(blocks.values()))
     if result["profile"] == "full" and not args.no_docs:
         replaced = update_docs(DOCS, blocks)

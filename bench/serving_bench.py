@@ -26,7 +26,7 @@ import uvloop
 from api_bench import ServeProcess, max_throughput, serve_command
 from capture_bench import _percentile, _traffic, _up
 from cpu import cluster_cpu_s, postmaster_pid, process_cpu_s
-from crowd import URLS, Crowd, errors
+from crowd import URLS, Crowd, answered_per_s, errors
 from poll_bench import vacuum
 from sources_bench import scratch_dir, total_rows
 
@@ -85,7 +85,7 @@ def _crowd(server: ServeProcess, postmaster: int | None, dashboards: int, second
         "seconds": round(elapsed, 1),
         "offered_per_s": dashboards * len(URLS),
         "requests": requests,
-        "requests_per_s": round(requests / elapsed),
+        "requests_per_s": answered_per_s({"answers": answers, "seconds": elapsed}),
         "p50_ms": _percentile(latencies, 0.5),
         "p99_ms": _percentile(latencies, 0.99),
         "max_ms": round(max(latencies), 1) if latencies else None,
