@@ -24,17 +24,17 @@ pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
     out = tmp_path_factory.mktemp("results")
     command = [sys.executable, str(ROOT / "bench" / "run.py"), "--profile", "smoke", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [path] = out.glob("*-smoke.json")
-    return json.loads(path.read_text()), path.with_suffix(".md").read_text()
+    return json.loads(path.read_text()), path.with_suffix(".md").read_text(), path.name
 
 
-def test_every_suite_reports_figures(smoke: tuple[dict, str]) -> None:
-    result, _ = smoke
+def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
+    result, _, _ = smoke
     assert result["suites"] == list(run.ALL)
     assert result["machine"]["cores"] >= 1 and "PostgreSQL" in result["machine"]["postgresql"]
     for key in ("seeding", "traffic", "latency", "catch_up", "memory", "freshness", "serving"):
@@ -60,9 +60,9 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str]) -> None:
     assert result["poll_freshness"][0]["markers"] > 0
 
 
-def test_markdown_has_every_table(smoke: tuple[dict, str]) -> None:
-    result, markdown = smoke
-    blocks = tables.markdown(result, source="x.json")
+def test_markdown_has_every_table(smoke: tuple[dict, str, str]) -> None:
+    result, markdown, name = smoke
+    blocks = tables.markdown(result, source=name)
     expected = {"machine", "headline", "limits", "profile", *tables.TABLES} - {"soak"}
     assert set(blocks) == expected
     for name, body in blocks.items():

@@ -101,7 +101,7 @@ class PollRunner:
             began = time.monotonic()
             try:
                 if poller is None:
-                    self.state = "connecting"
+                    self.state = "reconnecting" if self.losses else "connecting"  # a retry stays one
                     poller = SourcePoller(self.source.dsn)
                     check_table(poller.conn, self.source.name)
                     poller.conn.rollback()
