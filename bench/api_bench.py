@@ -29,7 +29,7 @@ from typing import Any
 import tomli_w
 
 from capture_bench import CLI
-from cpu import cluster_cpu_s, process_cpu_s
+from cpu import Window
 from figures import per_second
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.databases import connected
@@ -50,22 +50,25 @@ def require_wrk() -> str:
 
 def max_throughput(server: ServeProcess, postmaster: int | None, mode: str, seconds: float) -> dict[str, Any]:
     """Requests/s, p50/p99 latency, non-2xx and CPU of a running `serve` loaded by wrk on one chart."""
+    return wrk_load(server, server.url.rstrip("/") + CHART, CONNECTIONS[mode], seconds, postmaster)
+
+
+def wrk_load(
+    server: ServeProcess, url: str, connections: int, seconds: float, postmaster: int | None = None
+) -> dict[str, Any]:
+    """wrk on `url` of a running server for `seconds`: its figures, and the server's and cluster's CPU."""
     wrk = require_wrk()
-    url = server.url.rstrip("/") + CHART
-    command = [wrk, "-t1", f"-c{CONNECTIONS[mode]}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"]
-    server_cpu0, pg_cpu0, t0 = process_cpu_s([server.pid]), cluster_cpu_s(postmaster), time.perf_counter()
+    command = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"]
+    window = Window(server.pid, postmaster)
     run = subprocess.run([*command, "--latency", url], capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
-    server_cpu = process_cpu_s([server.pid]) - server_cpu0
-    pg_cpu = max(0.0, cluster_cpu_s(postmaster) - pg_cpu0)  # a backend that ended takes its CPU along
+    cpu = window.close()
     if run.returncode != 0:
         raise RuntimeError(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
     return {
-        "connections": CONNECTIONS[mode],
-        "seconds": round(elapsed, 1),
+        "connections": connections,
+        "seconds": round(cpu.pop("elapsed"), 1),
         **parse_wrk(run.stdout),
-        "server_cpu_cores": round(server_cpu / elapsed, 2),
-        "postgres_cpu_cores": round(pg_cpu / elapsed, 2),
+        **cpu,
         "command": " ".join(["wrk", *command[1:], "--latency", "URL"]),
     }
 

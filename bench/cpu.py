@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 
 from pisa_pulse.sources import config as cfg
@@ -56,3 +57,23 @@ def cluster_cpu_s(postmaster: int | None) -> float:
         if int(fields[1]) == postmaster:  # ppid, field 4 of proc(5)
             children.append(int(entry.name))
     return process_cpu_s([postmaster, *children])
+
+
+class Window:
+    """Wall time and CPU, of one process and of the cluster, from its creation to `close()`."""
+
+    def __init__(self, pid: int, postmaster: int | None) -> None:
+        self.pid, self.postmaster = pid, postmaster
+        self.t0 = time.perf_counter()
+        self.process0, self.cluster0 = process_cpu_s([pid]), cluster_cpu_s(postmaster)
+
+    def close(self) -> dict[str, float]:
+        """`elapsed` seconds, and the process's and PostgreSQL's CPU over it, in cores."""
+        elapsed = time.perf_counter() - self.t0
+        process = process_cpu_s([self.pid]) - self.process0
+        cluster = max(0.0, cluster_cpu_s(self.postmaster) - self.cluster0)  # an ended backend takes its CPU
+        return {
+            "elapsed": elapsed,
+            "server_cpu_cores": round(process / elapsed, 2),
+            "postgres_cpu_cores": round(cluster / elapsed, 2),
+        }

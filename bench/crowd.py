@@ -44,6 +44,12 @@ class Tally:
         self.ages_ms.clear()
 
 
+def host_port(url: str) -> tuple[str, int]:
+    """`http://127.0.0.1:8000/` -> ("127.0.0.1", 8000)."""
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    return host, int(port)
+
+
 def errors(answers: Counter[str] | dict[str, int]) -> int:
     """Answers that a dashboard would show as a failure: anything but 200 and 304."""
     return sum(n for status, n in answers.items() if status not in ("200", "304"))
@@ -58,8 +64,7 @@ class Crowd:
     """`dashboards` pages polling `url` (http://host:port/) until `stop()`."""
 
     def __init__(self, url: str, dashboards: int) -> None:
-        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
-        self.host, self.port = host, int(port)
+        self.host, self.port = host_port(url)
         self.dashboards = dashboards
         self.tally = Tally()
         self._stop = asyncio.Event()

@@ -30,7 +30,8 @@ import psycopg2
 
 from api_bench import ServeProcess, serve_command
 from capture_bench import _traffic, _up, spread
-from cpu import cluster_cpu_s, postmaster_pid, process_cpu_s
+from cpu import Window, postmaster_pid
+from crowd import host_port
 from pisa_pulse.sources import config as cfg
 from poll_bench import vacuum
 from sources_bench import scratch_dir, total_rows
@@ -54,11 +55,9 @@ def freshness(mode: str, students: int, rate: float, seconds: float) -> dict[str
             traffic = _traffic(traffic_dir, rate, seconds + 5)
             try:
                 time.sleep(3)  # warm-up: the traffic reaches its rate
-                server0, pg0, t0 = process_cpu_s([server.pid]), cluster_cpu_s(postmaster), time.perf_counter()
+                window = Window(server.pid, postmaster)
                 latencies, reads = _probe(server.url, probe.dsn, probe.name, seconds)
-                elapsed = time.perf_counter() - t0
-                server_cpu = process_cpu_s([server.pid]) - server0
-                pg_cpu = max(0.0, cluster_cpu_s(postmaster) - pg0)
+                cpu = window.close()
             finally:
                 traffic.terminate()
                 traffic.wait()
@@ -68,9 +67,8 @@ def freshness(mode: str, students: int, rate: float, seconds: float) -> dict[str
         "target_ops_per_s": rate,
         "markers": len(latencies),
         **spread(latencies),
-        "reads_per_s": round(reads / elapsed),
-        "server_cpu_cores": round(server_cpu / elapsed, 2),
-        "postgres_cpu_cores": round(pg_cpu / elapsed, 2),
+        "reads_per_s": round(reads / cpu.pop("elapsed")),
+        **cpu,
     }
 
 
@@ -83,8 +81,7 @@ def _traffic_dir(path: Path, config: cfg.SourcesConfig, sources: tuple[cfg.Sourc
 
 def _probe(url: str, dsn: str, country: str, seconds: float) -> tuple[list[float], int]:
     """Markers for `seconds`; returns their commit-to-visible latencies (ms) and the reads made."""
-    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
-    client = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT_S)
+    client = http.client.HTTPConnection(*host_port(url), timeout=TIMEOUT_S)
     reader = _CountReader(client, CHART + country.upper())
     conn = psycopg2.connect(dsn)
     conn.autocommit = True

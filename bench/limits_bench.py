@@ -42,7 +42,6 @@ import random
 import re
 import resource
 import select
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,9 +54,9 @@ from typing import Any
 
 from psycopg2 import sql
 
-from api_bench import ServeProcess, _settle, parse_wrk, require_wrk
+from api_bench import ServeProcess, _settle, wrk_load
 from capture_bench import _up
-from cpu import cluster_cpu_s, postmaster_pid, process_cpu_s, self_cpu_s
+from cpu import cluster_cpu_s, postmaster_pid, self_cpu_s
 from pisa_pulse.capture import replication
 from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources.databases import Connection, connected
@@ -207,40 +206,21 @@ def _write_single_rows(
 
 def static_http(seconds: float) -> dict[str, Any]:
     """Requests/s, p50/p99 and CPU of a fixed 1 KiB response from uvicorn + Starlette as `serve` runs them."""
-    wrk = require_wrk()
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-static"]
     log = Path(tempfile.gettempdir()) / f"limits-bench-static-{os.getpid()}.log"
     try:
         with ServeProcess(command, log) as server:
             _wait_static(server)
-            run_command = [
-                wrk,
-                "-t1",
-                f"-c{STATIC_CONNECTIONS}",
-                f"-d{max(1, round(seconds))}s",
-                "--timeout",
-                "30s",
-                "--latency",
-                server.url,
-            ]
             wrk0 = _children_cpu_s()
-            server_cpu0, t0 = process_cpu_s([server.pid]), time.perf_counter()
-            run = subprocess.run(run_command, capture_output=True, text=True)
-            elapsed = time.perf_counter() - t0
-            server_cpu = process_cpu_s([server.pid]) - server_cpu0
+            figures = wrk_load(server, server.url, STATIC_CONNECTIONS, seconds)
             wrk_cpu = _children_cpu_s() - wrk0
     finally:
         log.unlink(missing_ok=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
+    figures.pop("postgres_cpu_cores")  # no PostgreSQL in this one
     return {
         "response_bytes": len(STATIC_BODY),
-        "connections": STATIC_CONNECTIONS,
-        "seconds": round(elapsed, 1),
-        **parse_wrk(run.stdout),
-        "server_cpu_cores": round(server_cpu / elapsed, 2),
-        "wrk_cpu_cores": round(wrk_cpu / elapsed, 2),
-        "command": " ".join(["wrk", *run_command[1:-1], "URL"]),
+        **figures,
+        "wrk_cpu_cores": round(wrk_cpu / figures["seconds"], 2),
     }
 
 

@@ -25,7 +25,7 @@ import uvloop
 
 from api_bench import ServeProcess, max_throughput, serve_command
 from capture_bench import _percentile, _traffic, _up
-from cpu import cluster_cpu_s, postmaster_pid, process_cpu_s
+from cpu import Window, postmaster_pid
 from crowd import URLS, Crowd, answered_per_s, errors
 from poll_bench import vacuum
 from sources_bench import scratch_dir, total_rows
@@ -66,20 +66,20 @@ def serving(students: int, seconds: float, crowds: tuple[int, ...] = CROWDS) -> 
 
 
 def _crowd(server: ServeProcess, postmaster: int | None, dashboards: int, seconds: float) -> dict[str, Any]:
-    async def run() -> tuple[dict[str, int], list[float], float, float, float]:
+    async def run() -> tuple[dict[str, int], list[float], dict[str, float]]:
         crowd = Crowd(server.url, dashboards)
         crowd.start()
         await asyncio.sleep(min(2.0, seconds / 5))  # every dashboard has started and connected
         crowd.tally.clear()
-        server0, pg0, t0 = process_cpu_s([server.pid]), cluster_cpu_s(postmaster), time.perf_counter()
+        window = Window(server.pid, postmaster)
         await asyncio.sleep(seconds)
         answers, latencies = dict(crowd.tally.answers), list(crowd.tally.latencies_ms)
-        elapsed = time.perf_counter() - t0
-        server_cpu, pg_cpu = process_cpu_s([server.pid]) - server0, max(0.0, cluster_cpu_s(postmaster) - pg0)
+        cpu = window.close()
         await crowd.stop()
-        return answers, latencies, elapsed, server_cpu, pg_cpu
+        return answers, latencies, cpu
 
-    answers, latencies, elapsed, server_cpu, pg_cpu = uvloop.run(run())
+    answers, latencies, cpu = uvloop.run(run())
+    elapsed = cpu.pop("elapsed")
     requests = sum(answers.values())
     return {
         "seconds": round(elapsed, 1),
@@ -91,6 +91,5 @@ def _crowd(server: ServeProcess, postmaster: int | None, dashboards: int, second
         "max_ms": round(max(latencies), 1) if latencies else None,
         "answers": answers,
         "errors": errors(answers),
-        "server_cpu_cores": round(server_cpu / elapsed, 2),
-        "postgres_cpu_cores": round(pg_cpu / elapsed, 2),
+        **cpu,
     }
