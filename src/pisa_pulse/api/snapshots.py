@@ -47,6 +47,7 @@ class Snapshots(Protocol):
     def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot: ...
     def status(self) -> list[dict[str, Any]]: ...
     def data_as_of(self) -> float | None: ...
+    def capture(self) -> dict[str, Any] | None: ...  # the capture process (None: there is none)
 
 
 class LiveSnapshots:
@@ -118,6 +119,10 @@ class LiveSnapshots:
         """Unix time up to which every source's changes are in (None: not yet)."""
         return self.pipeline.as_of() or None
 
+    def capture(self) -> dict[str, Any] | None:
+        """The pipeline runs in this process."""
+        return None
+
 
 class DirectSnapshots:
     """The aggregate SQL on every source per snapshot (see the module docstring)."""
@@ -175,6 +180,10 @@ class DirectSnapshots:
 
     def data_as_of(self) -> float | None:
         """Each request queries the sources: the data is as of the request."""
+        return None
+
+    def capture(self) -> dict[str, Any] | None:
+        """Nothing is captured in direct mode."""
         return None
 
     def status(self) -> list[dict[str, Any]]:
