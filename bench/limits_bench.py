@@ -58,9 +58,8 @@ from api_bench import ServeProcess, _settle, wrk_load
 from capture_bench import _up
 from cpu import cluster_cpu_s, postmaster_pid, self_cpu_s
 from pisa_pulse.capture import replication
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources.databases import Connection, connected
-from pisa_pulse.sources.schema import TABLE, columns
+from pisa_pulse.sources.schema import CHART_COLUMNS, TABLE, columns
 from pisa_pulse.sources.seed import MAX_ID
 from pisa_pulse.sources.traffic import MAX_BATCH
 from sources_bench import scratch_dir, total_rows

@@ -8,11 +8,11 @@ import pytest
 
 from pisa_pulse.capture.preflight import check_source
 from pisa_pulse.cli import main
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
+from pisa_pulse.sources.schema import CHART_COLUMNS
 from tests.conftest import BringUp
 
 

@@ -11,8 +11,8 @@ import pytest
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore, Position, SourceChanges
 from pisa_pulse.engine.ledger import RECORD_BYTES, Ledger
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.sources.schema import CHART_COLUMNS
 
 
 def _row(rng: random.Random, pk: int) -> list[str | None]:

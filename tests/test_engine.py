@@ -10,7 +10,6 @@ import pytest
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.values import (
-    CHART_COLUMNS,
     CNT_INVALID,
     CNT_MISSING,
     CNT_VALID,
@@ -24,7 +23,7 @@ from pisa_pulse.engine.values import (
     parse_value,
 )
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources.schema import column_names
+from pisa_pulse.sources.schema import CHART_COLUMNS, column_names
 
 RULES = {rule.name: rule for rule in column_rules()}
 UNCHANGED = object()  # what the capture sends for an unchanged TOASTed column

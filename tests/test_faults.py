@@ -27,12 +27,12 @@ import pytest
 
 from pisa_pulse.engine.checkpoint import CheckpointStore
 from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected, table_columns
+from pisa_pulse.sources.schema import CHART_COLUMNS
 from tests.conftest import BringUp
 from tests.test_pipeline import (
     assert_exact,

@@ -10,10 +10,12 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
+from pisa_pulse.capture.contract import INITIAL_COPY_MINUTE
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.oracle import aggregates_from_sql, column_counts_from_sql
-from pisa_pulse.engine.values import CHART_COLUMNS, INITIAL_COPY_MINUTE, NUMERIC_COLUMNS
+from pisa_pulse.engine.values import NUMERIC_COLUMNS
+from pisa_pulse.sources.schema import CHART_COLUMNS
 from tests.conftest import BringUp
 
 # Hand-made rows with the edge cases seeding does not make (ids are negative: seeded ids are not).

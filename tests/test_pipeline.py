@@ -27,11 +27,11 @@ from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore
 from pisa_pulse.engine.oracle import aggregates_from_sql
 from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path, slot_name
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
+from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import BringUp
 

@@ -24,10 +24,10 @@ import pytest
 from pisa_pulse.capture.preflight import check_source
 from pisa_pulse.engine.checkpoint import CheckpointStore
 from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
+from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import BringUp
 from tests.test_pipeline import assert_exact, running

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from pisa_pulse.api.charts import BadRequest, parse_countries
 from pisa_pulse.engine.values import (
-    CHART_COLUMNS,
     CNT_VALID,
     COUNTRY_INDEX,
     FIRST_VALUE,
@@ -34,6 +33,7 @@ from pisa_pulse.engine.values import (
     parse_cnt,
     parse_value,
 )
+from pisa_pulse.sources.schema import CHART_COLUMNS
 
 RULES = column_rules()
 CATEGORICAL = next(r for r in RULES if r.codes is not None)

@@ -11,9 +11,9 @@ from rich.table import Table
 from pisa_pulse.api.settings import SOURCE_MODES
 from pisa_pulse.capture.preflight import check_source
 from pisa_pulse.engine.pipeline import Pipeline, slot_name
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.config import Source
+from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.terminal import on_stop_signals, out, report_while
 
 DEFAULT_SLOT_PREFIX = "pisa_pulse"

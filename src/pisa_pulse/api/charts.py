@@ -29,8 +29,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pisa_pulse.capture.contract import INITIAL_COPY_MINUTE
 from pisa_pulse.engine.aggregates import Aggregates
-from pisa_pulse.engine.values import COUNTRY_INDEX, INITIAL_COPY_MINUTE
+from pisa_pulse.engine.values import COUNTRY_INDEX
 from pisa_pulse.errors import PisaPulseError
 
 CHARTS = (

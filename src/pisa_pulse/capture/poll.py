@@ -41,9 +41,8 @@ from psycopg2 import sql
 
 from pisa_pulse.capture.changes import RowChange
 from pisa_pulse.capture.replication import copy_select
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.sources.databases import Connection, connect
-from pisa_pulse.sources.schema import TABLE
+from pisa_pulse.sources.schema import CHART_COLUMNS, TABLE
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 ROWS_PER_RANGE = 32

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import psycopg2
 
 from pisa_pulse.capture.replication import PUBLICATION
-from pisa_pulse.engine.values import CHART_COLUMNS
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources.config import Source, first_line
 from pisa_pulse.sources.databases import Connection, connected, table_columns
-from pisa_pulse.sources.schema import TABLE
+from pisa_pulse.sources.schema import CHART_COLUMNS, TABLE
 
 MODES = ("replication", "poll")
 

@@ -21,15 +21,14 @@ from pisa_pulse.engine.values import (
     COUNTRY,
     COUNTRY_CODES,
     COUNTRY_INDEX,
-    DOMAINS,
     FIRST_PV,
     FIRST_VALUE,
-    INDEX_COLUMNS,
     NUMERIC_COLUMNS,
     VALID_MIN,
     WEIGHT,
     column_rules,
 )
+from pisa_pulse.sources.schema import DOMAINS, INDEX_COLUMNS
 
 _N_SUMS = 1 + 2 * len(INDEX_COLUMNS) + 2 * len(DOMAINS)  # rows, (valid, sum) per index, (Σw, Σw·pv)
 _FIRST_DOMAIN_SUM = 1 + 2 * len(INDEX_COLUMNS)

@@ -18,21 +18,18 @@ from collections.abc import Collection
 from psycopg2 import sql
 from psycopg2.extensions import connection
 
+from pisa_pulse.capture.contract import INITIAL_COPY_MINUTE
 from pisa_pulse.engine.aggregates import Aggregates, CountryTotals
 from pisa_pulse.engine.values import (
     COUNTED_COLUMNS,
     COUNTRY_CODES,
-    DOMAINS,
-    INDEX_COLUMNS,
-    INITIAL_COPY_MINUTE,
     NUMBER_PATTERN,
     VALID_MAX,
     VALID_MIN,
-    WEIGHT_COLUMN,
     ColumnRule,
     column_rules,
 )
-from pisa_pulse.sources.schema import TABLE
+from pisa_pulse.sources.schema import DOMAINS, INDEX_COLUMNS, TABLE, WEIGHT_COLUMN
 
 _PARAMS: dict[str, object] = {
     "number": f"^{NUMBER_PATTERN}$",

@@ -40,15 +40,16 @@ import psycopg2
 
 from pisa_pulse.capture import pgoutput, replication
 from pisa_pulse.capture.changes import CaptureError, ChangeBatch, TransactionAssembler
+from pisa_pulse.capture.contract import INITIAL_COPY_MINUTE
 from pisa_pulse.capture.preflight import SourceUnusable, check_table, replication_blockers
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore, Position, SourceChanges
 from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.poll_runner import PollRunner
-from pisa_pulse.engine.values import CHART_COLUMNS, INITIAL_COPY_MINUTE
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources.config import Source, first_line
 from pisa_pulse.sources.databases import connected
+from pisa_pulse.sources.schema import CHART_COLUMNS
 
 log = logging.getLogger(__name__)
 

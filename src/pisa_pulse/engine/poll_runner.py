@@ -32,12 +32,12 @@ import numpy as np
 import psycopg2
 
 from pisa_pulse.capture.changes import RowChange
+from pisa_pulse.capture.contract import INITIAL_COPY_MINUTE
 from pisa_pulse.capture.poll import KeyRanges, PollStats, SourcePoller
 from pisa_pulse.capture.preflight import SourceUnusable, check_table
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import Position
 from pisa_pulse.engine.ledger import Ledger
-from pisa_pulse.engine.values import INITIAL_COPY_MINUTE
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources.config import Source, first_line
 

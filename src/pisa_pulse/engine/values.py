@@ -36,17 +36,8 @@ from importlib import resources
 
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import countries, variables
+from pisa_pulse.sources.schema import CHART_COLUMNS, WEIGHT_COLUMN
 
-DOMAINS = ("math", "read", "scie")
-INDEX_COLUMNS = ("durecec", "belong", "escs", "tmins")
-WEIGHT_COLUMN = "w_fstuwt"
-CHART_COLUMNS: tuple[str, ...] = (
-    "id",
-    "cnt",
-    *INDEX_COLUMNS,
-    WEIGHT_COLUMN,
-    *(f"pv{i}{domain}" for domain in DOMAINS for i in range(1, 11)),
-)
 NUMERIC_COLUMNS = CHART_COLUMNS[2:]
 COUNTED_COLUMNS = CHART_COLUMNS[1:]  # the columns with missing / invalid counters (not id)
 
@@ -61,8 +52,6 @@ ROW_WIDTH = FIRST_VALUE + len(NUMERIC_COLUMNS)
 WEIGHT = FIRST_VALUE + NUMERIC_COLUMNS.index(WEIGHT_COLUMN)
 FIRST_PV = FIRST_VALUE + NUMERIC_COLUMNS.index("pv1math")
 CNT_VALID, CNT_MISSING, CNT_INVALID = 0, 1, 2
-
-INITIAL_COPY_MINUTE = -1  # the arrival minute of rows from the initial copy: unknown
 
 NUMBER_PATTERN = r"-?[0-9]+(\.[0-9]+)?"
 _NUMBER = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")

@@ -12,16 +12,30 @@ Values are text, `NA` for missing, and there is no timestamp column: arrival tim
 from __future__ import annotations
 
 import functools
-from typing import Literal
-
-from psycopg2 import sql
+from typing import TYPE_CHECKING, Literal
 
 from pisa_pulse.pisa2018 import Variable, variables
+
+if TYPE_CHECKING:  # psycopg2 is imported where the table is created, not by every reader of the layout
+    from psycopg2 import sql
 
 SchemaName = Literal["full", "slim"]
 SCHEMAS: tuple[SchemaName, ...] = ("full", "slim")
 
 TABLE = "responses"
+
+# The columns the charts read, a fact of this layout that capture (what to fetch) and engine (what to
+# sum) both start from: the key, the country, four indices, the final weight and the 30 plausible values.
+DOMAINS = ("math", "read", "scie")
+INDEX_COLUMNS = ("durecec", "belong", "escs", "tmins")
+WEIGHT_COLUMN = "w_fstuwt"
+CHART_COLUMNS: tuple[str, ...] = (
+    "id",
+    "cnt",
+    *INDEX_COLUMNS,
+    WEIGHT_COLUMN,
+    *(f"pv{i}{domain}" for domain in DOMAINS for i in range(1, 11)),
+)
 
 _HOMEPOS_ITEMS = (
     [f"st011q{i:02d}ta" for i in range(1, 13)]
@@ -70,6 +84,8 @@ def column_names(schema: SchemaName) -> tuple[str, ...]:
 
 def create_table(schema: SchemaName) -> sql.Composed:
     """`CREATE TABLE responses (...)`: `id bigint primary key`, every other column text."""
+    from psycopg2 import sql  # noqa: PLC0415  (see the TYPE_CHECKING import above)
+
     cols = [sql.SQL("id bigint PRIMARY KEY")] + [
         sql.SQL("{} text").format(sql.Identifier(v.name)) for v in columns(schema)
     ]
