@@ -59,7 +59,7 @@ def _rss_mb() -> float:
 
 
 def _changes(pipeline: Pipeline) -> int:
-    return sum(r.transactions for r in pipeline.runners)
+    return sum(r.transactions for r in pipeline.statuses() if r.mode == "replication")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -101,7 +101,7 @@ class Running:
         """Seconds until every source has been copied and is streaming (or polling)."""
         start = time.perf_counter()
         p = self.pipeline
-        while any(r.state != "streaming" for r in p.runners) or any(q.state != "polling" for q in p.pollers):
+        while any(r.state not in ("streaming", "polling") for r in p.statuses()):
             if time.perf_counter() - start > timeout:
                 raise TimeoutError("sources not streaming")
             time.sleep(0.05)
@@ -130,7 +130,7 @@ def latency(schema: SchemaName, rate: float, seconds: float, per_country: int = 
             writer, pg = process_cpu_s([traffic.pid]) - writer0, max(0.0, cluster_cpu_s(postmaster) - pg0)
             samples = list(pipeline.latencies_ms)
             traffic.wait()
-            rows = sum(len(r.ledger) for r in pipeline.runners)
+            rows = sum(len(pipeline.ledger(name)) for name in pipeline.held)
     elapsed, changes = t1 - t0, ch1 - ch0
     return {
         "schema": schema,
@@ -187,7 +187,7 @@ def catch_up(schema: SchemaName, backlog_seconds: float) -> dict[str, Any]:
 
 
 def _applied_ops(pipeline: Pipeline) -> int:
-    return sum(r.changes for r in pipeline.runners)
+    return sum(r.changes for r in pipeline.statuses() if r.mode == "replication")
 
 
 def memory(schema: SchemaName, students: int) -> dict[str, Any]:
@@ -208,7 +208,7 @@ def _memory_here(schema: SchemaName, students: int) -> dict[str, Any]:
         running = Running(config, data_dir)
         with running as pipeline:
             seconds = running.wait_streaming()
-            rows = sum(len(r.ledger) for r in pipeline.runners)
+            rows = sum(len(pipeline.ledger(name)) for name in pipeline.held)
             rss = _rss_mb()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

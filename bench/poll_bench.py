@@ -27,7 +27,9 @@ import psycopg2
 
 from capture_bench import Running, _traffic, _up, spread
 from cpu import cluster_cpu_s, postmaster_pid, self_cpu_s
-from pisa_pulse.api.snapshots import DirectSnapshots
+from pisa_pulse.api.direct import DirectSnapshots
+from pisa_pulse.capture.polled import PolledSource
+from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.databases import connected
 from sources_bench import scratch_dir, total_rows
@@ -51,7 +53,7 @@ def freshness(rate: float, seconds: float, students: int) -> dict[str, Any]:
             latencies = _probe(config, pipeline, seconds)
             cpu = (self_cpu_s() - cpu0) / (time.perf_counter() - t0)
             traffic.wait()
-            polls = [p.status()["poll"] for p in pipeline.pollers]
+            polls = [p.status().details["poll"] for p in polled(pipeline)]
     return {
         "mode": "poll",
         "schema": "full",
@@ -80,7 +82,7 @@ def _probe(config: cfg.SourcesConfig, pipeline: Any, seconds: float) -> list[flo
             now = time.perf_counter()
             with lock:
                 for pk, (i, committed) in list(pending.items()):
-                    if pk in pipeline.pollers[i].ledger:
+                    if pk in pipeline.ledger(config.sources[i].name):
                         latencies.append((now - committed) * 1000)
                         del pending[pk]
             time.sleep(0.002)
@@ -158,11 +160,11 @@ def _one_reconciliation(pipeline: Any, postmaster: int | None) -> tuple[float, f
     PostgreSQL CPU of the whole round), in ms. The rolling reconciliation spreads this over 30 s."""
     started = time.time()
     pg0 = cluster_cpu_s(postmaster)
-    for p in pipeline.pollers:
+    for p in polled(pipeline):
         p.reconcile_everything = True
     done: dict[str, float] = {}
-    while len(done) < len(pipeline.pollers):
-        for p in pipeline.pollers:
+    while len(done) < len(polled(pipeline)):
+        for p in polled(pipeline):
             if p.reconciled_as_of > started and p.source.name not in done:
                 done[p.source.name] = time.time() - started
         time.sleep(0.01)
@@ -170,10 +172,15 @@ def _one_reconciliation(pipeline: Any, postmaster: int | None) -> tuple[float, f
     return statistics.median(done.values()) * 1000, cpu_ms
 
 
+def polled(pipeline: Pipeline) -> list[PolledSource]:
+    """The pipeline's polled sources."""
+    return [h.capture for h in pipeline.held.values() if isinstance(h.capture, PolledSource)]
+
+
 def _poll_totals(pipeline: Any) -> dict[str, int]:
     """Polls that read something and what they read, summed over every source so far."""
     totals = {"polls": 0, "index_entries": 0, "ids_read": 0, "rows_read": 0}
-    for p in pipeline.pollers:
+    for p in polled(pipeline):
         totals["polls"] += p.polls - p.skipped
         for key in ("index_entries", "ids_read", "rows_read"):
             totals[key] += p.read[key]

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from pisa_pulse.capture import pgoutput
-from pisa_pulse.capture.changes import CaptureError, ChangeBatch, RowChange, TransactionAssembler
+from pisa_pulse.capture.changes import ChangeBatch, TransactionAssembler
+from pisa_pulse.capture.contract import RowChange
+from pisa_pulse.capture.exceptions import StreamOrderError
 
 CAPTURE: dict[str, Any] = json.loads(
     (Path(__file__).parent / "data" / "pgoutput" / "captured.json").read_text(encoding="utf-8")
@@ -77,10 +79,10 @@ def test_a_change_outside_a_transaction_or_before_its_relation_is_an_error() -> 
         for kind in (pgoutput.Begin, pgoutput.Relation, pgoutput.Insert)
     )
     assembler = TransactionAssembler(("id",), table="t")
-    with pytest.raises(CaptureError, match="outside a transaction"):
+    with pytest.raises(StreamOrderError, match="outside a transaction"):
         assembler.feed(insert)
     assembler.feed(begin)
-    with pytest.raises(CaptureError, match="before its Relation"):
+    with pytest.raises(StreamOrderError, match="before its Relation"):
         assembler.feed(insert)
     assembler.feed(relation)
     assert assembler.feed(insert) is None and assembler.in_transaction

@@ -76,10 +76,18 @@ def wait_settled(pipeline: Pipeline, configs: list[cfg.SourcesConfig], timeout: 
     targets = {s.name: server_lsn(c) for c in configs for s in c.sources}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        statuses = pipeline.statuses()
         behind = [
-            r for r in pipeline.runners if r.position is None or r.position.lsn < targets[r.source.name]
+            r
+            for r in statuses
+            if r.mode == "replication"
+            and ((p := pipeline.position(r.source)) is None or p.lsn < targets[r.source])
         ]
-        behind += [p for p in pipeline.pollers if p.reconciled_as_of <= now]
+        behind += [
+            r
+            for r in statuses
+            if r.mode == "poll" and (r.details["poll"]["updates_as_of_us"] or 0) <= now * 1e6
+        ]
         if not behind:
             return
         time.sleep(0.1)
@@ -108,7 +116,7 @@ def test_a_source_server_down_for_30_s_while_the_others_stay_fresh(
                 status = {s["source"]: s for s in pipeline.status()}
                 assert status["bel"]["state"] == "reconnecting", status["bel"]
                 # The others keep up: their data is at most a few seconds old.
-                others = [r for r in [*pipeline.runners, *pipeline.pollers] if r.source.name != "bel"]
+                others = [r for r in pipeline.statuses() if r.source != "bel"]
                 assert all(time.time() - r.fresh_at < 5 for r in others), pipeline.status()
             bel = {s["source"]: s for s in pipeline.status()}["bel"]
             assert bel["reason"] and (bel["lag_ms"] is None or bel["lag_ms"] >= 25_000)
@@ -180,7 +188,7 @@ def test_columns_added_and_dropped_and_a_truncate_while_streaming(
             time.sleep(1.5)
         wait_caught_up(pipeline, four)
         assert_exact(pipeline, four)
-        assert all(r.state == "streaming" for r in pipeline.runners)
+        assert all(r.state == "streaming" for r in pipeline.statuses())
 
 
 def test_a_deleted_or_corrupted_checkpoint(four: cfg.SourcesConfig, new_dir: Path) -> None:
@@ -194,7 +202,7 @@ def test_a_deleted_or_corrupted_checkpoint(four: cfg.SourcesConfig, new_dir: Pat
     with pipeline_running(four, new_dir) as pipeline:  # deleted: a clean rebuild from the sources
         wait_caught_up(pipeline, four)
         assert_exact(pipeline, four)
-        assert all(r.copies == 1 for r in pipeline.runners)
+        assert all(r.copies == 1 for r in pipeline.statuses())
     path.write_bytes(b"not a checkpoint" * 512)
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -269,16 +277,17 @@ def test_the_network_to_a_source_stalled_then_dropped(four: cfg.SourcesConfig, n
                 proxy.flowing.clear()
                 held = time.time()
                 time.sleep(5)
-                runner = {r.source.name: r for r in pipeline.runners}
+                runner = {r.source: r for r in pipeline.statuses()}
                 # The stalled source is not claimed fresh; the others are.
                 assert runner["alb"].fresh_at < held + 0.5 and pipeline.as_of() < held + 0.5
-                assert all(time.time() - r.fresh_at < 2 for r in pipeline.runners if r.source.name != "alb")
+                assert all(time.time() - r.fresh_at < 2 for r in runner.values() if r.source != "alb")
                 proxy.flowing.set()
                 time.sleep(1)
                 proxy.drop()  # and now the connections break
                 time.sleep(2)
             wait_caught_up(pipeline, four)
             assert_exact(pipeline, four)
-            assert runner["alb"].losses >= 1 and runner["alb"].state == "streaming"
+            alb_now = {r.source: r for r in pipeline.statuses()}["alb"]
+            assert alb_now.connections_lost >= 1 and alb_now.state == "streaming"
     finally:
         proxy.close()

@@ -23,10 +23,11 @@ import psycopg2
 import pytest
 
 from pisa_pulse.capture import replication
+from pisa_pulse.capture.replicated import slot_name
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore
 from pisa_pulse.engine.oracle import aggregates_from_sql
-from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path, slot_name
+from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.config import Source
@@ -91,13 +92,13 @@ def wait_caught_up(
     while time.monotonic() < deadline:
         behind = [
             r
-            for r in pipeline.runners
-            if r.source.name in names and (r.position is None or r.position.lsn < target)
+            for r in pipeline.statuses()
+            if r.source in names and ((p := pipeline.position(r.source)) is None or p.lsn < target)
         ]
         if not behind:
             return
         time.sleep(0.1)
-    pytest.fail(f"not caught up within {timeout} s: {[r.status() for r in behind]}")
+    pytest.fail(f"not caught up within {timeout} s: {behind}")
 
 
 def oracle(config: cfg.SourcesConfig) -> Aggregates:
@@ -115,14 +116,23 @@ def assert_exact(pipeline: Pipeline, config: cfg.SourcesConfig) -> None:
     assert engine == expected
 
 
+def wait_streaming(pipeline: Pipeline, timeout: float = 60) -> None:
+    """Until every source streams (its copy, if any, is done)."""
+    deadline = time.monotonic() + timeout
+    while any(s.state != "streaming" for s in pipeline.statuses()):
+        assert time.monotonic() < deadline, pipeline.statuses()
+        time.sleep(0.05)
+
+
 def test_copy_then_stream_equals_sql_under_traffic(five: cfg.SourcesConfig, new_dir: Path) -> None:
     with pipeline_running(five, new_dir) as pipeline:
+        wait_streaming(pipeline)  # so that every row of the traffic arrives by the stream
         with traffic_running(five) as traffic:
             time.sleep(3)
         assert traffic.counts.updated > 20 and traffic.counts.deleted > 10
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
-        assert all(r.copies == 1 and r.state == "streaming" for r in pipeline.runners)
+        assert all(r.copies == 1 and r.state == "streaming" for r in pipeline.statuses())
         hours = pipeline.aggregates.hourly()
         assert sum(hours.values()) == pipeline.aggregates.count()
         assert 0 < hours.get(-1, 0) <= 5 * 300  # the initial copy has no arrival time
@@ -138,7 +148,7 @@ def test_restart_resumes_from_the_checkpoint(five: cfg.SourcesConfig, new_dir: P
     with pipeline_running(five, new_dir) as pipeline:
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
-        assert all(r.copies == 0 for r in pipeline.runners)
+        assert all(r.copies == 0 for r in pipeline.statuses())
 
 
 def test_sigkill_while_traffic_runs(five: cfg.SourcesConfig, new_dir: Path) -> None:
@@ -156,7 +166,7 @@ def test_sigkill_while_traffic_runs(five: cfg.SourcesConfig, new_dir: Path) -> N
     with pipeline_running(five, new_dir) as pipeline:
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
-        assert all(r.copies == 0 for r in pipeline.runners)
+        assert all(r.copies == 0 for r in pipeline.statuses())
 
 
 def test_source_server_restarted_in_immediate_mode(five: cfg.SourcesConfig, new_dir: Path) -> None:
@@ -167,12 +177,12 @@ def test_source_server_restarted_in_immediate_mode(five: cfg.SourcesConfig, new_
             time.sleep(1.5)
             cluster.stop("immediate")
             time.sleep(1)
-            assert all(r.state != "streaming" for r in pipeline.runners)
+            assert all(r.state != "streaming" for r in pipeline.statuses())
             cluster.start()
             time.sleep(2)
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
-        assert all(r.state == "streaming" and r.copies == 1 for r in pipeline.runners)
+        assert all(r.state == "streaming" and r.copies == 1 for r in pipeline.statuses())
 
 
 def test_slot_dropped_behind_the_pipelines_back(five: cfg.SourcesConfig, new_dir: Path) -> None:
@@ -185,7 +195,7 @@ def test_slot_dropped_behind_the_pipelines_back(five: cfg.SourcesConfig, new_dir
             time.sleep(2)
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
-        copies = {r.source.name: r.copies for r in pipeline.runners}
+        copies = {r.source: r.copies for r in pipeline.statuses()}
         assert copies == {s.name: 2 if s is victim else 1 for s in five.sources}
 
 
@@ -198,7 +208,7 @@ def test_a_broken_source_does_not_stop_the_others(five: cfg.SourcesConfig, new_d
         with traffic_running(healthy):
             time.sleep(1.5)
         wait_caught_up(pipeline, healthy)
-        state = {r.source.name: (r.state, r.reason) for r in pipeline.runners}
+        state = {r.source: (r.state, r.reason) for r in pipeline.statuses()}
         assert state.pop(broken.name) == (
             "failed",
             f"source {broken.name} has no responses table; "
@@ -231,4 +241,4 @@ def test_a_least_privilege_replication_role(five: cfg.SourcesConfig, new_dir: Pa
             time.sleep(1.5)
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
-        assert all(r.state == "streaming" for r in pipeline.runners)
+        assert all(r.state == "streaming" for r in pipeline.statuses())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pisa_pulse.capture.contract import SourceStatus
 from pisa_pulse.capture.preflight import check_source
 from pisa_pulse.engine.checkpoint import CheckpointStore
 from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
@@ -84,9 +85,19 @@ def traffic(config: cfg.SourcesConfig, seconds: float) -> Traffic:
 def wait_reconciled(pipeline: Pipeline, after: float, timeout: float = 30) -> None:
     """Until every source has been reconciled from a snapshot taken after `after` (Unix time)."""
     deadline = time.monotonic() + timeout
-    while any(p.reconciled_as_of <= after for p in pipeline.pollers):
-        assert time.monotonic() < deadline, [p.status() for p in pipeline.pollers]
+    while any(reconciled(p) <= after for p in polled(pipeline)):
+        assert time.monotonic() < deadline, polled(pipeline)
         time.sleep(0.05)
+
+
+def polled(pipeline: Pipeline) -> list[SourceStatus]:
+    """The polled sources' statuses."""
+    return [s for s in pipeline.statuses() if s.mode == "poll"]
+
+
+def reconciled(status: SourceStatus) -> float:
+    """Unix time up to which a polled source's updates are in."""
+    return (status.details["poll"]["updates_as_of_us"] or 0) / 1e6
 
 
 def objects(dsn: str) -> tuple[int, int]:
@@ -114,8 +125,10 @@ def test_poll_mode_equals_sql_under_traffic(five: cfg.SourcesConfig, new_dir: Pa
         stopped = time.time()
         wait_reconciled(pipeline, stopped)
         assert_exact(pipeline, five)
-        assert all(p.state == "polling" and p.copies == 1 for p in pipeline.pollers)
-        assert sum(p.updates_found for p in pipeline.pollers) > 20  # the corrections, found by digest
+        assert all(p.state == "polling" and p.copies == 1 for p in polled(pipeline))
+        assert (
+            sum(p.details["poll"]["updates_found"] for p in polled(pipeline)) > 20
+        )  # the corrections, found by digest
         # Rows present at the start have no arrival time; the rest arrived at the poll that saw them.
         hours = pipeline.aggregates.hourly()
         assert 0 < hours.get(-1, 0) <= 5 * 300
@@ -173,7 +186,7 @@ def test_sigkill_and_restart_count_nothing_twice(five: cfg.SourcesConfig, new_di
         assert pipeline.submissions() > 0  # restored from the checkpoint, not copied again
         wait_reconciled(pipeline, time.time())
         assert_exact(pipeline, five)
-        assert all(p.copies == 0 for p in pipeline.pollers)
+        assert all(p.copies == 0 for p in polled(pipeline))
 
 
 def test_auto_mode_replicates_where_allowed_and_polls_elsewhere(
@@ -189,7 +202,7 @@ def test_auto_mode_replicates_where_allowed_and_polls_elsewhere(
             time.sleep(0.1)
         modes = {s["source"]: s["mode"] for s in pipeline.status()}
         assert modes == {s.name: "poll" if i % 2 else "replication" for i, s in enumerate(five.sources)}
-        assert all("replication role" in p.why for p in pipeline.pollers)
+        assert all("replication role" in p.details["mode_reason"] for p in polled(pipeline))
         traffic(five, 2)
         stopped = time.time()
         wait_reconciled(pipeline, stopped)

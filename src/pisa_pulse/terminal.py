@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,15 @@ def on_stop_signals(handler: Callable[[], None]) -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+def setup_logging(level: str | int) -> None:
+    """The one logging setup (the CLI's and the capture process's): `time level logger message` on stderr."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()) if isinstance(level, str) else level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
 
 
 @contextlib.contextmanager

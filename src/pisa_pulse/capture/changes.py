@@ -2,31 +2,20 @@
 
 `TransactionAssembler` is pure: it follows one source's stream (Relation messages say which column is
 where; they are re-sent after an ALTER TABLE), collects the row changes of a transaction between
-Begin and Commit, and hands back a `ChangeBatch` at Commit. Row values come out in the order of the
-engine's `CHART_COLUMNS`, whatever order the publication sends them in; a column the relation lacks
-is None (missing). Changes to other tables are ignored.
+Begin and Commit, and hands back a `ChangeBatch` at Commit. Row values come out in the order of
+the source schema's `CHART_COLUMNS`, whatever order the publication sends them in; a column the
+relation lacks is None (missing). Changes to other tables are ignored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from pisa_pulse.capture import pgoutput
+from pisa_pulse.capture.contract import RowChange
+from pisa_pulse.capture.exceptions import StreamOrderError
 from pisa_pulse.sources.schema import TABLE
-
-Value = str | None | object  # str, None (NULL) or pgoutput.UNCHANGED
-
-
-@dataclass(frozen=True, slots=True)
-class RowChange:
-    """One row operation: upsert (insert or update) with its values, delete, or truncate."""
-
-    kind: Literal["upsert", "delete", "truncate"]
-    pk: int = 0
-    values: tuple[Value, ...] = ()  # CHART_COLUMNS order, `id` included, for upserts
-    digest: int = 0  # the source's digest of the row (read-only polling; 0 from replication)
 
 
 @dataclass(slots=True)
@@ -37,10 +26,6 @@ class ChangeBatch:
     final_lsn: int = 0  # the commit record's LSN (from Begin)
     end_lsn: int = 0  # the LSN just past the commit record: the stream position after this batch
     commit_time_us: int = 0  # microseconds since the Unix epoch
-
-
-class CaptureError(RuntimeError):
-    """The stream broke the protocol's order (a change outside a transaction, an unknown relation)."""
 
 
 class TransactionAssembler:
@@ -101,21 +86,21 @@ class TransactionAssembler:
     def _layout(self, rel: pgoutput.Relation) -> tuple[int, tuple[int | None, ...]]:
         at = {c.name: i for i, c in enumerate(rel.columns)}
         if "id" not in at:
-            raise CaptureError(f"relation {rel.namespace}.{rel.name} arrives without its id column")
+            raise StreamOrderError(f"relation {rel.namespace}.{rel.name} arrives without its id column")
         return at["id"], tuple(at.get(name) for name in self.columns)
 
     def _layout_of(self, oid: int) -> tuple[int, tuple[int | None, ...]] | None:
         if oid not in self._layouts:
-            raise CaptureError(f"a change to relation {oid} arrived before its Relation message")
+            raise StreamOrderError(f"a change to relation {oid} arrived before its Relation message")
         return self._layouts[oid]
 
     def _require_open(self, what: str) -> ChangeBatch:
         if self._open is None:
-            raise CaptureError(f"{what} message outside a transaction")
+            raise StreamOrderError(f"{what} message outside a transaction")
         return self._open
 
 
 def _pk(value: object) -> int:
     if not isinstance(value, str):
-        raise CaptureError(f"a row arrived with id {value!r}; ids are bigint and never NULL")
+        raise StreamOrderError(f"a row arrived with id {value!r}; ids are bigint and never NULL")
     return int(value)

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
+from pisa_pulse.capture.exceptions import PgoutputError
+
 __all__ = [
     "UNCHANGED", "Begin", "Column", "Commit", "Delete", "Insert", "Message", "Msg", "Origin",
     "PgoutputError", "Relation", "Truncate", "Type", "Unchanged", "Update", "Value", "decode",
@@ -35,10 +37,6 @@ __all__ = [
 
 # pgoutput timestamps count microseconds from 2000-01-01 (PostgreSQL's epoch); ours from 1970-01-01.
 PG_EPOCH_OFFSET_US: Final = 946_684_800_000_000
-
-
-class PgoutputError(ValueError):
-    """A payload that is not a well-formed pgoutput (protocol version 1, text values) message."""
 
 
 class Unchanged(enum.Enum):

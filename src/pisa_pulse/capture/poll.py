@@ -39,7 +39,7 @@ import numpy.typing as npt
 import psycopg2.extensions
 from psycopg2 import sql
 
-from pisa_pulse.capture.changes import RowChange
+from pisa_pulse.capture.contract import RowChange
 from pisa_pulse.capture.replication import copy_select
 from pisa_pulse.sources.databases import Connection, connect
 from pisa_pulse.sources.schema import CHART_COLUMNS, TABLE

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import psycopg2
 
+from pisa_pulse.capture.exceptions import SourceUnusable
 from pisa_pulse.capture.replication import PUBLICATION
-from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources.config import Source, first_line
 from pisa_pulse.sources.databases import Connection, connected, table_columns
 from pisa_pulse.sources.schema import CHART_COLUMNS, TABLE
@@ -56,10 +56,6 @@ def check_source(source: Source, slot: str, columns: Sequence[str]) -> list[Chec
         return [Check("connect", False, first_line(exc), "check the DSN in the sources config")]
     except Exception as exc:  # PisaPulseError from connect(): already one clean line
         return [Check("connect", False, str(exc), "")]
-
-
-class SourceUnusable(PisaPulseError):
-    """The source cannot be captured until someone changes it (no table, missing columns)."""
 
 
 def check_table(conn: Connection, source: str) -> None:

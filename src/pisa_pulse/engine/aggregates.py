@@ -8,7 +8,9 @@ initial copy). Values are the scaled integers of `values.py`. Everything derived
 numbers) is computed on demand.
 
 Aggregates are mergeable (sum across sources) and comparable with `==` (through `as_dict()`,
-which leaves out countries without rows and minutes without rows).
+which leaves out countries without rows and minutes without rows). `export` / `absorb` carry them
+across a process boundary as plain lists and dicts, with only the minutes touched since the last
+export, so what crosses follows the changes, not the hours of history.
 """
 
 from __future__ import annotations
@@ -67,11 +69,15 @@ def _round_half_away(numerator: int, denominator: int) -> int:
     return -quotient if numerator < 0 else quotient
 
 
+Exported = dict[int, tuple[list[int], dict[int, int]]]  # country index -> (sums, rows per minute)
+
+
 class Aggregates:
     """Exact per-country totals; `add` / `retract` take ledger rows (see `values.py`)."""
 
     def __init__(self) -> None:
         self._tallies: dict[int, _Tally] = {}
+        self._touched: set[tuple[int, int]] = set()  # (country index, minute) changed since `export`
 
     # -- updates (hot path) -----------------------------------------------------------------------
 
@@ -114,6 +120,7 @@ class Aggregates:
             minutes[row[ARRIVAL]] = count
         else:
             del minutes[row[ARRIVAL]]
+        self._touched.add((row[COUNTRY], row[ARRIVAL]))
 
     @staticmethod
     def _apply_some(sums: list[int], values: Sequence[int], sign: int) -> None:
@@ -145,6 +152,32 @@ class Aggregates:
                 else:
                     mine.minutes.pop(minute, None)
         return self
+
+    def export(self, full: bool = False) -> Exported:
+        """Plain data for `absorb`: every country's sums, and its rows per minute, all of them when
+        `full`, else only the minutes touched since the last export (0: no rows left there)."""
+        touched, self._touched = self._touched, set()
+        if full:
+            return {c: (list(t.sums), dict(t.minutes)) for c, t in self._tallies.items()}
+        result: Exported = {c: (list(t.sums), {}) for c, t in self._tallies.items()}
+        for country, minute in touched:
+            result[country][1][minute] = self._tallies[country].minutes.get(minute, 0)
+        return result
+
+    def absorb(self, exported: Exported, full: bool = False) -> None:
+        """Take what `export` gave: sums replace these; minutes replace all (`full`) or those given."""
+        if full:
+            self._tallies = {}
+        for country, (sums, minutes) in exported.items():
+            tally = self._tallies.get(country)
+            if tally is None:
+                tally = self._tallies[country] = _Tally()
+            tally.sums = list(sums)
+            for minute, count in minutes.items():
+                if count:
+                    tally.minutes[minute] = count
+                else:
+                    tally.minutes.pop(minute, None)
 
     def copy(self) -> Aggregates:
         """An independent copy."""

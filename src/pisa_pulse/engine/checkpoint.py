@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from pisa_pulse.capture.contract import Position
 from pisa_pulse.errors import PisaPulseError
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,6 @@ CREATE TABLE IF NOT EXISTS ledger (
     PRIMARY KEY (source, pk)
 ) WITHOUT ROWID;
 """
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a source's checkpointed state stands."""
-
-    identity: str
-    lsn: int
-    last_commit_us: int
 
 
 @dataclass
