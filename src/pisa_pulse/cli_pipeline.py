@@ -1,20 +1,26 @@
-"""`pisa-pulse pipeline` (capture -> engine, until Ctrl+C) and `pisa-pulse check` (preflight)."""
+"""`pisa-pulse pipeline` (capture -> engine, until Ctrl+C) and `pisa-pulse check` (preflight).
+
+Capture and engine load the database driver and numpy: each command imports them when it runs, so
+that building the CLI (and so `serve`'s HTTP process) loads neither.
+"""
 
 from __future__ import annotations
 
 import argparse
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pisa_pulse.api.settings import SOURCE_MODES
-from pisa_pulse.capture.preflight import check_source
-from pisa_pulse.engine.pipeline import Pipeline, slot_name
+from pisa_pulse.capture.contract import SOURCE_MODES
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.terminal import on_stop_signals, out, report_while
+
+if TYPE_CHECKING:
+    from pisa_pulse.engine.pipeline import Pipeline
 
 DEFAULT_SLOT_PREFIX = "pisa_pulse"
 
@@ -46,6 +52,9 @@ def cmd_check(data_dir: Path, args: argparse.Namespace) -> int:
     A check that only one mode needs and fails shows as `no` (that mode is out, the other may do);
     a check both modes need shows as `FAIL`.
     """
+    from pisa_pulse.capture.preflight import check_source  # see the module docstring
+    from pisa_pulse.capture.replicated import slot_name
+
     config = cfg.load(data_dir)
     table = Table("source", "check", "", "seen", "fix", box=None)
     modes: dict[str, list[str]] = {"replication": [], "poll": [], "none": []}
@@ -68,6 +77,8 @@ def cmd_check(data_dir: Path, args: argparse.Namespace) -> int:
 
 def cmd_pipeline(data_dir: Path, args: argparse.Namespace) -> int:
     """Run the pipeline with a live status line until Ctrl+C, SIGTERM or --duration."""
+    from pisa_pulse.engine.pipeline import Pipeline  # see the module docstring
+
     config = cfg.load(data_dir)
     sources = [Source(s.name, s.dsn, args.mode or s.mode) for s in config.sources]
     pipeline = Pipeline(sources, data_dir, slot_prefix=args.slot_prefix)

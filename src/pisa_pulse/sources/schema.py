@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from pisa_pulse.pisa2018 import Variable, variables
 
 if TYPE_CHECKING:  # psycopg2 is imported where the table is created, not by every reader of the layout
-    from psycopg2 import sql
+    from psycopg2 import sql  # here, not above: see the TYPE_CHECKING import
 
 SchemaName = Literal["full", "slim"]
 SCHEMAS: tuple[SchemaName, ...] = ("full", "slim")
@@ -84,7 +84,7 @@ def column_names(schema: SchemaName) -> tuple[str, ...]:
 
 def create_table(schema: SchemaName) -> sql.Composed:
     """`CREATE TABLE responses (...)`: `id bigint primary key`, every other column text."""
-    from psycopg2 import sql  # noqa: PLC0415  (see the TYPE_CHECKING import above)
+    from psycopg2 import sql  # here, not above: see the TYPE_CHECKING import
 
     cols = [sql.SQL("id bigint PRIMARY KEY")] + [
         sql.SQL("{} text").format(sql.Identifier(v.name)) for v in columns(schema)
