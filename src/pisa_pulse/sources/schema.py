@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from pisa_pulse.pisa2018 import Variable, variables
 
 if TYPE_CHECKING:  # psycopg2 is imported where the table is created, not by every reader of the layout
-    from psycopg2 import sql  # here, not above: see the TYPE_CHECKING import
+    from psycopg2 import sql
 
 SchemaName = Literal["full", "slim"]
 SCHEMAS: tuple[SchemaName, ...] = ("full", "slim")
