@@ -42,11 +42,9 @@ def postmaster_pid(config: cfg.SourcesConfig, data_dir: Path) -> int | None:
         return None
 
 
-def cluster_cpu_s(postmaster: int | None) -> float:
-    """CPU seconds of the postmaster and its children (the backends, walsenders and workers)."""
-    if postmaster is None:
-        return 0.0
-    children = []
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -54,26 +52,41 @@ def cluster_cpu_s(postmaster: int | None) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(fields[1]) == postmaster:  # ppid, field 4 of proc(5)
-            children.append(int(entry.name))
-    return process_cpu_s([postmaster, *children])
+        if int(fields[1]) == pid:  # ppid, field 4 of proc(5)
+            found.append(int(entry.name))
+    return found
+
+
+def family_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children: `serve` and its capture process, or the postmaster
+    and its backends, walsenders and workers."""
+    return process_cpu_s([pid, *children(pid)])
+
+
+def cluster_cpu_s(postmaster: int | None) -> float:
+    """CPU seconds of the postmaster and its children (the backends, walsenders and workers)."""
+    return 0.0 if postmaster is None else family_cpu_s(postmaster)
 
 
 class Window:
-    """Wall time and CPU, of one process and of the cluster, from its creation to `close()`."""
+    """Wall time and CPU of a server (with its capture process) and of the cluster, until `close()`."""
 
     def __init__(self, pid: int, postmaster: int | None) -> None:
         self.pid, self.postmaster = pid, postmaster
         self.t0 = time.perf_counter()
-        self.process0, self.cluster0 = process_cpu_s([pid]), cluster_cpu_s(postmaster)
+        self.http0, self.server0 = process_cpu_s([pid]), family_cpu_s(pid)
+        self.cluster0 = cluster_cpu_s(postmaster)
 
     def close(self) -> dict[str, float]:
-        """`elapsed` seconds, and the process's and PostgreSQL's CPU over it, in cores."""
+        """`elapsed` seconds, and CPU over it in cores: the server's processes together, its HTTP
+        process alone, and PostgreSQL's."""
         elapsed = time.perf_counter() - self.t0
-        process = process_cpu_s([self.pid]) - self.process0
+        http = process_cpu_s([self.pid]) - self.http0
+        server = max(http, family_cpu_s(self.pid) - self.server0)  # a restarted child takes its CPU along
         cluster = max(0.0, cluster_cpu_s(self.postmaster) - self.cluster0)  # an ended backend takes its CPU
         return {
             "elapsed": elapsed,
-            "server_cpu_cores": round(process / elapsed, 2),
+            "server_cpu_cores": round(server / elapsed, 2),
+            "http_cpu_cores": round(http / elapsed, 2),
             "postgres_cpu_cores": round(cluster / elapsed, 2),
         }

@@ -12,6 +12,7 @@ else: RSS is fitted against rows (bytes per row), and what the rows do not expla
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.request
@@ -21,6 +22,7 @@ from typing import Any
 
 from api_bench import ServeProcess
 from capture_bench import CLI, _percentile, _traffic, _up
+from cpu import children
 from crowd import Crowd, errors
 from figures import slope
 from pisa_pulse.sources import config as cfg
@@ -111,10 +113,14 @@ def _rows_served(url: str) -> int:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    """Resident memory of `serve`: its HTTP process and its capture process together."""
+    total_kb = 0
+    for each in (pid, *children(pid)):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+    return round(total_kb / 1024, 1)
 
 
 def _wal_retained_mb(config: cfg.SourcesConfig) -> float:
