@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rows-per-country", type=_count, default=0, help="top each country up to N students")
     up.add_argument("--run-as", help="OS user that runs the embedded server when invoked as root (postgres)")
     up.add_argument("--workers", type=int, help="seeding processes (default: one per core)")
+    up.add_argument(
+        "--db-prefix", help="put this before each database's name (t1_ makes t1_alb), to share a server"
+    )
     for name, text in (
         ("down", "stop the embedded cluster (data is kept)"),
         ("status", "per country: rows and size"),
@@ -205,6 +208,7 @@ def cmd_sources_up(args: argparse.Namespace) -> int:
         messy=args.messy,
         run_as=getattr(args, "run_as", None),
         workers=getattr(args, "workers", None),
+        db_prefix=getattr(args, "db_prefix", None),
     )
     with Progress(
         TextColumn("seeding"), BarColumn(), MofNCompleteColumn(), TextColumn("students"),

@@ -30,7 +30,11 @@ DATA_DIR_ENV = "PISA_PULSE_DATA_DIR"
 
 @dataclass(frozen=True)
 class Source:
-    """One country database: its name (lower-case country code), DSN and capture mode."""
+    """One country database: its name (lower-case country code), DSN and capture mode.
+
+    The database is the one the DSN names: the name itself, or with the prefix of `sources up
+    --db-prefix` (`t1_alb`), so that several sets of sources can share one server.
+    """
 
     name: str
     dsn: str
@@ -179,6 +183,11 @@ def first_line(exc: BaseException) -> str:
     """An error's first line, passwords scrubbed: what a status, a log line or a one-line error shows."""
     text = str(exc).strip()
     return scrub(text.splitlines()[0]) if text else type(exc).__name__
+
+
+def database_of(dsn: str) -> str:
+    """The database a URL DSN names (`postgresql://host/alb?...` -> `alb`)."""
+    return urlsplit(dsn).path.lstrip("/")
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class UpRequest:
     messy: float = 0.01
     run_as: str | None = None
     workers: int | None = None
+    db_prefix: str | None = None  # database names are this + the country code (t1_alb); default none
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,23 @@ def up(
         raise PisaPulseError(f"--rows-per-country {request.rows_per_country} is negative", "pass 0 or more")
     if not 0 <= request.messy <= 1:
         raise PisaPulseError(f"--messy {request.messy} is not a share", "pass a number between 0 and 1")
+    if request.db_prefix is not None and not _DB_PREFIX.fullmatch(request.db_prefix):
+        raise PisaPulseError(
+            f"--db-prefix {request.db_prefix!r} is not a database-name prefix",
+            "use up to 40 lower-case letters, digits and underscores, not starting with a digit (t1_)",
+        )
     data_dir = cfg.ensure_data_dir(request.data_dir)
     existing = cfg.load_optional(data_dir)
     chosen = _countries(request.countries, existing)
     schema: SchemaName = request.schema or (existing.schema if existing else "full")
     seed_value = request.seed if request.seed is not None else (existing.seed if existing else 42)
+    prefix = _db_prefix(request.db_prefix, existing, data_dir)
     cluster, admin_dsn = _server(request, data_dir, existing)
     if cluster is not None:
         cfg.save(data_dir, _config(schema, seed_value, existing, [], cluster, admin_dsn))
     for country in chosen:
-        databases.ensure(admin_dsn, country.database, schema)
-    sources = [Source(c.database, cfg.with_database(admin_dsn, c.database)) for c in chosen]
+        databases.ensure(admin_dsn, prefix + country.database, schema)
+    sources = [Source(c.database, cfg.with_database(admin_dsn, prefix + c.database)) for c in chosen]
     config = _config(schema, seed_value, existing, sources, cluster, admin_dsn)
     cfg.save(data_dir, config)
     if request.rows_per_country:
@@ -85,6 +93,24 @@ def _countries(spec: str | None, existing: SourcesConfig | None) -> list[Country
     if spec is None and existing is not None:
         return select_countries([s.name for s in existing.sources])
     return select_countries(spec)
+
+
+_DB_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+
+
+def _db_prefix(requested: str | None, existing: SourcesConfig | None, data_dir: Path) -> str:
+    """The database-name prefix: the one asked for, else the one the data dir's sources have."""
+    used = {cfg.database_of(s.dsn).removesuffix(s.name) for s in existing.sources} if existing else set()
+    if not used:
+        return requested or ""
+    if len(used) > 1 or requested not in (None, *used):
+        have = ", ".join(repr(u) if u else "none" for u in sorted(used))
+        raise PisaPulseError(
+            f"the sources of {data_dir} have database prefix {have}"
+            + ("" if requested is None else f", not {requested!r}"),
+            "omit --db-prefix to keep theirs, or pass another --data-dir",
+        )
+    return used.pop()
 
 
 def _server(
@@ -193,7 +219,7 @@ def reset(data_dir: Path) -> None:
         cluster.remove()
     elif config.admin_dsn:
         for s in config.sources:
-            databases.drop(config.admin_dsn, s.name)
+            databases.drop(config.admin_dsn, cfg.database_of(s.dsn))
     cfg.config_path(data_dir).unlink()
 
 
