@@ -7,8 +7,9 @@ big-endian length and a pickle (both ends are this program, the same version, as
 
 - `parts`: per source, its aggregates as `Aggregates.export` gives them: every source's whole state
   in the first message after a (re)start (`full`), then the sources changed since the last message,
-  with only the minutes they touched. Sent the moment an applied batch changed something, at most
-  every `COALESCE` seconds.
+  with only the minutes they touched. Sent the moment an applied batch changed something, or, when
+  the last message went less than `COALESCE` seconds ago, that long after it with everything that
+  changed meanwhile.
 - `as_of`: Unix time up to which every source's changes are in those parts (taken before them).
 - `status`: every source's status (JSON-ready dicts), at most every `STATUS_INTERVAL` seconds.
 
@@ -28,7 +29,7 @@ from typing import Any, BinaryIO
 from pisa_pulse.engine.aggregates import Exported
 from pisa_pulse.sources.config import Source
 
-COALESCE = 0.005  # seconds: changes within this window go in one message
+COALESCE = 0.005  # seconds: the least time between two messages carrying changes
 BEAT = 0.05  # seconds between messages when nothing changed
 STATUS_INTERVAL = 0.25  # seconds between two status reports
 _LENGTH = struct.Struct(">I")

@@ -40,9 +40,11 @@ def publish(pipeline: Pipeline, pipe: BinaryIO, changed: threading.Event, stop: 
             changed.clear()  # before the parts: a change after this is in them or sets it again
             parts = pipeline.take_parts(full)
             feed.write(pipe, feed.Update(as_of, parts, full, status))
-            full = False
+            full, sent = False, time.monotonic()
             if changed.wait(feed.BEAT):
-                time.sleep(feed.COALESCE)  # let the transactions arriving together go in one message
+                # At once, unless the last message went less than COALESCE ago: then what arrives
+                # meanwhile goes in one message (at most 1 / COALESCE messages a second).
+                time.sleep(max(0.0, feed.COALESCE - (time.monotonic() - sent)))
     except (BrokenPipeError, OSError) as exc:
         log.info("the server is gone (%s): stopping capture", exc)
         stop.set()
