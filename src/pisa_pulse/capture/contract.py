@@ -49,6 +49,17 @@ class State(enum.StrEnum):
 
 HEALTHY = frozenset({State.STREAMING, State.POLLING, State.DIRECT})  # the charts are up to date
 
+RETRY_BACKOFF = (1.0, 2.0, 5.0, 10.0)  # seconds before a source's next try, by failures in a row
+
+
+def retry_delay(failures: int, state: State) -> float:
+    """How long a source waits before its next try: longer with each failure in a row; `failed`
+    (nothing a retry can fix soon) waits the longest."""
+    if state == State.FAILED:
+        return RETRY_BACKOFF[-1]
+    return RETRY_BACKOFF[min(max(failures, 1), len(RETRY_BACKOFF)) - 1]
+
+
 INITIAL_COPY_MINUTE = -1  # the arrival "minute" of rows from a copy: they arrived before capture
 
 

@@ -40,6 +40,7 @@ from pisa_pulse.capture.contract import (
     Sink,
     SourceStatus,
     State,
+    retry_delay,
 )
 from pisa_pulse.capture.exceptions import SourceUnusable
 from pisa_pulse.capture.poll import KeyRanges, PollStats, SourcePoller
@@ -49,7 +50,6 @@ from pisa_pulse.sources.config import Source, first_line
 
 log = logging.getLogger(__name__)
 
-BACKOFF = (1.0, 2.0, 5.0, 10.0)
 POLL_IDENTITY = "poll"  # the position of a polled source: it holds no stream position
 ARRIVAL = "the poll that first saw the row"
 READ_COUNTERS = ("index_entries", "ids_read", "rows_read")
@@ -129,11 +129,11 @@ class PolledSource:
                 self._poll(poller)
             except SourceUnusable as exc:
                 poller = self._lost(poller, exc, State.FAILED)
-                stop.wait(BACKOFF[-1])
+                stop.wait(retry_delay(self.failures, State.FAILED))
                 continue
             except (psycopg2.Error, OSError, PisaPulseError) as exc:
                 poller = self._lost(poller, exc, State.RECONNECTING)
-                stop.wait(BACKOFF[min(self.failures, len(BACKOFF)) - 1])
+                stop.wait(retry_delay(self.failures, State.RECONNECTING))
                 continue
             took = time.monotonic() - began
             stop.wait(max(self.poll_interval - took, took if took > self.poll_interval else 0.0))

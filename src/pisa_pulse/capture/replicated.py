@@ -46,6 +46,7 @@ from pisa_pulse.capture.contract import (
     Sink,
     SourceStatus,
     State,
+    retry_delay,
 )
 from pisa_pulse.capture.exceptions import CaptureError, SourceUnusable
 from pisa_pulse.capture.polled import PolledSource
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 US_PER_MINUTE = 60_000_000
 MAX_MESSAGES_PER_TURN = 5_000  # per source and loop turn, so one busy source cannot starve the others
-BACKOFF = (1.0, 2.0, 5.0, 10.0)
 PING_INTERVAL = 0.1  # ask every source for a keepalive this often, so idle sources stay provably fresh
 SILENCE_LIMIT = 15.0  # a stream silent this long (no answer to pings) is dropped and reopened
 COPY_CHUNK = 5_000  # rows per batch of a copy
@@ -392,7 +392,7 @@ class ReplicatedSource:
         self.stream = None
         self.failures += 1
         self.losses += 1
-        delay = BACKOFF[min(self.failures, len(BACKOFF)) - 1] if state != State.FAILED else BACKOFF[-1]
+        delay = retry_delay(self.failures, state)
         self.retry_at = time.monotonic() + delay
         self.state, self.reason = state, first_line(exc)
         log.warning("source %s source=%s reason=%s retry_in=%ss", state, self.name, self.reason, delay)
