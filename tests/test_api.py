@@ -2,24 +2,39 @@
 
 Contract tests: every chart's exact JSON shape and number types, `countries` parsing, ETag/304, the one
 error shape on every route, CORS, freshness headers, and an OpenAPI document that covers every route.
+Then, over an in-test `Snapshots` (no server): a separate capture process in /api/status, /api/health
+and /metrics; the settings echo without secrets; HTTP errors as types carrying their status.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from pisa_pulse.api import charts
+from pisa_pulse.api import charts, settings
 from pisa_pulse.api.app import create_app
+from pisa_pulse.api.exceptions import (
+    BadRequest,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from pisa_pulse.api.settings import Settings
-from pisa_pulse.api.snapshots import LiveSnapshots
+from pisa_pulse.api.snapshots import LiveSnapshots, Snapshot
+from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import lifecycle
 from pisa_pulse.sources.databases import connected
@@ -210,13 +225,19 @@ def test_cors_allows_get_from_any_origin(client: TestClient) -> None:
     assert preflight.status_code == 200
 
 
+def served_paths(app: Starlette) -> set[str]:
+    """The app's routes (the static files' mount aside), `{chart}` filled in with every chart."""
+    paths = {route.path for route in app.routes if isinstance(route, Route)}
+    charts_route = "/api/charts/{chart}"
+    assert charts_route in paths
+    return (paths - {charts_route}) | {c.path for c in charts.REGISTRY}
+
+
 def test_openapi_documents_every_route_and_every_chart(client: TestClient) -> None:
     doc = client.get("/api/openapi.json").json()
     documented = set(doc["paths"])
-    served = {"/", "/api", "/api/status", "/api/health", "/api/openapi.json", "/metrics"} | {
-        f"/api/charts/{c}" for c in charts.CHARTS
-    }
-    assert documented == served
+    assert isinstance(client.app, Starlette)
+    assert documented == served_paths(client.app)
     for path in documented:
         assert client.get(path).status_code == 200, path
 
@@ -227,7 +248,15 @@ def test_status_and_health(client: TestClient) -> None:
     assert {s["source"] for s in status["sources"]} == {"alb", "arg", "aus"}
     for s in status["sources"]:
         assert s["state"] == "streaming" and s["rows"] >= 200 and s["lag_ms"] is not None
-    assert client.get("/api/health").json() == {"status": "ok", "sources": 3, "healthy": 3}
+    health = client.get("/api/health").json()
+    assert health == {
+        "status": "ok",
+        "sources": 3,
+        "healthy": 3,
+        **({"capture": "running"} if "capture" in health else {}),
+    }
+    if "capture" in status:  # capture runs in a process of its own
+        assert status["capture"]["state"] == "running" and status["capture"]["pid"] > 0
 
 
 def test_metrics_for_prometheus(client: TestClient) -> None:
@@ -251,3 +280,135 @@ def test_metrics_for_prometheus(client: TestClient) -> None:
     )
     assert samples["pisa_pulse_snapshot_build_seconds_count"] >= 1
     assert 0 <= samples["pisa_pulse_snapshot_age_seconds"] < 60
+
+
+class FixedSnapshots:
+    """A `Snapshots` of fixed (empty) aggregates, sources in given states and a capture process in a
+    given state: what the API makes of them needs no server."""
+
+    mode = "replication"
+
+    def __init__(self, capture: dict[str, Any] | None, states: tuple[str, ...] = ("streaming", "polling")):
+        self.observe_build: Callable[[float], None] | None = None
+        self.states = states
+        self.process = capture
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot:
+        return Snapshot(7, Aggregates(), 1000.0)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {"source": f"s{i}", "mode": "replication", "state": state, "changes": 0}
+            for i, state in enumerate(self.states)
+        ]
+
+    def data_as_of(self) -> float | None:
+        return 1000.0
+
+    def capture(self) -> dict[str, Any] | None:
+        return self.process
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    return {
+        name: float(value)
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+        for name, value in [line.rsplit(" ", 1)]
+    }
+
+
+@pytest.mark.parametrize(
+    ("capture", "health", "up"),
+    [
+        (None, 200, None),
+        ({"state": "running", "pid": 123, "restarts": 2, "last_exit": "killed by signal 9"}, 200, 1.0),
+        ({"state": "restarting", "pid": None, "restarts": 3, "backoff_s": 2.0}, 503, 0.0),
+        (
+            {"state": "crashing", "pid": None, "restarts": 9, "last_exit": "exit 1", "backoff_s": 10.0},
+            503,
+            0.0,
+        ),
+    ],
+)
+def test_a_separate_capture_process_shows_in_status_health_and_metrics(
+    capture: dict[str, Any] | None, health: int, up: float | None
+) -> None:
+    snapshots = FixedSnapshots(capture)
+    with TestClient(create_app(snapshots, clock=lambda: 1000.5)) as client:
+        assert snapshots.started
+        status = client.get("/api/status").json()
+        answer = client.get("/api/health")
+        samples = metric_samples(client.get("/metrics").text)
+    assert snapshots.stopped
+    assert status.get("capture") == capture and ("capture" in status) == (capture is not None)
+    assert answer.status_code == health
+    expected = {"status": "ok" if health == 200 else "degraded", "sources": 2, "healthy": 2}
+    if capture is not None:
+        expected["capture"] = capture["state"]
+    assert answer.json() == expected
+    assert samples.get("pisa_pulse_capture_up") == up
+    restarts = samples.get("pisa_pulse_capture_restarts_total")
+    assert restarts == (None if capture is None else capture["restarts"])
+
+
+def test_a_source_out_of_step_makes_health_degraded_whatever_the_capture() -> None:
+    snapshots = FixedSnapshots({"state": "running", "restarts": 0}, states=("streaming", "reconnecting"))
+    with TestClient(create_app(snapshots)) as client:
+        answer = client.get("/api/health")
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "degraded", "sources": 2, "healthy": 1, "capture": "running"}
+
+
+def test_status_echoes_the_settings_without_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    password = "pa:ss@w0rd-9f3"
+    monkeypatch.setenv("ALB_SECRET_VARIABLE", password)
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        "[server]\nport = 9100\n[capture]\nmode = 'poll'\npoll_interval = 0.5\n"
+        '[[sources]]\nname = "alb"\ndsn = "postgresql://reader@db.example.org/alb?sslmode=require"\n'
+        'password_env = "ALB_SECRET_VARIABLE"\n'
+        '[[sources]]\nname = "arg"\ndsn = "postgresql://u:inline-pw@db.example.org/arg?password=query-pw"\n'
+    )
+    loaded = settings.load(path)
+    assert password.split(":")[0] in loaded.sources[0].dsn  # the DSN in force carries it ...
+    with TestClient(create_app(FixedSnapshots(None), settings=loaded)) as client:
+        answer = client.get("/api/status")
+    echoed = answer.json()["settings"]
+    for text in (answer.text, repr(loaded), str(loaded), repr(loaded.sources)):  # ... nothing shows it
+        for secret in ("pa%3Ass%40w0rd", "w0rd-9f3", "inline-pw", "query-pw", "ALB_SECRET_VARIABLE"):
+            assert secret not in text
+    # Every setting of the table but the hidden ones, with the values in force.
+    shown = {row.name for row in settings.SETTINGS if row.echo != "hidden"}
+    assert {f"{t}.{k}" for t in ("server", "capture") for k in echoed[t]} | {
+        f"sources[].{k}" for k in echoed["sources"][0]
+    } == shown
+    assert echoed["server"]["port"] == 9100 and echoed["capture"]["mode"] == "poll"
+    assert echoed["capture"]["poll_interval"] == 0.5 and echoed["capture"]["reconcile_interval"] == 30
+    assert echoed["sources"][0] == {
+        "name": "alb",
+        "dsn": "postgresql://reader:***@db.example.org/alb?sslmode=require",
+        "mode": "poll",
+    }
+    assert echoed["sources"][1]["dsn"] == "postgresql://u:***@db.example.org/arg?password=***"
+
+
+@pytest.mark.parametrize("error", [BadRequest, Unauthorized, NotFound, MethodNotAllowed, ServiceUnavailable])
+def test_http_errors_carry_their_status_into_the_one_shape(error: type[HttpError]) -> None:
+    async def failing(request: Request) -> Response:
+        raise error("something is wrong", "do this instead")
+
+    app = create_app(FixedSnapshots(None), traffic_routes=[Route("/api/failing", failing)])
+    with TestClient(app) as client:
+        answer = client.get("/api/failing")
+    assert answer.status_code == error.status
+    assert answer.json() == {
+        "error": {"status": error.status, "message": "something is wrong; do this instead"}
+    }

@@ -61,7 +61,7 @@ def test_modes_per_source_and_overall(tmp_path: Path) -> None:
     [
         ("[server]\nprot = 1\n" + SOURCE, "unknown setting server.prot"),
         ("[server]\nport = '80'\n" + SOURCE, "server.port = '80' is not an integer"),
-        ("[server]\nport = 70000\n" + SOURCE, "server.port 70000 is not a port"),
+        ("[server]\nport = 70000\n" + SOURCE, "server.port = 70000 is not an integer from 0 to 65535"),
         ("[capture]\nmode = 'psychic'\n" + SOURCE, "capture.mode 'psychic' is unknown"),
         (SOURCE + 'mode = "direct"\n' + SOURCE.replace("alb", "arg"), "sources[0].mode 'direct' is unknown"),
         ("[capture]\npoll_interval = 0\n" + SOURCE, "capture.poll_interval = 0 is not a number of seconds"),

@@ -14,6 +14,7 @@ from pisa_pulse.api import settings as api_settings
 from pisa_pulse.api.app import create_app
 from pisa_pulse.api.snapshots import DirectSnapshots, LiveSnapshots, Snapshots
 from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
+from pisa_pulse.capture.contract import MODES
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.terminal import on_stop_signals, out
@@ -31,11 +32,11 @@ def add_command(
     )
     data_dir(serve)
     http_options(serve)
-    serve.add_argument(
-        "--mode",
-        choices=api_settings.MODES,
-        help="capture mode of every source, over the settings: replication, poll (SELECT only), "
-        "auto (replication where allowed, else poll) or direct (SQL per request)",
+    _setting_option(
+        serve,
+        "capture.mode",
+        choices=[str(m) for m in MODES],
+        prefix="capture mode of every source, over the settings: ",
     )
     serve.add_argument(
         "--traffic-control",
@@ -45,11 +46,22 @@ def add_command(
 
 
 def http_options(parser: argparse.ArgumentParser) -> None:
-    """--host and --port, shared by serve and demo."""
+    """--host and --port, shared by serve and demo (help and defaults from the settings table)."""
+    _setting_option(parser, "server.host")
+    _setting_option(parser, "server.port", type=int)
+
+
+def _setting_option(parser: argparse.ArgumentParser, name: str, prefix: str = "", **options: object) -> None:
+    """The option that overrides setting `name`, with its help and default from the table."""
+    row = api_settings.BY_NAME[name]
+    assert row.option is not None
+    default = row.shown_default.replace("`", "")
     parser.add_argument(
-        "--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)"
+        row.option,
+        default=None,
+        help=f"{prefix}{row.help} (setting {name}; default {default})".replace("%", "%%"),
+        **options,  # type: ignore[arg-type]
     )
-    parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000; 0 for a free one)")
 
 
 def load_settings(

@@ -1,4 +1,9 @@
-"""The six charts' JSON, built from one snapshot of the aggregates (pure: no I/O, no clock).
+"""The chart registry, and the six charts' JSON built from one snapshot (pure: no I/O, no clock).
+
+`REGISTRY` is the one list of charts: each `Chart` row names its URL, title, query parameters,
+contract (the response shape, as a name and as JSON Schema) and the columns it reads. The routes,
+the OpenAPI document, the metrics' route labels, direct mode's queries, the `/api/charts` index and
+through it the dashboard's cards are all built from it.
 
 The shapes are the dashboard contracts of shared/reference/forage/CHARTS.md, with JSON numbers:
 1. submissions                      {"count": int}
@@ -25,35 +30,16 @@ Decisions where the contract is silent, one place:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pisa_pulse.api.exceptions import BadRequest
 from pisa_pulse.capture.contract import INITIAL_COPY_MINUTE
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.values import COUNTRY_INDEX
-from pisa_pulse.errors import PisaPulseError
 
-CHARTS = (
-    "submissions",
-    "submissions-over-time",
-    "early-education-and-belonging",
-    "escs",
-    "learning-hours-per-week",
-    "performance",
-)
-PER_COUNTRY = frozenset(CHARTS[2:])
-# The columns each chart reads besides `cnt` (direct mode queries only these).
-COLUMNS: dict[str, frozenset[str]] = {
-    "submissions": frozenset(),
-    "submissions-over-time": frozenset(),
-    "early-education-and-belonging": frozenset({"durecec", "belong"}),
-    "escs": frozenset({"escs"}),
-    "learning-hours-per-week": frozenset({"tmins"}),
-    "performance": frozenset(
-        {"w_fstuwt"} | {f"pv{i}{d}" for d in ("math", "read", "scie") for i in range(1, 11)}
-    ),
-}
 Bucket = Literal["hour", "minute"]
 MAX_HOURS = 168  # the longest window, in hours (a week: 168 hourly or 10,080 minute points)
 DEFAULT_HOURS = {"hour": 12, "minute": 1}
@@ -61,10 +47,6 @@ DEFAULT_HOURS = {"hour": 12, "minute": 1}
 # document publishes this same pattern, so the documented and the accepted inputs agree).
 COUNTRIES_PATTERN = r"^ *[A-Za-z]{3} *(, *[A-Za-z]{3} *)*$"
 _CODES = re.compile(COUNTRIES_PATTERN)
-
-
-class BadRequest(PisaPulseError):
-    """A query parameter the API cannot use (answered with a 400)."""
 
 
 def _shown(raw: str, limit: int = 60) -> str:
@@ -182,25 +164,195 @@ def performance(agg: Aggregates, countries: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def build(
-    chart: str,
-    agg: Aggregates,
-    *,
-    countries: Sequence[str] | None = None,
-    now: float = 0.0,
-    points: int = 12,
-    bucket: Bucket = "hour",
-) -> dict[str, Any]:
-    """Any chart by its URL name."""
-    if chart == "submissions":
-        return submissions(agg)
-    if chart == "submissions-over-time":
-        return submissions_over_time(agg, now, points, bucket)
-    shown = countries_of(agg, countries)
-    per_country = {
-        "early-education-and-belonging": early_education_and_belonging,
-        "escs": escs,
-        "learning-hours-per-week": learning_hours_per_week,
-        "performance": performance,
+@dataclass(frozen=True)
+class Query:
+    """What a request asks of a chart, parsed (`/api/charts/x?countries=...&hours=...&bucket=...`)."""
+
+    countries: tuple[str, ...] | None = None  # None: every country with rows
+    points: int = DEFAULT_HOURS["hour"]  # hours (or minutes) of the window
+    bucket: Bucket = "hour"
+    now: float = 0.0  # Unix seconds: the end of the window
+
+
+# -- the response shapes, as JSON Schema (OpenAPI 3.0): the contracts the OpenAPI document publishes --
+
+NUMBER_OR_NULL: dict[str, Any] = {"type": "number", "nullable": True}
+INTEGER: dict[str, Any] = {"type": "integer"}
+CODE: dict[str, Any] = {"type": "string", "pattern": "^[A-Z]{3}$"}
+
+
+def object_schema(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object with exactly these properties, all required."""
+    return {
+        "type": "object",
+        "required": list(properties),
+        "additionalProperties": False,
+        "properties": properties,
     }
-    return per_country[chart](agg, shown)
+
+
+def _datasets(item: dict[str, Any]) -> dict[str, Any]:
+    return object_schema({"datasets": {"type": "array", "items": item}})
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One chart: what its route, the OpenAPI document, the metrics and the dashboard know of it."""
+
+    name: str  # in its URL: /api/charts/<name>
+    title: str  # the dashboard card's heading
+    description: str  # what it shows (the card's subtitle; the OpenAPI summary)
+    contract: str  # the name of its response shape (a dashboard view renders one contract)
+    schema: dict[str, Any]  # that shape as JSON Schema
+    columns: frozenset[str]  # the columns it reads besides `cnt` (direct mode queries only these)
+    build: Callable[[Aggregates, Query], dict[str, Any]]
+    parameters: tuple[str, ...] = ()  # its query parameters: "countries", or "hours" and "bucket"
+
+    @property
+    def path(self) -> str:
+        """Its URL path."""
+        return f"/api/charts/{self.name}"
+
+    @property
+    def per_country(self) -> bool:
+        """Whether it has one dataset per country (and takes `?countries=`)."""
+        return "countries" in self.parameters
+
+    def describe(self) -> dict[str, Any]:
+        """Its entry in the `/api/charts` index (what the dashboard builds its cards from)."""
+        return {
+            "name": self.name,
+            "path": self.path,
+            "title": self.title,
+            "description": self.description,
+            "contract": self.contract,
+            "parameters": list(self.parameters),
+            "per_country": self.per_country,
+            "columns": sorted(self.columns),
+        }
+
+
+def _per_country(
+    builder: Callable[[Aggregates, Sequence[str]], dict[str, Any]],
+) -> Callable[[Aggregates, Query], dict[str, Any]]:
+    return lambda agg, query: builder(agg, countries_of(agg, query.countries))
+
+
+_SCORES = frozenset({"w_fstuwt"} | {f"pv{i}{d}" for d in ("math", "read", "scie") for i in range(1, 11)})
+
+REGISTRY: tuple[Chart, ...] = (
+    Chart(
+        "submissions",
+        "Submissions",
+        "All rows in all country databases (chart 1)",
+        "count",
+        object_schema({"count": INTEGER}),
+        frozenset(),
+        lambda agg, query: submissions(agg),
+    ),
+    Chart(
+        "submissions-over-time",
+        "Submissions over time",
+        "Rows per hour (or minute) of arrival, UTC (chart 2)",
+        "time-series",
+        _datasets(
+            object_schema(
+                {
+                    "id": {"type": "string", "enum": ["Submissions"]},
+                    "data": {
+                        "type": "array",
+                        "items": object_schema({"x": {"type": "string"}, "y": INTEGER}),
+                    },
+                }
+            )
+        ),
+        frozenset(),
+        lambda agg, query: submissions_over_time(agg, query.now, query.points, query.bucket),
+        ("hours", "bucket"),
+    ),
+    Chart(
+        "early-education-and-belonging",
+        "Early education and sense of belonging",
+        "Mean DURECEC (years, integer) and BELONG per country; bubble size: submissions (chart 3)",
+        "country-points",
+        _datasets(
+            object_schema(
+                {
+                    "id": CODE,
+                    "data": {
+                        "type": "array",
+                        "items": object_schema(
+                            {
+                                "x": {"type": "integer", "nullable": True},
+                                "y": NUMBER_OR_NULL,
+                                "submissions": INTEGER,
+                            }
+                        ),
+                    },
+                }
+            )
+        ),
+        frozenset({"durecec", "belong"}),
+        _per_country(early_education_and_belonging),
+        ("countries",),
+    ),
+    Chart(
+        "escs",
+        "Economic, social and cultural status",
+        "Mean ESCS index per country, built from PARED, HISEI and HOMEPOS (chart 4)",
+        "country-value",
+        _datasets(object_schema({"id": CODE, "value": NUMBER_OR_NULL})),
+        frozenset({"escs"}),
+        _per_country(escs),
+        ("countries",),
+    ),
+    Chart(
+        "learning-hours-per-week",
+        "Learning hours per week",
+        "Mean total learning time (TMINS) in hours: round(mean TMINS / 60) per country (chart 5)",
+        "country-hours",
+        _datasets(object_schema({"country": CODE, "hours": {"type": "integer", "nullable": True}})),
+        frozenset({"tmins"}),
+        _per_country(learning_hours_per_week),
+        ("countries",),
+    ),
+    Chart(
+        "performance",
+        "Performance",
+        "W_FSTUWT-weighted mean reading, mathematics and science score over the ten plausible values "
+        "(chart 6)",
+        "country-scores",
+        _datasets(
+            object_schema(
+                {
+                    "id": CODE,
+                    "reading": NUMBER_OR_NULL,
+                    "mathematics": NUMBER_OR_NULL,
+                    "science": NUMBER_OR_NULL,
+                    "submissions": INTEGER,
+                }
+            )
+        ),
+        _SCORES,
+        _per_country(performance),
+        ("countries",),
+    ),
+)
+BY_NAME: dict[str, Chart] = {chart.name: chart for chart in REGISTRY}
+CHARTS = tuple(BY_NAME)  # the names, in the registry's order
+PER_COUNTRY = frozenset(chart.name for chart in REGISTRY if chart.per_country)
+COLUMNS: dict[str, frozenset[str]] = {chart.name: chart.columns for chart in REGISTRY}
+
+
+def parse_query(chart: Chart, params: Mapping[str, str], now: float) -> Query:
+    """The parameters `chart` takes, parsed from a query string (others are ignored); BadRequest."""
+    countries = parse_countries(params.get("countries")) if chart.per_country else None
+    if "bucket" not in chart.parameters:
+        return Query(countries=countries, now=now)
+    bucket = parse_bucket(params.get("bucket"))
+    return Query(countries, parse_window(params.get("hours"), bucket), bucket, now)
+
+
+def build(chart: str, agg: Aggregates, query: Query = Query()) -> dict[str, Any]:
+    """Any chart by its URL name."""
+    return BY_NAME[chart].build(agg, query)

@@ -10,6 +10,11 @@ Per source, read from the capture's status at each scrape (so they cost nothing 
     pisa_pulse_invalid_values{source,column}     rows held whose value in that column is invalid
     pisa_pulse_snapshot_age_seconds              age of the data the API serves
 
+When capture runs in a process of its own (`Snapshots.capture()` is not None):
+
+    pisa_pulse_capture_up                        1 while that process is running
+    pisa_pulse_capture_restarts_total            how often it was restarted
+
 Measured as they happen:
 
     pisa_pulse_snapshot_build_seconds            copying the aggregates for the API (histogram)
@@ -28,23 +33,25 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pisa_pulse.api.charts import CHARTS
+from pisa_pulse.api.charts import BY_NAME
+from pisa_pulse.capture.contract import HEALTHY
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-UP_STATES = ("streaming", "polling", "direct")
+Status = Callable[[], list[dict[str, Any]]]
+Capture = Callable[[], dict[str, Any] | None]
 
 
 class _Sources(Collector):
     """The per-source metrics, from `status()` at scrape time."""
 
-    def __init__(self, status: Callable[[], list[dict[str, Any]]], age: Callable[[], float | None]) -> None:
+    def __init__(self, status: Status, age: Callable[[], float | None], capture: Capture) -> None:
         self.status = status
         self.age = age
+        self.capture = capture
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -63,7 +70,7 @@ class _Sources(Collector):
         )
         for s in self.status():
             name = s["source"]
-            up.add_metric([name, str(s.get("mode", "direct"))], 1.0 if s["state"] in UP_STATES else 0.0)
+            up.add_metric([name, str(s.get("mode", "direct"))], 1.0 if s["state"] in HEALTHY else 0.0)
             if s.get("lag_ms") is not None:
                 lag.add_metric([name], s["lag_ms"] / 1000)
             if "rows" in s:
@@ -78,14 +85,25 @@ class _Sources(Collector):
             yield GaugeMetricFamily(
                 "pisa_pulse_snapshot_age_seconds", "Age of the data the API serves", value=age
             )
+        capture = self.capture()
+        if capture is not None:
+            running = capture.get("state") == "running"
+            yield GaugeMetricFamily(
+                "pisa_pulse_capture_up", "1 while the capture process runs", value=1.0 if running else 0.0
+            )
+            yield CounterMetricFamily(
+                "pisa_pulse_capture_restarts",
+                "Restarts of the capture process",
+                value=capture.get("restarts", 0),
+            )
 
 
 class Metrics:
     """One registry per app: the source collector, the snapshot and request histograms."""
 
-    def __init__(self, status: Callable[[], list[dict[str, Any]]], age: Callable[[], float | None]) -> None:
+    def __init__(self, status: Status, age: Callable[[], float | None], capture: Capture) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_Sources(status, age))
+        self.registry.register(_Sources(status, age, capture))
         self.snapshot_build = Histogram(
             "pisa_pulse_snapshot_build_seconds",
             "Copying the aggregates for the API",
@@ -100,7 +118,7 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
 
-    async def endpoint(self, request: Request) -> Response:
+    def response(self) -> Response:
         """`GET /metrics` in the Prometheus text format."""
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
 
@@ -139,6 +157,6 @@ class RequestTimer:
             if match == Match.FULL:
                 chart = child.get("path_params", {}).get("chart")
                 if chart is not None:
-                    return f"/api/charts/{chart}" if chart in CHARTS else "/api/charts/other"
+                    return BY_NAME[chart].path if chart in BY_NAME else "/api/charts/other"
                 return route.path
         return "other"

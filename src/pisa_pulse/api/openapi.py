@@ -4,78 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pisa_pulse.api.charts import COUNTRIES_PATTERN, DEFAULT_HOURS, MAX_HOURS
-
-_NUM = {"type": "number", "nullable": True}
-_INT = {"type": "integer"}
-_CODE = {"type": "string", "pattern": "^[A-Z]{3}$"}
-
-
-def _datasets(item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["datasets"],
-        "additionalProperties": False,
-        "properties": {"datasets": {"type": "array", "items": item}},
-    }
-
-
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": list(properties),
-        "additionalProperties": False,
-        "properties": properties,
-    }
-
-
-CHART_SCHEMAS: dict[str, dict[str, Any]] = {
-    "submissions": _object({"count": _INT}),
-    "submissions-over-time": _datasets(
-        _object(
-            {
-                "id": {"type": "string", "enum": ["Submissions"]},
-                "data": {"type": "array", "items": _object({"x": {"type": "string"}, "y": _INT})},
-            }
-        )
-    ),
-    "early-education-and-belonging": _datasets(
-        _object(
-            {
-                "id": _CODE,
-                "data": {
-                    "type": "array",
-                    "items": _object(
-                        {"x": {"type": "integer", "nullable": True}, "y": _NUM, "submissions": _INT}
-                    ),
-                },
-            }
-        )
-    ),
-    "escs": _datasets(_object({"id": _CODE, "value": _NUM})),
-    "learning-hours-per-week": _datasets(
-        _object({"country": _CODE, "hours": {"type": "integer", "nullable": True}})
-    ),
-    "performance": _datasets(
-        _object({"id": _CODE, "reading": _NUM, "mathematics": _NUM, "science": _NUM, "submissions": _INT})
-    ),
-}
-
-_SUMMARIES = {
-    "submissions": "All submissions across all countries (chart 1)",
-    "submissions-over-time": "Submissions per hour (or minute) of arrival, UTC (chart 2)",
-    "early-education-and-belonging": "Mean DURECEC (years, integer) and BELONG per country (chart 3)",
-    "escs": "Mean ESCS per country (chart 4)",
-    "learning-hours-per-week": "round(mean TMINS / 60) per country (chart 5)",
-    "performance": "Weighted mean reading, mathematics and science score per country (chart 6)",
-}
+from pisa_pulse.api.charts import (
+    COUNTRIES_PATTERN,
+    DEFAULT_HOURS,
+    INTEGER,
+    MAX_HOURS,
+    REGISTRY,
+    object_schema,
+)
 
 _ERROR = {
     "description": "Error",
     "content": {
         "application/json": {
-            "schema": _object(
-                {"error": _object({"status": _INT, "message": {"type": "string"}})},
+            "schema": object_schema(
+                {"error": object_schema({"status": INTEGER, "message": {"type": "string"}})},
             )
         }
     },
@@ -102,6 +45,7 @@ _BUCKET = {
     "required": False,
     "schema": {"type": "string", "enum": ["hour", "minute"], "default": "hour"},
 }
+_PARAMETERS = {"countries": _COUNTRIES, "hours": _HOURS, "bucket": _BUCKET}  # what a chart may take
 _DATA_HEADERS = {
     name: {"schema": {"type": "string"}, "description": text}
     for name, text in (
@@ -111,6 +55,41 @@ _DATA_HEADERS = {
         ("X-Data-Age-Ms", "Now minus X-Data-As-Of, in milliseconds"),
     )
 }
+
+
+_CHART_INDEX = object_schema(
+    {
+        "charts": {
+            "type": "array",
+            "items": object_schema(
+                {
+                    "name": {"type": "string"},
+                    "path": {"type": "string"},
+                    "title": {"type": "string"},
+                    "description": {"type": "string"},
+                    "contract": {"type": "string"},
+                    "parameters": {"type": "array", "items": {"type": "string", "enum": list(_PARAMETERS)}},
+                    "per_country": {"type": "boolean"},
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                }
+            ),
+        }
+    }
+)
+_COUNTRY_LIST = object_schema(
+    {
+        "countries": {
+            "type": "array",
+            "items": object_schema(
+                {
+                    "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                    "name": {"type": "string"},
+                    "iso": {"type": "string", "pattern": "^[0-9]{3}$", "nullable": True},
+                }
+            ),
+        }
+    }
+)
 
 
 def _get(
@@ -149,31 +128,46 @@ def _traffic_paths() -> dict[str, Any]:
 def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
     """The whole document (with the traffic routes when they are enabled)."""
     paths: dict[str, Any] = {}
-    for name, schema in CHART_SCHEMAS.items():
-        params = (
-            [_COUNTRIES] if name in (set(CHART_SCHEMAS) - {"submissions", "submissions-over-time"}) else []
-        )
-        if name == "submissions-over-time":
-            params = [_HOURS, _BUCKET]
-        op = _get(_SUMMARIES[name], schema, params, headers=_DATA_HEADERS)
+    for chart in REGISTRY:
+        params = [_PARAMETERS[name] for name in chart.parameters]
+        op = _get(f"{chart.title}: {chart.description}", chart.schema, params, headers=_DATA_HEADERS)
         op["get"]["responses"]["304"] = {"description": "Unchanged since the ETag sent in If-None-Match"}
         op["get"]["parameters"].append(
             {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}
         )
-        paths[f"/api/charts/{name}"] = op
+        paths[chart.path] = op
     any_object = {"type": "object"}
     paths["/api/status"] = _get(
-        "Per-source state, lag, rows and invalid values; snapshot version and age", any_object, []
+        "Per-source state, lag, rows and invalid values; snapshot version and age; the capture "
+        "process (when separate); the settings in force (no secrets)",
+        any_object,
+        [],
     )
     paths["/api/health"] = _get(
-        "ok when every source is streaming or polling (else 503, degraded)", any_object, []
+        "ok when every source is streaming or polling and the capture process (if any) runs "
+        "(else 503, degraded)",
+        any_object,
+        [],
     )
     paths["/api/health"]["get"]["responses"]["503"] = {
-        "description": "Some source is neither streaming nor polling"
+        "description": "Some source is neither streaming nor polling, or the capture process is down"
     }
     paths["/api/openapi.json"] = _get("This document", any_object, [])
     paths["/api"] = _get(
-        "Links to every API route (traffic: only when traffic controls are on)", any_object, []
+        "The index: every chart and country (as below) and links to the other routes (traffic: only "
+        "when traffic controls are on)",
+        any_object,
+        [],
+    )
+    paths["/api/charts"] = _get(
+        "Every chart: name, path, title, description, contract, parameters, per_country, columns",
+        _CHART_INDEX,
+        [],
+    )
+    paths["/api/countries"] = _get(
+        "The PISA 2018 participants: code, name and ISO 3166 number (null: not an ISO country)",
+        _COUNTRY_LIST,
+        [],
     )
     paths["/metrics"] = {
         "get": {

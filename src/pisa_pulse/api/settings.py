@@ -1,28 +1,27 @@
-"""The serve settings: one frozen, validated object, read from a TOML file.
+"""The serve settings: one table (`SETTINGS`), one frozen validated object (`Settings`), one TOML file.
 
 ```toml
 [server]
 host = "127.0.0.1"        # loopback unless told otherwise
 port = 8000
-max_connections = 1000    # beyond this many open connections, requests get 503 (not a collapse)
 
 [capture]
-mode = "replication"      # "poll" (SELECT only), "auto" (replication where allowed, else poll),
-                          # or "direct": run the aggregate SQL on every source per request
-slot_prefix = "pisa_pulse"
-state_dir = "state"       # checkpoint; relative to this file (default: the file's folder)
-poll_interval = 0.25      # poll mode: seconds between polls of a source
-reconcile_interval = 30   # poll mode: seconds between reconciliations (they find updates)
+mode = "poll"
 
 [[sources]]
 name = "alb"
 dsn = "postgresql://reader@db.example.org/alb"
 password_env = "ALB_PASSWORD"   # optional: the password comes from this environment variable
-mode = "poll"                   # optional: this source's mode (replication, poll or auto)
 ```
+
+Every setting is one `Setting` row of `SETTINGS`: its name, type, default, help and the `serve` option
+or environment variable that sets it. `load` validates a file against the table, `serve --help` takes
+its help and defaults from it, `/api/status` echoes the effective values of the settings that are no
+secret (`echo`), and the README's settings reference is tested against it (tests/test_docs.py).
 
 The `sources.toml` that `pisa-pulse sources up` writes is a valid settings file as it is (its
 `schema`, `seed`, `cluster` and `admin_dsn` keys are ignored here). Every problem names its key.
+Passwords never appear in a repr: `Source`'s repr redacts its DSN.
 """
 
 from __future__ import annotations
@@ -31,38 +30,173 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from pisa_pulse.capture.contract import MODES, SOURCE_MODES
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import countries
 from pisa_pulse.sources.config import Source
 
-SOURCE_MODES = ("replication", "poll", "auto")
-MODES = (*SOURCE_MODES, "direct")
 _WRITTEN_BY_SOURCES_UP = {"schema", "seed", "cluster", "admin_dsn"}
+Kind = Literal["string", "integer", "seconds", "mode", "path"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: everything validation, `--help`, `/api/status` and the README say about it."""
+
+    name: str  # `server.port`; `sources[].dsn` for a key of every [[sources]] entry
+    kind: Kind
+    default: str | int | float | None  # None: required, or computed (then `default_text` says how)
+    help: str
+    least: float | None = None  # numbers: the range allowed
+    most: float | None = None
+    choices: tuple[str, ...] = ()
+    option: str | None = None  # the `serve` option that overrides it
+    env: str | None = None  # the environment variable that sets it
+    default_text: str | None = None  # the default in words, where it is not a plain value
+    echo: Literal["value", "redacted", "hidden"] = "value"  # what /api/status shows of it
+
+    @property
+    def table(self) -> str:
+        """`server`, `capture` or `sources`."""
+        return self.name.split(".", 1)[0].removesuffix("[]")
+
+    @property
+    def key(self) -> str:
+        """Its key inside its table."""
+        return self.name.split(".", 1)[1]
+
+    @property
+    def shown_default(self) -> str:
+        """The default as the README and `--help` write it."""
+        if self.default_text is not None:
+            return self.default_text
+        return "required" if self.default is None else f"`{self.default}`"
+
+    @property
+    def valid(self) -> str:
+        """What a valid value is, in words (error messages)."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        noun = {"integer": "an integer", "seconds": "a number of seconds"}.get(self.kind, "a string")
+        if self.least is None:
+            return noun
+        return f"{noun} from {self.least:g} to {self.most:g}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "server.host",
+        "string",
+        "127.0.0.1",
+        "address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every network",
+        option="--host",
+    ),
+    Setting(
+        "server.port", "integer", 8000, "HTTP port; 0 picks a free one", least=0, most=65535, option="--port"
+    ),
+    Setting(
+        "server.max_connections",
+        "integer",
+        1000,
+        "past this many open connections, requests get 503 at once",
+        least=1,
+        most=100_000,
+    ),
+    Setting(
+        "capture.mode",
+        "mode",
+        None,
+        "replication, poll (SELECT only), auto (replication where allowed, else poll) or direct (the "
+        "aggregate SQL on every source per request); a source's own mode wins, but not over direct "
+        "or --mode",
+        choices=tuple(MODES),
+        option="--mode",
+        default_text="the sources' own mode when they share one, else `replication`",
+    ),
+    Setting(
+        "capture.slot_prefix",
+        "string",
+        "pisa_pulse",
+        "replication slots are named PREFIX_<source>",
+    ),
+    Setting(
+        "capture.state_dir",
+        "path",
+        ".",
+        "where the checkpoint lives; relative to the settings file",
+        default_text="the settings file's folder",
+    ),
+    Setting(
+        "capture.poll_interval",
+        "seconds",
+        0.25,
+        "poll mode: seconds between two polls of a source",
+        least=0.05,
+        most=86_400,
+    ),
+    Setting(
+        "capture.reconcile_interval",
+        "seconds",
+        30.0,
+        "poll mode: seconds between two reconciliations (they find updates)",
+        least=1,
+        most=86_400,
+    ),
+    Setting("sources[].name", "string", None, "the PISA country code of the database (alb)"),
+    Setting(
+        "sources[].dsn",
+        "string",
+        None,
+        "postgresql:// URL of the country database; TLS options pass through to libpq",
+        echo="redacted",
+    ),
+    Setting(
+        "sources[].password_env",
+        "string",
+        None,
+        "the environment variable that holds the DSN's password (so no file holds it)",
+        default_text="none: the DSN (or a passfile) has the password",
+        echo="hidden",
+    ),
+    Setting(
+        "sources[].mode",
+        "mode",
+        None,
+        "this source's own capture mode (replication, poll or auto)",
+        choices=tuple(SOURCE_MODES),
+        default_text="capture.mode",
+    ),
+)
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def _default(name: str) -> Any:
+    return BY_NAME[name].default
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     """Where the HTTP server listens."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_connections: int = 1000
+    host: str = _default("server.host")
+    port: int = _default("server.port")
+    max_connections: int = _default("server.max_connections")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything `serve` needs."""
+    """Everything `serve` needs (its repr shows no password: `Source` redacts its DSN)."""
 
     sources: tuple[Source, ...]
     mode: str  # the capture mode of the settings; each source says its own (`Source.mode`)
     state_dir: Path
-    slot_prefix: str = "pisa_pulse"
+    slot_prefix: str = _default("capture.slot_prefix")
     server: ServerSettings = ServerSettings()
-    poll_interval: float = 0.25
-    reconcile_interval: float = 30.0
+    poll_interval: float = _default("capture.poll_interval")
+    reconcile_interval: float = _default("capture.reconcile_interval")
 
 
 def load(path: Path, host: str | None = None, port: int | None = None, mode: str | None = None) -> Settings:
@@ -79,57 +213,90 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
     _only(raw, {"server", "capture", "sources"} | _WRITTEN_BY_SOURCES_UP, "")
     server_raw = _table(raw, "server")
     capture_raw = _table(raw, "capture")
-    _only(server_raw, {"host", "port", "max_connections"}, "server.")
-    _only(
-        capture_raw,
-        {"mode", "slot_prefix", "state_dir", "poll_interval", "reconcile_interval"},
-        "capture.",
-    )
+    _only(server_raw, _keys("server"), "server.")
+    _only(capture_raw, _keys("capture"), "capture.")
     server = ServerSettings(
-        host=host or _typed(server_raw, "host", str, "server.", "127.0.0.1"),
-        port=port if port is not None else _typed(server_raw, "port", int, "server.", 8000),
-        max_connections=_typed(server_raw, "max_connections", int, "server.", 1000),
+        host=host or _value(server_raw, "server.host"),
+        port=_value({"port": port} if port is not None else server_raw, "server.port"),
+        max_connections=_value(server_raw, "server.max_connections"),
     )
-    if not 1 <= server.max_connections <= 100_000:
-        raise PisaPulseError(
-            f"server.max_connections {server.max_connections} is out of range", "use 1 to 100000"
-        )
-    if not 0 <= server.port <= 65535:
-        raise PisaPulseError(f"server.port {server.port} is not a port", "use 1-65535, or 0 for a free one")
     sources = _sources(raw.get("sources"))
     modes = {s.mode for s in sources}
     shared = modes.pop() if len(modes) == 1 and None not in modes else "replication"
-    default = mode or _typed(capture_raw, "mode", str, "capture.", shared)
-    if default not in MODES:
-        where = "--mode" if mode else "capture.mode"
-        raise PisaPulseError(f"{where} {default!r} is unknown", f"use one of {', '.join(MODES)}")
+    if mode:
+        default = _value({"mode": mode}, "capture.mode", "--mode")
+    else:
+        default = _value(capture_raw, "capture.mode", default=shared)
     for i, s in enumerate(sources):
-        if s.mode is not None and s.mode not in SOURCE_MODES and s.mode != default:
-            raise PisaPulseError(
-                f"sources[{i}].mode {s.mode!r} is unknown", f"use one of {', '.join(SOURCE_MODES)}"
-            )
+        if s.mode is not None and s.mode != default:
+            _value({"mode": s.mode}, "sources[].mode", f"sources[{i}].mode")
     # --mode and direct mode apply to every source; otherwise a source's own mode wins.
     every = bool(mode) or default == "direct"
-    state = Path(_typed(capture_raw, "state_dir", str, "capture.", "."))
+    state = Path(_value(capture_raw, "capture.state_dir"))
     return Settings(
         sources=tuple(Source(s.name, s.dsn, default if every or s.mode is None else s.mode) for s in sources),
         mode=default,
         state_dir=state if state.is_absolute() else (path.parent / state).resolve(),
-        slot_prefix=_typed(capture_raw, "slot_prefix", str, "capture.", "pisa_pulse"),
+        slot_prefix=_value(capture_raw, "capture.slot_prefix"),
         server=server,
-        poll_interval=_seconds(capture_raw, "poll_interval", 0.25, 0.05),
-        reconcile_interval=_seconds(capture_raw, "reconcile_interval", 30.0, 1.0),
+        poll_interval=_value(capture_raw, "capture.poll_interval"),
+        reconcile_interval=_value(capture_raw, "capture.reconcile_interval"),
     )
 
 
-def _seconds(raw: dict[str, Any], key: str, default: float, least: float) -> float:
-    value = raw.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not least <= value <= 86_400:
-        raise PisaPulseError(
-            f"capture.{key} = {value!r} is not a number of seconds from {least} to 86400",
-            f"write e.g. {key} = {default}",
-        )
-    return float(value)
+def effective(settings: Settings) -> dict[str, Any]:
+    """The settings in force, as `/api/status` shows them: every row of the table whose `echo` allows
+    it (DSNs with their passwords redacted; `password_env` never)."""
+    values: dict[str, Any] = {
+        "server.host": settings.server.host,
+        "server.port": settings.server.port,
+        "server.max_connections": settings.server.max_connections,
+        "capture.mode": settings.mode,
+        "capture.slot_prefix": settings.slot_prefix,
+        "capture.state_dir": str(settings.state_dir),
+        "capture.poll_interval": settings.poll_interval,
+        "capture.reconcile_interval": settings.reconcile_interval,
+    }
+    body: dict[str, Any] = {"server": {}, "capture": {}, "sources": [{} for _ in settings.sources]}
+    for row in SETTINGS:
+        if row.echo == "hidden":
+            continue
+        if row.table != "sources":
+            body[row.table][row.key] = values[row.name]
+            continue
+        for entry, source in zip(body["sources"], settings.sources, strict=True):
+            value = getattr(source, row.key)
+            entry[row.key] = source.shown_dsn if row.echo == "redacted" else value
+    return body
+
+
+def _keys(table: str) -> set[str]:
+    return {row.key for row in SETTINGS if row.table == table}
+
+
+def _value(raw: dict[str, Any], name: str, where: str | None = None, default: Any = None) -> Any:
+    """`raw`'s value of setting `name` (its default when absent), checked against its row."""
+    row = BY_NAME[name]
+    where = where or name.replace("[]", "")
+    if row.key not in raw:
+        value = row.default if default is None else default
+        if value is None:
+            raise PisaPulseError(f"{where} is missing", f"add {row.key} = ... to the settings")
+        return value
+    value = raw[row.key]
+    if row.choices:
+        if value not in row.choices:
+            raise PisaPulseError(f"{where} {value!r} is unknown", f"use {row.valid}")
+        return value
+    number = row.kind in ("integer", "seconds")
+    kinds = {"integer": int, "seconds": int | float}.get(row.kind, str)
+    fits = isinstance(value, kinds) and not isinstance(value, bool)
+    if fits and number and row.least is not None and row.most is not None:
+        fits = row.least <= value <= row.most
+    if not fits:
+        example = f"{row.key} = {row.default!r}" if row.default is not None else f"{row.key} as {row.valid}"
+        raise PisaPulseError(f"{where} = {value!r} is not {row.valid}", f"write e.g. {example}")
+    return float(value) if row.kind == "seconds" else value
 
 
 @dataclass(frozen=True)
@@ -150,20 +317,22 @@ def _sources(raw: object) -> list[_Entry]:
         where = f"sources[{i}]."
         if not isinstance(entry, dict):
             raise PisaPulseError(f"{where[:-1]} is not a table", "write each source as a [[sources]] table")
-        _only(entry, {"name", "dsn", "mode", "password_env"}, where)
-        name = _typed(entry, "name", str, where, None).lower()
+        _only(entry, _keys("sources"), where)
+        name = _value(entry, "sources[].name", f"{where}name").lower()
         if name.upper() not in known:
             raise PisaPulseError(f"{where}name {name!r} is not a PISA 2018 country code", "use e.g. alb")
-        dsn = _typed(entry, "dsn", str, where, None)
+        dsn = _value(entry, "sources[].dsn", f"{where}dsn")
         if urlsplit(dsn).scheme not in ("postgresql", "postgres"):
             raise PisaPulseError(
                 f"{where}dsn is not a postgresql:// URL", "write it as postgresql://user@host/db"
             )
-        env = entry.get("password_env")
-        if env is not None:
-            dsn = _with_password(dsn, str(env), where)
-        own = entry.get("mode")
-        result.append(_Entry(name, dsn, None if own is None else _typed(entry, "mode", str, where, None)))
+        if "password_env" in entry:
+            env = _value(entry, "sources[].password_env", f"{where}password_env")
+            dsn = _with_password(dsn, env, where)
+        own = entry.get("mode")  # checked against the capture mode once that is known
+        if own is not None and not isinstance(own, str):
+            raise PisaPulseError(f"{where}mode = {own!r} is not a string", 'write e.g. mode = "poll"')
+        result.append(_Entry(name, dsn, own))
     names = [s.name for s in result]
     if len(set(names)) != len(names):
         raise PisaPulseError("[[sources]] names a country twice", "keep one entry per country database")
@@ -195,15 +364,3 @@ def _only(raw: dict[str, Any], allowed: set[str], where: str) -> None:
         raise PisaPulseError(
             f"unknown setting {where}{unknown[0]}", f"remove it; known here: {', '.join(sorted(allowed))}"
         )
-
-
-def _typed(raw: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
-    if key not in raw:
-        if default is None:
-            raise PisaPulseError(f"{where}{key} is missing", f"add {key} = ... to the settings")
-        return default
-    value = raw[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        what = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
-        raise PisaPulseError(f"{where}{key} = {value!r} is not {what}", f"write {key} as {what}")
-    return value

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pisa_pulse.api.app import error_response, json_bytes
+from pisa_pulse.api.responses import error_response, json_bytes
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import control, lifecycle
 

@@ -1,0 +1,220 @@
+"""The API's endpoints: module-level handlers that read what they need from `request.app.state`.
+
+`create_app` (app.py) puts one `ApiState` in `app.state.api`: the snapshots, the chart cache, the
+clock, the metrics and what the index tells clients. Handlers raise `HttpError`s (exceptions.py); the
+app's one exception handler answers them in the one error shape.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+
+from pisa_pulse import __version__
+from pisa_pulse.api import charts
+from pisa_pulse.api import settings as api_settings
+from pisa_pulse.api.exceptions import NotFound
+from pisa_pulse.api.metrics import Metrics
+from pisa_pulse.api.openapi import openapi_document
+from pisa_pulse.api.responses import data_headers, json_bytes, json_response
+from pisa_pulse.api.snapshots import Snapshot, Snapshots
+from pisa_pulse.capture.contract import HEALTHY, healthy
+from pisa_pulse.pisa2018 import countries
+from pisa_pulse.web import static_dir
+
+CACHE_ENTRIES = 4096  # distinct (chart, countries, window) shapes kept per snapshot
+# PISA codes that are no ISO 3166 country (a city, provinces, economies): they have no shape on a
+# world map, whatever their PISA country id. Every other participant's id is its ISO 3166 number.
+NOT_ISO = frozenset({"QAZ", "QCI", "TAP", "KSV"})
+
+
+class ChartCache:
+    """Serialized chart bodies of the current snapshot version, with their ETags."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.entries: OrderedDict[tuple[Any, ...], tuple[bytes, str]] = OrderedDict()
+
+    def get(
+        self, snap: Snapshot, key: tuple[Any, ...], build: Callable[[], dict[str, Any]]
+    ) -> tuple[bytes, str]:
+        """The body and ETag of `key` in `snap`, built on first use."""
+        if snap.version != self.version:
+            self.entries = OrderedDict()
+            self.version = snap.version
+        found = self.entries.get(key)
+        if found is None:
+            body = json_bytes(build())
+            found = (body, f'"{zlib.crc32(body):08x}{len(body):x}"')
+            self.entries[key] = found
+            if len(self.entries) > CACHE_ENTRIES:
+                self.entries.popitem(last=False)
+        return found
+
+
+@dataclass
+class ApiState:
+    """What the handlers share, for one app."""
+
+    snapshots: Snapshots
+    clock: Callable[[], float]
+    traffic: bool = False  # the traffic routes are on
+    settings: api_settings.Settings | None = None  # echoed (without secrets) by /api/status
+    cache: ChartCache = field(default_factory=ChartCache)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.snapshots.status, self.data_age, self.snapshots.capture)
+
+    def data_age(self) -> float | None:
+        """Seconds since the data served was complete (None: not known yet)."""
+        as_of = self.snapshots.data_as_of()
+        return max(0.0, self.clock() - as_of) if as_of else None
+
+    async def snapshot(self, columns: frozenset[str]) -> Snapshot:
+        """The current snapshot (direct mode blocks on SQL: it runs off the event loop)."""
+        if self.snapshots.mode == "direct":
+            return await run_in_threadpool(self.snapshots.snapshot, columns)
+        return self.snapshots.snapshot()
+
+
+def state_of_app(app: Starlette) -> ApiState:
+    """The app's `ApiState` (put there by `create_app`)."""
+    api: ApiState = app.state.api
+    return api
+
+
+def state_of(request: Request) -> ApiState:
+    """The `ApiState` of the app serving `request`."""
+    return state_of_app(request.app)
+
+
+async def chart(request: Request) -> Response:
+    """`GET /api/charts/{chart}`: the chart's JSON from the cache, or 304 for a known ETag."""
+    api = state_of(request)
+    name = request.path_params["chart"]
+    found = charts.BY_NAME.get(name)
+    if found is None:
+        raise NotFound(f"no chart {name!r}", f"the charts are {', '.join(charts.CHARTS)}")
+    now = api.clock()
+    query = charts.parse_query(found, request.query_params, now)
+    snap = await api.snapshot(found.columns)
+    # Chart 2 changes with the clock: its window's last hour (or minute) is part of the key.
+    slot = int(now // (3600 if query.bucket == "hour" else 60)) if "bucket" in found.parameters else 0
+    key = (name, query.countries, query.points, query.bucket, slot)
+    body, etag = api.cache.get(snap, key, lambda: found.build(snap.aggregates, query))
+    headers = data_headers(snap, etag, api.clock())
+    sent = {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
+    if etag in sent or "*" in sent:
+        return Response(status_code=304, headers=headers)
+    return Response(body, headers=headers, media_type="application/json")
+
+
+async def status(request: Request) -> Response:
+    """`GET /api/status`: the mode, the snapshot, every source, the capture process, the settings."""
+    api = state_of(request)
+    snap = await api.snapshot(frozenset())
+    now = api.clock()
+    body: dict[str, Any] = {
+        "mode": api.snapshots.mode,
+        "snapshot": {
+            "version": snap.version,
+            "as_of": snap.as_of or None,
+            "age_ms": round((now - snap.as_of) * 1000) if snap.as_of else None,
+            "submissions": snap.aggregates.count(),
+        },
+        "sources": api.snapshots.status(),
+    }
+    capture = api.snapshots.capture()
+    if capture is not None:
+        body["capture"] = capture
+    if api.settings is not None:
+        body["settings"] = api_settings.effective(api.settings)
+    return json_response(body, headers={"Cache-Control": "no-cache"})
+
+
+async def health(request: Request) -> Response:
+    """`GET /api/health`: ok when every source serves up-to-date charts and capture runs; else 503."""
+    api = state_of(request)
+    states = [s["state"] for s in api.snapshots.status()]
+    capture = api.snapshots.capture()
+    ok = healthy(states) and (capture is None or capture.get("state") == "running")
+    body: dict[str, Any] = {
+        "status": "ok" if ok else "degraded",
+        "sources": len(states),
+        "healthy": sum(s in HEALTHY for s in states),
+    }
+    if capture is not None:
+        body["capture"] = capture.get("state")
+    return json_response(body, 200 if ok else 503)
+
+
+async def openapi(request: Request) -> Response:
+    """`GET /api/openapi.json`."""
+    return json_response(openapi_document(__version__, traffic=state_of(request).traffic))
+
+
+def index_body(traffic: bool) -> dict[str, Any]:
+    """What `/api` says: every chart (as `/api/charts`), every country (as `/api/countries`) and the
+    other routes; the dashboard builds itself from this one answer."""
+    body: dict[str, Any] = {
+        "name": "pisa-pulse",
+        "version": __version__,
+        **chart_index_body(),
+        **countries_body(),
+        "status": "/api/status",
+        "health": "/api/health",
+        "openapi": "/api/openapi.json",
+        "metrics": "/metrics",
+    }
+    if traffic:
+        body["traffic"] = "/api/traffic"  # the dashboard shows its traffic panel only then
+    return body
+
+
+async def index(request: Request) -> Response:
+    """`GET /api`: the index, charts included (the dashboard asks for nothing else to build itself)."""
+    return json_response(index_body(state_of(request).traffic))
+
+
+def chart_index_body() -> dict[str, Any]:
+    """Every chart's name, path, title, description, contract, parameters and columns."""
+    return {"charts": [c.describe() for c in charts.REGISTRY]}
+
+
+async def chart_index(request: Request) -> Response:
+    """`GET /api/charts`."""
+    return json_response(chart_index_body())
+
+
+def countries_body() -> dict[str, Any]:
+    """The 79 PISA 2018 participants: code, name, and ISO 3166 number (null: none; not on a map)."""
+    return {
+        "countries": [
+            {"code": c.code, "name": c.name, "iso": None if c.code in NOT_ISO else f"{c.cntryid:03d}"}
+            for c in countries().values()
+        ]
+    }
+
+
+async def country_list(request: Request) -> Response:
+    """`GET /api/countries`."""
+    return json_response(countries_body())
+
+
+async def metrics(request: Request) -> Response:
+    """`GET /metrics` in the Prometheus text format."""
+    return state_of(request).metrics.response()
+
+
+async def dashboard(request: Request) -> Response:
+    """`GET /`: the dashboard's page."""
+    return FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
