@@ -13,6 +13,7 @@ from pisa_pulse.pisa2018 import DEFAULT_COUNTRIES
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import lifecycle
 from pisa_pulse.sources.cluster import EmbeddedCluster
+from pisa_pulse.sources.databases import STORAGE_PARAMETERS
 from pisa_pulse.sources.schema import column_names
 from tests.conftest import BringUp
 
@@ -57,6 +58,37 @@ def test_up_full_width_has_over_1000_columns(new_dir: Path, bring_up: BringUp) -
         assert cur.fetchone()[0] == 0
         cur.execute("SELECT count(*) FROM responses WHERE misced = 'NA' OR tmins = 'NA'")
         assert cur.fetchone()[0] > 0
+
+
+def _statistics_and_options(dsn: str) -> tuple[list[str], list[str]]:
+    """The columns of `responses` that ANALYZE collects statistics on, and the table's options."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'responses'::regclass AND attnum > 0 "
+            "AND NOT attisdropped AND attstattarget IS DISTINCT FROM 0 ORDER BY attnum"
+        )
+        enabled = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT reloptions FROM pg_class WHERE oid = 'responses'::regclass")
+        return enabled, sorted(cur.fetchone()[0] or [])
+
+
+def test_up_keeps_statistics_on_the_key_alone(new_dir: Path, bring_up: BringUp) -> None:
+    config = bring_up(new_dir, countries="alb", schema="full", rows_per_country=20)
+    dsn = config.sources[0].dsn
+    options = sorted(f"{k}={v}" for k, v in STORAGE_PARAMETERS.items())
+    assert _statistics_and_options(dsn) == (["id"], options)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("ANALYZE responses")
+        cur.execute("SELECT attname FROM pg_stats WHERE tablename = 'responses'")
+        assert [r[0] for r in cur.fetchall()] == ["id"]
+        # A table of ours from before: `sources up` sets what is missing, and only that.
+        cur.execute(
+            "ALTER TABLE responses RESET (autovacuum_analyze_threshold), "
+            "ALTER COLUMN cnt SET STATISTICS -1, ALTER COLUMN escs SET STATISTICS 100"
+        )
+    assert _statistics_and_options(dsn) == (["id", "cnt", "escs"], sorted(set(options) - {options[1]}))
+    bring_up(new_dir)
+    assert _statistics_and_options(dsn) == (["id"], options)
 
 
 def test_status_counts_match_the_databases(slim20: cfg.SourcesConfig, scratch: Path) -> None:
