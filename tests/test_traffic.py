@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -17,10 +18,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from pisa_pulse.api.traffic import TOKEN_FILE
+from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp
+from tests.conftest import BringUp, serving
 
 
 def _total(config: cfg.SourcesConfig) -> int:
@@ -169,3 +172,75 @@ def test_ctrl_c_stops_cleanly_with_nothing_half_written(new_dir: Path, bring_up:
     assert _total(config) == inserted  # every reported transaction landed whole, no partial one
     assert not (new_dir / control.STATE_FILE).exists()
     assert os.path.exists(cfg.config_path(new_dir))
+
+
+def test_the_achieved_rate_is_over_the_last_ten_seconds(new_dir: Path, bring_up: BringUp) -> None:
+    config = bring_up(new_dir, countries="alb,arg", schema="slim")
+    traffic = Traffic(config, rate=300, seed=3)
+    stop = threading.Event()
+    writer = threading.Thread(target=traffic.run, args=(stop,))
+    writer.start()
+    try:
+        time.sleep(3.0)
+        assert 240 < traffic.achieved_rate() < 330
+        traffic.pause()
+        time.sleep(2.0)
+        # 3 s at 300/s, then 2 s paused: the last ten seconds (all five of them) average 180/s; a
+        # rate over the last instants would say 0 and jump back at once.
+        status = traffic.status()
+        assert 130 < status["achieved_rate"] < 220 and status["achieved_over_s"] == 10
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_the_control_endpoint_empties_only_its_sources(new_dir: Path, bring_up: BringUp) -> None:
+    config = bring_up(new_dir, countries="alb,arg", schema="slim", rows_per_country=30)
+    with control.ControlEndpoint(Traffic(config, rate=0), new_dir):
+        assert control.running_pid(new_dir) == os.getpid()
+        assert control.send(new_dir, "empty", {"country": "ALB"}) == {"emptied": ["alb"]}
+        for body in ({"country": "fra"}, {"country": 7}, {}):
+            with pytest.raises(control.TrafficRefused):
+                control.send(new_dir, "empty", body)
+    assert control.running_pid(new_dir) is None
+    counts = []
+    for s in config.sources:
+        with psycopg2.connect(s.dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM responses")
+            counts.append(cur.fetchone()[0])
+    assert counts == [0, 30]
+    with pytest.raises(PisaPulseError, match="no traffic is running"):
+        control.send(new_dir, "empty", {"country": "arg"})
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_demo_writes_its_traffic_from_a_child_process(scratch: Path) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="demo-child-", dir=scratch)) / "data"
+    args = ("--data-dir", str(data_dir), "--countries", "alb", "--schema", "slim", "--rows-per-country", "10")
+    with serving(*args, "--rate", "50", command="demo") as live:
+        child = control.running_pid(data_dir)
+        assert child is not None and child != live.process.pid and child in _children(live.process.pid)
+        token = (data_dir / TOKEN_FILE).read_text().strip()
+        request = urllib.request.Request(
+            live.url + "api/traffic/empty",
+            data=b'{"country": "alb"}',
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read()) == {"emptied": ["alb"]}
+        time.sleep(1.5)
+        assert control.send(data_dir, "status")["inserted"] > 0
+    assert control.running_pid(data_dir) is None  # stopped with the server, and its state file gone
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

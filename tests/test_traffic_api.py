@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from pisa_pulse.api.app import create_app
-from pisa_pulse.api.snapshots import DirectSnapshots
+from pisa_pulse.api.direct import DirectSnapshots
 from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
 from pisa_pulse.sources import control
 from pisa_pulse.sources.traffic import Traffic
@@ -61,7 +63,9 @@ def test_with_the_switch_every_change_needs_the_token(new_dir: Path, bring_up: B
             for bad in ({"rate": -1}, {"rate": "fast"}, {"action": "explode"}, [1, 2]):
                 response = client.post("/api/traffic", json=bad, headers=auth)
                 assert response.status_code == 400 and response.json()["error"]["status"] == 400
-            assert client.post("/api/traffic/empty", json={"country": "xx"}, headers=auth).status_code == 400
+            for country in ("xx", "fra"):  # not a code; not one of the sources
+                response = client.post("/api/traffic/empty", json={"country": country}, headers=auth)
+                assert response.status_code == 400 and response.json()["error"]["status"] == 400
             assert client.post("/api/traffic/empty", json={"country": "ALB"}, headers=auth).json() == {
                 "emptied": ["alb"]
             }
@@ -88,3 +92,23 @@ def test_empty_rejects_bad_bodies(new_dir: Path, bring_up: BringUp, body: bytes)
             "/api/traffic/empty", content=body, headers={"Authorization": f"Bearer {token}"}
         )
         assert response.status_code == 400
+
+
+def test_empty_without_running_traffic_is_unavailable(new_dir: Path, bring_up: BringUp) -> None:
+    config = bring_up(new_dir, countries="alb", schema="slim", rows_per_country=5)
+    token = new_token(new_dir)
+    app = create_app(DirectSnapshots(config.sources), traffic_routes=traffic_routes(new_dir, token))
+    with TestClient(app) as client:
+        response = client.post(
+            "/api/traffic/empty", json={"country": "alb"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 503 and "no traffic is running" in response.json()["error"]["message"]
+    with psycopg2.connect(config.sources[0].dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM responses")
+        assert cur.fetchone()[0] == 5  # the HTTP process itself never empties a source
+
+
+def test_the_traffic_routes_need_neither_psycopg2_nor_numpy() -> None:
+    code = "import sys, pisa_pulse.api.traffic; print([m for m in ('numpy', 'psycopg2') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -7,6 +7,7 @@ else is caught, so a bug keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -24,22 +25,18 @@ from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control, lifecycle
 from pisa_pulse.sources.schema import SCHEMAS
-from pisa_pulse.sources.traffic import Traffic
-from pisa_pulse.terminal import console, on_stop_signals, out, report_while
+from pisa_pulse.terminal import console, on_stop_signals, out, report_while, setup_logging
+
+if TYPE_CHECKING:
+    from pisa_pulse.sources.traffic import Traffic
 
 log = logging.getLogger("pisa_pulse")
 
 DEMO_ROWS = 2_000
 DEMO_RATE = 200.0
-
-
-def setup_logging(level: str) -> None:
-    """The one logging setup: `time level logger message` on stderr."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+DEMO_UPDATES, DEMO_DELETES = 0.02, 0.01  # the demo traffic's shares of corrections and withdrawals
+CHILD_START_S = 60.0  # the demo's traffic process must answer on its control endpoint within this
+CHILD_STOP_S = 15.0  # ... and stop within this after SIGTERM, else it is killed
 
 
 # -- argument parsing -----------------------------------------------------------------------------
@@ -291,6 +288,8 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     if args.action in ("pause", "resume", "status"):
         _print_traffic(control.send(data_dir, args.action))
         return 0
+    from pisa_pulse.sources.traffic import Traffic  # numpy and psycopg2: only where traffic is written
+
     config = cfg.load(data_dir)
     seed = args.seed if args.seed is not None else time.time_ns() % 2**31
     traffic = Traffic(config, args.rate, args.updates, args.deletes, args.messy, seed, args.batch)
@@ -331,30 +330,68 @@ def _run_traffic(traffic: Traffic, data_dir: Path, duration: float | None) -> in
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """`demo`: sources up with seed data, then traffic and the API until Ctrl+C."""
+    """`demo`: sources up with seed data, then traffic (a child process) and the API until Ctrl+C.
+
+    The traffic runs as `pisa-pulse traffic` in its own process, so that writing full-width rows does
+    not share an interpreter (and its lock) with the HTTP server, and the server's process needs none
+    of the traffic's modules. The API steers it through its control endpoint, as with `serve
+    --traffic-control`; the child is stopped when the server returns, however it returns.
+    """
     args.dsn = None
     cmd_sources_up(args)
     data_dir = _resolve(args)
     config = cfg.load(data_dir)
     settings = cli_serve.load_settings(None, data_dir, args.host, 8000 if args.port is None else args.port)
-    traffic = Traffic(
-        config, args.rate, updates=0.02, deletes=0.01, messy=args.messy, seed=time.time_ns() % 2**31
-    )
-    stop = threading.Event()
-    with control.ControlEndpoint(traffic, data_dir):
-        writer = threading.Thread(target=traffic.run, args=(stop, None), name="traffic", daemon=True)
-        writer.start()
+    traffic = _start_traffic_process(data_dir, args)
+    try:
         out.print(
-            f"traffic to {len(config.sources)} sources at {traffic.rate:.0f}/s; steer it with "
-            f"`pisa-pulse traffic set --rate R --data-dir {data_dir}`"
+            f"traffic to {len(config.sources)} sources at {args.rate:.0f}/s (process {traffic.pid}); steer "
+            f"it with `pisa-pulse traffic set --rate R --data-dir {data_dir}`"
         )
-        try:
-            cli_serve.run_server(settings, traffic_control=data_dir)
-        finally:
-            stop.set()
-            writer.join()
-    _print_traffic(traffic.status())
+        cli_serve.run_server(settings, traffic_control=data_dir)
+        with contextlib.suppress(PisaPulseError):  # gone already when Ctrl+C reached it too
+            _print_traffic(control.send(data_dir, "status"))
+    finally:
+        stop_process(traffic, CHILD_STOP_S)
     return 0
+
+
+def _start_traffic_process(data_dir: Path, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """`pisa-pulse traffic` with the demo's rate and shares; returns once its control endpoint answers."""
+    command = [sys.executable, "-m", "pisa_pulse", "--log-level", args.log_level, "traffic"]
+    command += ["--data-dir", str(data_dir), "--rate", str(args.rate), "--messy", str(args.messy)]
+    command += ["--updates", str(DEMO_UPDATES), "--deletes", str(DEMO_DELETES)]
+    # Its status lines would interleave with the server's; its warnings (stderr) still show.
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + CHILD_START_S
+    try:
+        while control.running_pid(data_dir) != child.pid:
+            if child.poll() is not None:
+                raise PisaPulseError(
+                    f"the demo's traffic exited with code {child.returncode}", "see its error above"
+                )
+            if time.monotonic() > deadline:
+                raise PisaPulseError(
+                    f"the demo's traffic did not start within {CHILD_START_S:.0f} s",
+                    "run `pisa-pulse traffic` alone to see why",
+                )
+            time.sleep(0.1)
+    except BaseException:
+        stop_process(child, CHILD_STOP_S)
+        raise
+    return child
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM a child, wait up to `timeout` seconds, then SIGKILL it; returns its exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("child did not stop after SIGTERM, killing it pid=%d", process.pid)
+            process.kill()
+    return process.wait()
 
 
 def cmd_bench(options: list[str]) -> int:

@@ -4,13 +4,14 @@
 
     GET  /api/traffic          the running traffic's rate, state and counts
     POST /api/traffic          {"rate": 500} | {"action": "pause"} | {"action": "resume"}
-    POST /api/traffic/empty    {"country": "alb"}: empties that country's database
+    POST /api/traffic/empty    {"country": "alb"}: empties that country's database (through the traffic)
 
 Each needs `Authorization: Bearer <token>`. The token is random per start and written to
 `<data-dir>/api-token` (mode 0600), never printed or logged; without the switch the routes do not
 exist (404) and the dashboard shows no controls. The routes forward to the traffic's own loopback
-control endpoint (`sources/control.py`), so they work whether the traffic runs in this process (demo)
-or in another (`pisa-pulse traffic`).
+control endpoint (`sources/control.py`), which runs in the traffic's process (`pisa-pulse traffic`,
+which `demo` starts as a child): emptying a source happens there too, so this module and what it
+imports need neither psycopg2 nor numpy, and the HTTP process never connects to a source to change it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.routing import Route
 
 from pisa_pulse.api.responses import error_response, json_bytes
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources import control, lifecycle
+from pisa_pulse.sources import control
 
 TOKEN_FILE = "api-token"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -106,10 +107,12 @@ def traffic_routes(data_dir: Path, token: str) -> list[Route]:
         if not isinstance(country, str) or not country.isalpha() or len(country) != 3:
             return error_response(400, 'send {"country": "alb"}: the code of one of the sources')
         try:
-            emptied = await run_in_threadpool(lifecycle.empty, data_dir, [country.lower()])
-        except PisaPulseError as exc:
+            emptied = await run_in_threadpool(control.send, data_dir, "empty", {"country": country.lower()})
+        except control.TrafficRefused as exc:
             return error_response(400, str(exc))
-        return _reply({"emptied": emptied})
+        except PisaPulseError as exc:
+            return error_response(503, str(exc))
+        return _reply(emptied)
 
     return [
         Route("/api/traffic", with_token(status), methods=["GET"]),

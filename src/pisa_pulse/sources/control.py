@@ -5,9 +5,14 @@ the databases, so every request needs the bearer token that the traffic process 
 and wrote, with its port and pid, to `<data-dir>/traffic.json` (mode 0600, removed at exit). Only a
 user who can read the data dir can steer the traffic. Tokens are compared in constant time.
 
-    GET  /status             rate, paused, achieved rate, counts
+    GET  /status             rate, paused, achieved rate (over the last 10 s), counts
     POST /rate   {"rate": R} change the target rate (operations per second)
     POST /pause, POST /resume
+    POST /empty  {"country": "alb"}  empty that source (one the traffic writes to): TRUNCATE
+
+The endpoint runs inside the traffic's process, so the HTTP API (`api/traffic.py`) steers the traffic
+and empties a source through it, and needs neither psycopg2 nor numpy: this module imports only the
+standard library (the Traffic it serves is a type, imported for the type checker alone).
 """
 
 from __future__ import annotations
@@ -22,13 +27,19 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources.traffic import Traffic
+
+if TYPE_CHECKING:
+    from pisa_pulse.sources.traffic import Traffic
 
 STATE_FILE = "traffic.json"
 MAX_BODY = 1024
+
+
+class TrafficRefused(PisaPulseError):
+    """The running traffic answered, and refused the request (a bad rate, an unknown country)."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -59,6 +70,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(400, {"error": 'body must be {"rate": R} with R >= 0'})
                 return
             traffic.set_rate(float(rate))
+        elif self.path == "/empty":
+            body = self._json_body()
+            country = body.get("country") if isinstance(body, dict) else None
+            if not isinstance(country, str):
+                self._reply(400, {"error": 'body must be {"country": "alb"}'})
+                return
+            try:
+                emptied = traffic.empty(country)
+            except PisaPulseError as exc:
+                self._reply(400, {"error": str(exc)})
+                return
+            self._reply(200, {"emptied": [emptied]})
+            return
         else:
             self._reply(404, {"error": f"no route POST {self.path}"})
             return
@@ -152,8 +176,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of the traffic running for `data_dir` (from its state file), or None."""
+    state = _read_state(data_dir / STATE_FILE)
+    return int(state["pid"]) if state is not None and _alive(state["pid"]) else None
+
+
 def send(data_dir: Path, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Call the running traffic's control endpoint: action is status, rate, pause or resume."""
+    """Call the running traffic's control endpoint: action is status, rate, pause, resume or empty.
+
+    Raises TrafficRefused when the traffic answers with a refusal, PisaPulseError when none answers.
+    """
     state = _read_state(data_dir / STATE_FILE)
     if state is None or not _alive(state["pid"]):
         raise PisaPulseError(
@@ -172,7 +205,7 @@ def send(data_dir: Path, action: str, body: dict[str, Any] | None = None) -> dic
             return result
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
-        raise PisaPulseError(f"traffic control refused {action}: {detail}", "check the command") from None
+        raise TrafficRefused(f"traffic control refused {action}: {detail}", "check the command") from None
     except OSError as exc:
         raise PisaPulseError(
             f"traffic control at 127.0.0.1:{state['port']} did not answer ({exc})",

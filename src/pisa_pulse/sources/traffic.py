@@ -28,7 +28,7 @@ from psycopg2 import sql
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import Country, countries
 from pisa_pulse.sources.config import Source, SourcesConfig, first_line
-from pisa_pulse.sources.databases import Connection, connect
+from pisa_pulse.sources.databases import Connection, connect, empty
 from pisa_pulse.sources.schema import TABLE, SchemaName, columns
 from pisa_pulse.sources.seed import COPY_SQL, MAX_ID, random_ids
 from pisa_pulse.sources.students import StudentFactory
@@ -36,6 +36,8 @@ from pisa_pulse.sources.students import StudentFactory
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 50  # operations in one transaction at the highest rates: "small transactions"
+RATE_WINDOW_S = 10.0  # the achieved rate is over this many seconds: long enough to be steady
+SAMPLE_EVERY_S = 0.25  # the writer notes its count this often (RATE_WINDOW_S / SAMPLE_EVERY_S samples)
 IDENTIFIERS = frozenset({"cntryid", "cnt", "cntschid", "cntstuid"})
 RETRY_AFTER_S = 1.0
 
@@ -105,7 +107,9 @@ class Traffic:
         self._paused = False
         self._lock = threading.Lock()
         self._random = random.Random(seed)
-        self._samples: deque[tuple[float, int]] = deque(maxlen=64)
+        # (time, operations) every SAMPLE_EVERY_S, one more than the window holds: the oldest is the
+        # count RATE_WINDOW_S ago, so the rate spans the whole window.
+        self._samples: deque[tuple[float, int]] = deque(maxlen=int(RATE_WINDOW_S / SAMPLE_EVERY_S) + 1)
         known = countries()
         self._targets = []
         for src in config.sources:
@@ -167,6 +171,7 @@ class Traffic:
             "rate": self._rate,
             "paused": self._paused,
             "achieved_rate": round(self.achieved_rate(), 1),
+            "achieved_over_s": RATE_WINDOW_S,
             "inserted": c.inserted,
             "updated": c.updated,
             "deleted": c.deleted,
@@ -178,12 +183,30 @@ class Traffic:
         }
 
     def achieved_rate(self) -> float:
-        """Operations per second over the last few seconds."""
+        """Operations per second over the last RATE_WINDOW_S seconds (since the start, before that).
+
+        Counted up to now, so a writer stalled in a slow transaction shows its rate falling.
+        """
         now = time.monotonic()
-        samples = [s for s in self._samples if now - s[0] <= 3.0]
-        if len(samples) < 2 or samples[-1][0] == samples[0][0]:
+        with self._lock:
+            operations = self.counts.operations
+            since = next(
+                ((t, n) for t, n in self._samples if now - t <= RATE_WINDOW_S + SAMPLE_EVERY_S), None
+            )
+        if since is None or now - since[0] < SAMPLE_EVERY_S:
             return 0.0
-        return (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
+        return (operations - since[1]) / (now - since[0])
+
+    def empty(self, name: str) -> str:
+        """TRUNCATE the `responses` of the source named `name` (one this traffic writes to)."""
+        target = next((t for t in self._targets if t.source.name == name.lower()), None)
+        if target is None:
+            raise PisaPulseError(
+                f"{name!r} is not one of the sources", f"name one of {', '.join(self.status()['countries'])}"
+            )
+        empty(target.source.dsn)
+        log.info("source emptied source=%s", target.source.name)
+        return target.source.name
 
     # -- the writer loop --------------------------------------------------------------------------
 
@@ -191,10 +214,12 @@ class Traffic:
         """Write until `stop` is set (or `duration` seconds pass); returns the counts."""
         deadline = None if duration is None else time.monotonic() + duration
         budget, last = 0.0, time.monotonic()
+        self._note(last)
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 now = time.monotonic()
-                self._samples.append((now, self.counts.operations))
+                if now - self._samples[-1][0] >= SAMPLE_EVERY_S:
+                    self._note(now)
                 rate = 0.0 if self._paused else self._rate
                 # Accrue operations due, but never more than half a second's worth after a stall.
                 budget = min(budget + rate * (now - last), max(1.0, rate * 0.5))
@@ -212,6 +237,10 @@ class Traffic:
                     t.conn.close()
                     t.conn = None
         return self.counts
+
+    def _note(self, now: float) -> None:
+        with self._lock:
+            self._samples.append((now, self.counts.operations))
 
     def _transaction(self, target: _Target, n: int) -> None:
         """One transaction of n operations on one country database."""
