@@ -1,6 +1,7 @@
 """`make bench` / `pisa-pulse bench`: run the benchmarks, write their figures and tables.
 
     python bench/run.py [--profile smoke|quick|full] [--suite NAME ...] [--no-docs] [--tables-from JSON]
+                        [--code DIR ...]
 
 `full` measures at PISA 2018's size (600,000 students) and beyond; `quick` at a tenth of it, in a few
 minutes; `smoke` only checks that the suite runs (tiny sizes, for CI). Each run writes
@@ -8,7 +9,9 @@ bench/results/<date>-<host>-<profile>[-<suites>].json and, beside it, the Markdo
 run also replaces the tables it measured in docs/benchmarks.md (each sits between
 `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`), so the page shows what this machine measured.
 The 30-minute `soak` runs only when named. `--tables-from` re-renders the tables of an earlier result
-(and for a `full` one, embeds them) without measuring.
+(and for a `full` one, embeds them) without measuring. `--code` names the checkouts whose `pisa-pulse`
+the `rate` suite runs, one after the other (e.g. a `git worktree` of the commit before a change, then
+this one), so that before and after are measured in one sitting.
 """
 
 from __future__ import annotations
@@ -36,13 +39,16 @@ import dashboard_bench
 import e2e_bench
 import limits_bench
 import poll_bench
+import rate_bench
 import serving_bench
 import soak_bench
 import sources_bench
 import tables
 from pisa_pulse.sources.schema import SchemaName
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+CHECKOUT = Path(__file__).resolve().parents[1]
+DOCS = CHECKOUT / "docs" / "benchmarks.md"
+ADDED_UP = frozenset({"suites", "rate_demo", "rate_big"})
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "students": 2_000,
@@ -56,6 +62,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 2_000,
         "soak": (0.5, 10, 2_000),
         "page": (0.25, 5.0),
+        # rate: demo minutes, warm-up s, sample s, demo options; students, rate, minutes of the big case
+        "rate": (0.1, 5.0, 3.0, ["--countries", "alb,arg", "--rows-per-country", "50"], 2_000, 200.0, 0.1),
     },
     "quick": {
         "students": 60_000,
@@ -69,6 +77,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 50_000,
         "soak": (5.0, 200, 60_000),
         "page": (2.0, 15.0),
+        "rate": (2.0, 30.0, 10.0, [], 60_000, 1_000.0, 1.0),
     },
     "full": {
         "students": 600_000,
@@ -82,6 +91,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 200_000,
         "soak": (30.0, 200, 60_000),  # minutes, dashboards, students, at 1,000 operations/s
         "page": (10.0, 30.0),  # the dashboard left open: minutes, seconds between samples
+        "rate": (10.0, 30.0, 10.0, [], 600_000, 1_000.0, 2.0),  # `make demo` as is; 600,000 at 1,000/s
     },
 }
 RATE = 1_000.0  # submissions/s: the freshness targets' traffic
@@ -162,6 +172,19 @@ def run_soak(p: dict[str, Any], r: dict[str, Any]) -> None:
     r["soak"] = [soak_bench.soak(minutes, RATE, dashboards, students)]
 
 
+def run_rate(p: dict[str, Any], r: dict[str, Any]) -> None:
+    minutes, warmup_s, sample_s, demo_args, students, rate, big_minutes = p["rate"]
+    r["rate_demo"], r["rate_big"] = [], []
+    for code in p["codes"]:
+        print(f"demo as make demo runs it, {minutes} minutes, code {code} ...", flush=True)
+        r["rate_demo"].append(rate_bench.demo(code, minutes, warmup_s, sample_s, demo_args))
+    for code in p["codes"]:
+        print(
+            f"{students:,} students, traffic {rate:,.0f}/s, serve's initial copy, code {code} ...", flush=True
+        )
+        r["rate_big"].append(rate_bench.big(code, students, rate, big_minutes, warmup_s, sample_s))
+
+
 SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "sources": run_sources,
     "capture": run_capture,
@@ -172,8 +195,9 @@ SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "limits": run_limits,
     "dashboard": run_dashboard,
     "soak": run_soak,
+    "rate": run_rate,
 }
-ALL = tuple(s for s in SUITES if s != "soak")
+ALL = tuple(s for s in SUITES if s not in ("soak", "rate"))  # the long ones run when named
 
 
 def machine() -> dict[str, Any]:
@@ -208,7 +232,9 @@ def update_docs(path: Path, blocks: dict[str, str]) -> list[str]:
     return replaced
 
 
-def measure(profile: str, suites: tuple[str, ...], path: Path) -> dict[str, Any]:
+def measure(
+    profile: str, suites: tuple[str, ...], path: Path, codes: tuple[Path, ...] = (CHECKOUT,)
+) -> dict[str, Any]:
     """Run the suites of a profile, saving the result to `path` after each (a crash keeps the rest)."""
     if "serving" in suites or "limits" in suites:
         api_bench.require_wrk()  # before anything runs: fail in one line, not after the other suites
@@ -222,7 +248,7 @@ def measure(profile: str, suites: tuple[str, ...], path: Path) -> dict[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     for suite in suites:
         started = time.monotonic()
-        SUITES[suite](PROFILES[profile], result)
+        SUITES[suite]({**PROFILES[profile], "codes": codes}, result)
         result["suite_seconds"][suite] = round(time.monotonic() - started)
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"{suite}: done in {result['suite_seconds'][suite]} s", flush=True)
@@ -230,11 +256,15 @@ def measure(profile: str, suites: tuple[str, ...], path: Path) -> dict[str, Any]
 
 
 def merged(paths: list[Path]) -> dict[str, Any]:
-    """Several results as one (for tables from runs of different suites); later files win."""
+    """Several results as one (for tables from runs of different suites); later files win.
+
+    Rows of the suites run per checkout (`--code`) add up instead, so that runs of the code before and
+    after a change, made one after the other, make one table.
+    """
     result: dict[str, Any] = {}
     for path in paths:
         for key, value in json.loads(path.read_text()).items():
-            result[key] = result.get(key, []) + value if key == "suites" else value
+            result[key] = result.get(key, []) + value if key in ADDED_UP else value
     return result
 
 
@@ -254,6 +284,14 @@ def main() -> int:
         metavar="JSON",
         help="measure nothing: write the tables of these results (merged)",
     )
+    parser.add_argument(
+        "--code",
+        type=Path,
+        nargs="+",
+        default=[CHECKOUT],
+        metavar="DIR",
+        help="rate suite: the checkouts whose pisa-pulse to run, in turn (default: this one)",
+    )
     args = parser.parse_args()
     if args.tables_from:
         result = merged(args.tables_from)
@@ -264,7 +302,7 @@ def main() -> int:
         if suites != ALL:
             name += "-" + "-".join(suites)
         path = args.out / f"{name}.json"
-        result = measure(args.profile, suites, path)
+        result = measure(args.profile, suites, path, tuple(c.resolve() for c in args.code))
         sources = path.name
     blocks = tables.markdown(result, source=sources)
     if not args.tables_from:

@@ -65,6 +65,12 @@ def _wrk_rate(run: Row) -> float:
     return per_second(run["requests"], run["seconds"])
 
 
+def _cores(case: Row) -> str:
+    """CPU cores by kind of process (rate_bench.KINDS), as `a / b / c / d / e`."""
+    kinds = ("autovacuum", "backends", "walsenders", "other postgres", "pisa-pulse")
+    return " / ".join(_n(case.get(f"{k} cores")) for k in kinds)
+
+
 def _cells(*values: Any) -> str:
     return "| " + " | ".join(_n(v) for v in values) + " |"
 
@@ -282,6 +288,41 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
             f"{c['rss_beyond_rows_slope_mb_per_hour']} ({c['rss_beyond_rows_range_mb']})",
             f"{c['age_p50_ms']} / {c['age_p99_ms']}",
             f"{c['wal_retained_max_mb']} / {c['wal_retained_last_mb']}",
+        ),
+    ),
+    "rate_demo": (
+        "rate_demo",
+        "| `make demo` (200/s asked), every 10 s from 30 s to 10 min | students | samples | achieved min / "
+        "median / mean per s | samples under 95 % | CPU cores: autovacuum / backends / walsenders / other "
+        "PostgreSQL / demo | load average mean (max) |",
+        lambda c: _cells(
+            f"code {c['code']}",
+            c["students"],
+            c.get("samples"),
+            f"{_n(c.get('min_ops_per_s'))} / {_n(c.get('median_ops_per_s'))} / {_n(c.get('mean_ops_per_s'))}",
+            c.get("samples_under_target"),
+            _cores(c),
+            f"{c.get('load1_mean')} ({c.get('load1_max')})",
+        ),
+    ),
+    "rate_big": (
+        "rate_big",
+        "| 1,000/s asked on full-width students, `serve` started 30 s in | students | achieved median per "
+        "s: before serve / during the copy / after (min after) | serve to all streaming s | start to first "
+        "copy s | slot creation median (max) s | copy median (max) s, all sources at once | CPU cores "
+        "after the copy: autovacuum / backends / walsenders / other PostgreSQL / traffic | load average "
+        "mean (max) |",
+        lambda c: _cells(
+            f"code {c['code']}",
+            c["students"],
+            f"{_n(c.get('median_ops_per_s (before serve)'))} / {_n(c.get('median_ops_per_s (copy)'))} / "
+            f"{_n(c.get('median_ops_per_s'))} ({_n(c.get('min_ops_per_s'))})",
+            c["serve_to_streaming_s"],
+            c.get("start_to_first_copy_s"),
+            f"{_n(c.get('slot_creation_median_s'))} ({_n(c.get('slot_creation_max_s'))})",
+            f"{_n(c.get('copy_median_s'))} ({_n(c.get('copy_max_s'))})",
+            _cores(c),
+            f"{c.get('load1_mean')} ({c.get('load1_max')})",
         ),
     ),
     "dashboard": (

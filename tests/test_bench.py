@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import rate_bench  # noqa: E402
 import run  # noqa: E402  (bench/run.py, found through the path above)
 import tables  # noqa: E402
 
@@ -63,7 +64,8 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
 def test_markdown_has_every_table(smoke: tuple[dict, str, str]) -> None:
     result, markdown, name = smoke
     blocks = tables.markdown(result, source=name)
-    expected = {"machine", "headline", "limits", "profile", *tables.TABLES} - {"soak"}
+    named_only = {"soak", "rate_demo", "rate_big"}  # suites that run only when named
+    expected = {"machine", "headline", "limits", "profile", *tables.TABLES} - named_only
     assert set(blocks) == expected
     for name, body in blocks.items():
         assert body in markdown, name
@@ -93,3 +95,21 @@ def test_cli_bench_forwards_to_the_runner() -> None:
     )
     assert done.returncode == 2
     assert "invalid choice: 'nonsense'" in done.stderr and "pisa-pulse bench" in done.stderr
+
+
+def test_the_rate_suite_reads_where_the_copy_time_went(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    log.write_text(
+        "2026-12-01 10:00:01,000 INFO pisa_pulse.capture.replicated copying source=alb reason=first\n"
+        "2026-12-01 10:00:01,500 INFO pisa_pulse.capture.replication slot created slot=p_alb lsn=0/1\n"
+        "2026-12-01 10:00:02,000 INFO pisa_pulse.capture.replicated copying source=arg reason=first\n"
+        "2026-12-01 10:00:03,000 INFO pisa_pulse.capture.replication slot created slot=p_arg lsn=0/2\n"
+        "2026-12-01 10:00:04,500 INFO pisa_pulse.capture.replicated streaming source=alb lsn=0/1\n"
+        "2026-12-01 10:00:09,000 INFO pisa_pulse.capture.replicated streaming source=arg lsn=0/2\n"
+    )
+    started = rate_bench.datetime(2026, 12, 1, 10, 0, 0).timestamp()
+    spans = rate_bench.where_time_went(log, started)
+    assert spans["sources_logged"] == 2 and spans["start_to_first_copy_s"] == 1.0
+    assert (spans["slot_creation_median_s"], spans["slot_creation_max_s"]) == (0.75, 1.0)
+    assert (spans["copy_median_s"], spans["copy_max_s"]) == (4.5, 6.0)
+    assert spans["first_copy_to_all_streaming_s"] == 8.0
