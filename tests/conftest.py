@@ -2,26 +2,161 @@
 
 Each data dir lives under a private /tmp folder that the unprivileged server user can traverse
 (pytest's own tmp root is mode 0700, which `postgres` cannot enter when the tests run as root).
+
+**One cluster, a database each.** Tests that never stop, kill or reconfigure their PostgreSQL share
+one embedded cluster for the session (`shared_cluster`); the `shared` fixture gives each test its own
+database-name prefix on it (`shared.up(data_dir, ...)` is `sources up --dsn ... --db-prefix t7_`)
+and drops that test's databases, and with them their replication slots, when it ends. Slots are
+cluster-wide and named `<slot prefix>_<country>`: tests that make slots in-process pass
+`shared.slot_prefix`, and a slot still on the cluster after a test's databases are gone fails that
+test. Tests that stop, SIGSTOP or kill a server keep their own cluster (`new_dir` + `bring_up`).
+
+**Which tests need a server** is decided here, not by each test: a test whose fixtures include
+`scratch` (every cluster fixture depends on it), or that is marked `faults` or `bench`, is marked
+`server`. `make test-fast` runs `pytest -m "not server"` with PISA_PULSE_TESTS_NO_SERVER=1, and under
+that variable starting a cluster, a `serving` subprocess, a browser, any server subprocess or
+listening on a socket fails the test, so a test that starts a server without saying so cannot hide
+in the fast run.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from psycopg2 import sql
 
 from pisa_pulse.sources import config as cfg
-from pisa_pulse.sources import lifecycle
+from pisa_pulse.sources import databases, lifecycle
 from pisa_pulse.sources.cluster import EmbeddedCluster
+
+# -- tests with and without servers -----------------------------------------------------------------
+
+NO_SERVER_ENV = "PISA_PULSE_TESTS_NO_SERVER"
+SERVER_FIXTURES = {"scratch"}  # every fixture that starts PostgreSQL depends on it
+SERVER_MARKERS = {"faults", "bench"}
+# Child processes that are (or start) servers: pisa-pulse commands, PostgreSQL's tools, browsers.
+SERVER_COMMANDS = {"serve", "demo", "pipeline", "traffic", "sources", "check", "bench"}
+SERVER_PROGRAMS = {"initdb", "pg_ctl", "postgres", "postmaster", "chromium", "wrk", "run.py"}
+_refused: list[str] = []  # what a test started under NO_SERVER_ENV (threads cannot fail a test)
+
+
+def no_servers() -> bool:
+    """True in a run that must start no server (`make test-fast`)."""
+    return os.environ.get(NO_SERVER_ENV) == "1"
+
+
+def refuse_server(what: str) -> None:
+    """Fail the running test loudly when it starts `what` in a run without servers."""
+    if no_servers():
+        message = (
+            f"{what} started in a run without servers ({NO_SERVER_ENV}=1): "
+            "give the test a server fixture (scratch, new_dir, shared, ...) or mark it `server`"
+        )
+        _refused.append(message)
+        pytest.fail(message, pytrace=False)
+
+
+def _starts_a_server(args: Any) -> bool:
+    argv = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
+    if "--help" in argv or "--version" in argv:
+        return False
+    if any(Path(a).name in SERVER_PROGRAMS for a in argv):
+        return True
+    for i, arg in enumerate(argv[:-1]):
+        if Path(arg).name in ("pisa_pulse", "pisa-pulse"):
+            commands = [a for a in argv[i + 1 :] if not a.startswith("-")]
+            return bool(commands) and commands[0] in SERVER_COMMANDS
+    return False
+
+
+def _guard_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every way of starting a server fail under NO_SERVER_ENV."""
+
+    def refused(what: str) -> Callable[..., Any]:
+        def start(*args: Any, **kwargs: Any) -> Any:
+            refuse_server(what)
+
+        return start
+
+    monkeypatch.setattr(EmbeddedCluster, "init", refused("a PostgreSQL cluster (initdb)"))
+    monkeypatch.setattr(EmbeddedCluster, "start", refused("a PostgreSQL cluster"))
+    monkeypatch.setattr(socket.socket, "listen", refused("a listening socket"))
+    from playwright.sync_api import BrowserType  # only here: most runs never need it
+
+    monkeypatch.setattr(BrowserType, "launch", refused("a browser"))
+    popen_init = subprocess.Popen.__init__
+
+    def checked_popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        if _starts_a_server(args):
+            refuse_server(f"the server process {args!r}")
+        popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked_popen)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_refused_when_asked() -> Iterator[None]:
+    if not no_servers():
+        yield
+        return
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _guard_servers(monkeypatch)
+        yield
+
+
+def _no_server_was_started() -> Generator[None, object, object]:
+    """Under NO_SERVER_ENV, fail a test's setup or call that started a server even where the failure
+    was swallowed (in a thread, by a broad `except`); one that failed with it is reported once."""
+    _refused.clear()
+    try:
+        result = yield
+    except BaseException:
+        _refused.clear()
+        raise
+    if _refused:
+        message = _refused[0]
+        _refused.clear()
+        pytest.fail(message, pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    """See `_no_server_was_started`."""
+    return (yield from _no_server_was_started())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """See `_no_server_was_started`."""
+    return (yield from _no_server_was_started())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `server` every test that uses a server fixture or is marked faults or bench."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVER_FIXTURES or any(item.get_closest_marker(m) for m in SERVER_MARKERS):
+            item.add_marker(pytest.mark.server)
+
+
+# -- clusters -----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +186,7 @@ def _bring_up(data_dir: Path, **options: object) -> cfg.SourcesConfig:
 
 
 @pytest.fixture
-def bring_up() -> BringUp:
+def bring_up(scratch: Path) -> BringUp:
     """`sources up` in-process: bring_up(data_dir, **UpRequest options)."""
     return _bring_up
 
@@ -60,6 +195,88 @@ def bring_up() -> BringUp:
 def slim20(scratch: Path) -> cfg.SourcesConfig:
     """The 20 default countries, slim, 300 students each: shared by read-mostly tests."""
     return _bring_up(scratch / "slim20", schema="slim", rows_per_country=300, workers=2)
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(scratch: Path) -> Iterator[EmbeddedCluster]:
+    """One embedded cluster for the session, for tests that never stop, kill or reconfigure it."""
+    data_dir = scratch / "shared"
+    data_dir.mkdir(mode=0o711)
+    cluster = EmbeddedCluster.plan(data_dir, port=None, run_as=None)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@dataclass(frozen=True)
+class SharedServer:
+    """One test's share of the shared cluster: the databases whose names start with `prefix`."""
+
+    cluster: EmbeddedCluster
+    prefix: str  # e.g. "t7_"
+
+    @property
+    def admin_dsn(self) -> str:
+        """The superuser's DSN of the shared cluster (password in its passfile)."""
+        return self.cluster.dsn()
+
+    @property
+    def port(self) -> int:
+        """The shared cluster's port on 127.0.0.1."""
+        return self.cluster.spec.port
+
+    @property
+    def slot_prefix(self) -> str:
+        """A replication-slot prefix of this test's own (slots are cluster-wide)."""
+        return f"{self.prefix}pisa_pulse"
+
+    def up(self, data_dir: Path, **options: object) -> cfg.SourcesConfig:
+        """`sources up --dsn <shared cluster> --db-prefix <prefix>` in-process, into `data_dir`."""
+        return _bring_up(data_dir, dsn=self.admin_dsn, db_prefix=self.prefix, **options)
+
+    def create_database(self, name: str) -> str:
+        """An empty database `<prefix><name>`; returns its DSN."""
+        database = self.prefix + name
+        with databases.connected(self.admin_dsn) as admin, admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        return self.cluster.dsn(database)
+
+
+_shares = itertools.count(1)
+
+
+@contextmanager
+def share_of(cluster: EmbeddedCluster) -> Iterator[SharedServer]:
+    """A new prefix on `cluster`; afterwards its databases (and their slots) are dropped and no slot
+    may be left on the cluster."""
+    share = SharedServer(cluster, f"t{next(_shares)}_")
+    try:
+        yield share
+    finally:
+        with databases.connected(share.admin_dsn) as admin, admin.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (share.prefix,))
+            names = [row[0] for row in cur.fetchall()]
+        for name in names:
+            databases.drop(share.admin_dsn, name)
+        with databases.connected(share.admin_dsn) as admin, admin.cursor() as cur:
+            cur.execute("SELECT slot_name, database FROM pg_replication_slots")
+            left = cur.fetchall()
+            for slot, _ in left:
+                cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        assert not left, f"replication slots left on the shared cluster (slots are cluster-wide): {left}"
+
+
+@pytest.fixture
+def shared(shared_cluster: EmbeddedCluster) -> Iterator[SharedServer]:
+    """This test's own database-name prefix on the session's shared cluster."""
+    with share_of(shared_cluster) as share:
+        yield share
+
+
+# -- servers --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -76,12 +293,13 @@ def serving(*args: str, command: str = "serve") -> Iterator[Server]:
 
     Waits for the line naming the URL (`demo` first brings its sources up and says so).
     """
+    refuse_server(f"`pisa-pulse {command}`")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pisa_pulse", command, *args, "--port", "0"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
-        printed = []
+        printed: list[str] = []
         while not (found := re.search(r"serving .* at (http://127\.0\.0\.1:\d+/)", "".join(printed))):
             line = proc.stdout.readline()
             assert line, f"{command} ended before serving: {''.join(printed)!r}"
