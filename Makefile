@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 # make bench: the full profile (about an hour), which regenerates docs/benchmarks.md's tables;
 # make bench BENCH_ARGS='--profile quick' for a few minutes, '--suite serving' for one suite.
 BENCH_ARGS ?= --profile full
+# Where the browser tests leave the dashboard's screenshots (git-ignored); `make screenshots` copies them
+# into docs/, which the README shows.
+SCREENSHOTS := build/screenshots
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast screenshots lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The tests that need no server (no PostgreSQL, browser or server process): under a minute. A test that
+# starts one anyway fails (tests/conftest.py marks and guards them).
+test-fast: $(STAMP)
+	PISA_PULSE_TESTS_NO_SERVER=1 $(BIN)/pytest -m "not server" $(PYTEST_ARGS)
+
+screenshots: $(STAMP)
+	rm -f $(SCREENSHOTS)/dashboard-*.png
+	$(BIN)/pytest tests/test_dashboard.py::test_screenshots_at_laptop_and_phone_sizes $(PYTEST_ARGS)
+	cp $(SCREENSHOTS)/dashboard-1440x900.png $(SCREENSHOTS)/dashboard-390x844.png docs/
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

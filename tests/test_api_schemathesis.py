@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from pisa_pulse.api.app import create_app
 from pisa_pulse.api.settings import Settings
 from pisa_pulse.api.snapshots import LiveSnapshots
-from tests.conftest import BringUp
+from tests.conftest import SharedServer
 
 EXAMPLES = 50  # per operation and kind of data: the whole test takes about ten seconds
 ROWS = 3 * 200
@@ -67,9 +67,10 @@ def _first_failure(
     return None
 
 
-def test_every_operation_keeps_its_documented_contract(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=200)
-    snapshots = LiveSnapshots(Settings(config.sources, "replication", new_dir.parent / "state"))
+def test_every_operation_keeps_its_documented_contract(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=200)
+    state = new_dir.parent / "state"
+    snapshots = LiveSnapshots(Settings(config.sources, "replication", state, slot_prefix=shared.slot_prefix))
     failures = {}
     with TestClient(create_app(snapshots)) as client:
         _wait_until_streaming(client)

@@ -13,7 +13,7 @@ from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.schema import CHART_COLUMNS
-from tests.conftest import BringUp
+from tests.conftest import BringUp, SharedServer
 
 
 def _failed(source: Source) -> dict[str, str]:
@@ -22,18 +22,20 @@ def _failed(source: Source) -> dict[str, str]:
 
 
 def _objects(dsn: str) -> tuple[int, int]:
+    """Publications and replication slots of this database."""
     with connected(dsn) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM pg_replication_slots)"
+            "SELECT (SELECT count(*) FROM pg_publication), "
+            "(SELECT count(*) FROM pg_replication_slots WHERE database = current_database())"
         )
         row = cur.fetchone()
     return int(row[0]), int(row[1])
 
 
 def test_a_ready_source_passes_and_nothing_is_created(
-    new_dir: Path, bring_up: BringUp, capsys: pytest.CaptureFixture[str]
+    new_dir: Path, shared: SharedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = bring_up(new_dir, countries="alb,arg", schema="slim")
+    config = shared.up(new_dir, countries="alb,arg", schema="slim")
     assert main(["check", "--data-dir", str(new_dir)]) == 0
     assert "every source is ready" in capsys.readouterr().out
     assert _objects(config.sources[0].dsn) == (0, 0)

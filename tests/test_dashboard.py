@@ -1,9 +1,11 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright).
 
-One set of real sources (four countries) and one `pisa-pulse serve` subprocess serve the whole module;
+One set of real sources (four countries, on the session's shared cluster) and one `pisa-pulse serve`
+subprocess serve the whole module;
 each test opens the page in a fresh browser context (its own localStorage). A "soak" page opened by
 the first test keeps polling through all the others (traffic, a stopped server, failing polls) and
-the last test checks that its JavaScript heap did not grow.
+the last test checks that its JavaScript heap did not grow. The screenshots go to build/screenshots/
+(git-ignored); `make screenshots` runs that test alone and copies them into docs/.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import tempfile
 import threading
@@ -31,14 +32,14 @@ from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from pisa_pulse.api.charts import CHARTS
 from pisa_pulse.sources import config as cfg
-from pisa_pulse.sources import lifecycle
+from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
 from tests.browser import heap_bytes, launch
-from tests.conftest import Server, serving
+from tests.conftest import Server, serving, share_of
 
 COUNTRIES = ("ALB", "ARG", "AUS", "BEL")
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"  # git-ignored
 SOAK_SECONDS = 60
 HEAP_GROWTH_LIMIT = 5 * 1024 * 1024
 
@@ -49,15 +50,12 @@ def get_json(url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def sources(scratch: Path) -> tuple[cfg.SourcesConfig, Path]:
-    """Four slim countries of 200 students (what the `bring_up` fixture does, once per module)."""
+def sources(scratch: Path, shared_cluster: EmbeddedCluster) -> Iterator[tuple[cfg.SourcesConfig, Path]]:
+    """Four slim countries of 200 students on the shared cluster (what `shared` does, once per module)."""
     data_dir = Path(tempfile.mkdtemp(prefix="dashboard-", dir=scratch)) / "data"
-    config = lifecycle.up(
-        lifecycle.UpRequest(
-            data_dir=data_dir, countries=",".join(COUNTRIES).lower(), schema="slim", rows_per_country=200
-        )
-    )
-    return config, data_dir
+    countries = ",".join(COUNTRIES).lower()
+    with share_of(shared_cluster) as share:
+        yield share.up(data_dir, countries=countries, schema="slim", rows_per_country=200), data_dir
 
 
 @pytest.fixture(scope="module")
@@ -439,8 +437,9 @@ def test_the_traffic_panel_steers_the_demo(browser: Browser, demo: tuple[Server,
 
 
 def test_screenshots_at_laptop_and_phone_sizes(
-    browser: Browser, server: Server, sources: tuple[cfg.SourcesConfig, Path], tmp_path: Path
+    browser: Browser, server: Server, sources: tuple[cfg.SourcesConfig, Path]
 ) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with traffic_running(sources[0], rate=30, seconds=20):
         shots = {}
         for width, height in ((1440, 900), (390, 844)):
@@ -449,15 +448,13 @@ def test_screenshots_at_laptop_and_phone_sizes(
             tab.page.wait_for_timeout(4000)  # the sparkline and rate fill in, animations settle
             # Nothing wider than the screen (a phone would scroll sideways).
             assert tab.page.evaluate("document.documentElement.scrollWidth") <= width
-            shot = tmp_path / f"dashboard-{width}x{height}.png"
+            shot = SCREENSHOTS / f"dashboard-{width}x{height}.png"
             tab.page.screenshot(path=str(shot), full_page=True)
             assert tab.errors == []
             tab.page.context.close()
             shots[width] = shot
-    DOCS.mkdir(exist_ok=True)
     for shot in shots.values():
         assert shot.stat().st_size > 50_000
-        shutil.copyfile(shot, DOCS / shot.name)
 
 
 def test_the_age_turns_red_when_the_server_stops_and_recovers(tab: Tab, server: Server) -> None:

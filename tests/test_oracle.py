@@ -16,7 +16,7 @@ from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.oracle import aggregates_from_sql, column_counts_from_sql
 from pisa_pulse.engine.values import NUMERIC_COLUMNS
 from pisa_pulse.sources.schema import CHART_COLUMNS
-from tests.conftest import BringUp
+from tests.conftest import SharedServer
 
 # Hand-made rows with the edge cases seeding does not make (ids are negative: seeded ids are not).
 EDGE_ROWS: list[dict[str, str | None]] = [
@@ -95,8 +95,8 @@ def _assert_same(
 
 
 @pytest.mark.parametrize(("schema", "countries"), [("slim", "alb,arg,aus"), ("full", "bel")])
-def test_engine_equals_sql_oracle(new_dir: Path, bring_up: BringUp, schema: str, countries: str) -> None:
-    config = bring_up(new_dir, countries=countries, schema=schema, rows_per_country=2000, messy=0.05)
+def test_engine_equals_sql_oracle(new_dir: Path, shared: SharedServer, schema: str, countries: str) -> None:
+    config = shared.up(new_dir, countries=countries, schema=schema, rows_per_country=2000, messy=0.05)
     texts: list[str | None] = []
     total_invalid: dict[str, int] = {}
     for source in config.sources:

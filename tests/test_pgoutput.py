@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from pisa_pulse.capture.pgoutput import (
     Value,
     decode,
 )
-from pisa_pulse.sources.cluster import EmbeddedCluster
+from tests.conftest import SharedServer
 
 CAPTURE: dict[str, Any] = json.loads(
     (Path(__file__).parent / "data" / "pgoutput" / "captured.json").read_text(encoding="utf-8")
@@ -423,25 +421,15 @@ def test_text_that_is_not_utf8_is_reported() -> None:
 # -- a live server --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server(scratch: Path) -> Iterator[EmbeddedCluster]:
-    """A throwaway embedded cluster of its own, removed afterwards."""
-    data_dir = Path(tempfile.mkdtemp(prefix="pgoutput-", dir=scratch)) / "data"
-    data_dir.mkdir()
-    cluster = EmbeddedCluster.plan(data_dir, port=None, run_as=None)
-    try:
-        cluster.init()
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.remove()
 
 
 WIDE = [f"v{i:02d}" for i in range(37)]
 
 
-def test_decodes_what_a_live_server_sends(server: EmbeddedCluster) -> None:
-    conn = psycopg2.connect(server.dsn("postgres"))
+def test_decodes_what_a_live_server_sends(shared: SharedServer) -> None:
+    # A database of its own on the shared cluster; the slot's name too, as slots are cluster-wide.
+    conn = psycopg2.connect(shared.create_database("pgoutput"))
+    slot = shared.prefix + "live_slot"
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -452,7 +440,7 @@ def test_decodes_what_a_live_server_sends(server: EmbeddedCluster) -> None:
             cur.execute(sql.SQL("CREATE TABLE wide (id bigint PRIMARY KEY, {})").format(text_columns))
             cur.execute("CREATE TABLE other (n int)")
             cur.execute("CREATE PUBLICATION live FOR TABLE item, wide")
-            cur.execute("SELECT pg_create_logical_replication_slot('live_slot', 'pgoutput')")
+            cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             cur.execute("SELECT 'item'::regclass::oid, 'wide'::regclass::oid")
             item, wide = cur.fetchone()
             wide_values = [None if i % 10 == 9 else f"{i * 0.37:.4f}" for i in range(37)]
@@ -470,8 +458,9 @@ def test_decodes_what_a_live_server_sends(server: EmbeddedCluster) -> None:
             cur.execute("COMMIT")
             cur.execute("INSERT INTO other VALUES (1)")  # a commit that flushes; not published
             cur.execute(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes('live_slot', NULL, NULL, "
-                "'proto_version', '1', 'publication_names', 'live', 'messages', 'true')"
+                "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
+                "'proto_version', '1', 'publication_names', 'live', 'messages', 'true')",
+                (slot,),
             )
             messages = [decode(data) for (data,) in cur.fetchall()]
     finally:

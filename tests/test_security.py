@@ -20,8 +20,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from pisa_pulse.api.traffic import TOKEN_FILE
-from tests.conftest import BringUp
+from tests.conftest import SharedServer
+
+pytestmark = pytest.mark.server  # both tests start `serve` (the flood test without a cluster)
 
 PASSWORD = "Hunter2-s3cret-!@"
 
@@ -57,13 +61,12 @@ def stop(proc: subprocess.Popen[str]) -> None:
     assert proc.wait(timeout=30) == 0
 
 
-def test_passwords_and_tokens_never_show(new_dir: Path, bring_up: BringUp, tmp_path: Path) -> None:
-    config = bring_up(new_dir, countries="alb", schema="slim", rows_per_country=20)
-    assert config.cluster is not None
+def test_passwords_and_tokens_never_show(new_dir: Path, shared: SharedServer, tmp_path: Path) -> None:
+    shared.up(new_dir, countries="alb", schema="slim", rows_per_country=20)
     settings = tmp_path / "settings.toml"
     settings.write_text(
         '[capture]\nstate_dir = "state"\n[[sources]]\nname = "alb"\n'
-        f'dsn = "postgresql://pisa@127.0.0.1:{config.cluster.port}/alb?connect_timeout=3"\n'
+        f'dsn = "postgresql://pisa@127.0.0.1:{shared.port}/{shared.prefix}alb?connect_timeout=3"\n'
         'password_env = "ALB_PW"\n'
     )
     log = tmp_path / "serve.log"
