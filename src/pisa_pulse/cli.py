@@ -1,7 +1,8 @@
 """The `pisa-pulse` command line: one console script, one subcommand per job.
 
 Errors the user can fix (PisaPulseError) print as one line, `error: ...`, and exit 2; nothing
-else is caught, so a bug keeps its traceback.
+else is caught, so a bug keeps its traceback. The commands that talk to databases import their
+machinery (the database driver, numpy) when they run, so that `serve`'s HTTP process loads neither.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rich.table import Table
 from pisa_pulse import __version__, cli_pipeline, cli_serve
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
-from pisa_pulse.sources import control, lifecycle
+from pisa_pulse.sources import control
 from pisa_pulse.sources.schema import SCHEMAS
 from pisa_pulse.terminal import console, on_stop_signals, out, report_while, setup_logging
 
@@ -194,6 +195,8 @@ def _resolve(args: argparse.Namespace) -> Path:
 
 def cmd_sources_up(args: argparse.Namespace) -> int:
     """`sources up`."""
+    from pisa_pulse.sources import lifecycle  # when it runs: see the module docstring
+
     request = lifecycle.UpRequest(
         data_dir=_resolve(args),
         countries=args.countries,
@@ -231,6 +234,8 @@ def _print_sources(data_dir: Path, config: cfg.SourcesConfig) -> None:
 
 def cmd_sources_status(args: argparse.Namespace) -> int:
     """`sources status`."""
+    from pisa_pulse.sources import lifecycle  # when it runs: see the module docstring
+
     status = lifecycle.status(_resolve(args))
     if status.cluster_running is not None:
         port = status.config.cluster.port if status.config.cluster else "?"
@@ -247,6 +252,8 @@ def cmd_sources_status(args: argparse.Namespace) -> int:
 
 def cmd_sources_down(args: argparse.Namespace) -> int:
     """`sources down`."""
+    from pisa_pulse.sources import lifecycle  # when it runs: see the module docstring
+
     if lifecycle.down(_resolve(args)):
         out.print("embedded cluster stopped (data kept; `sources up` starts it again)")
     else:
@@ -256,6 +263,8 @@ def cmd_sources_down(args: argparse.Namespace) -> int:
 
 def cmd_sources_reset(args: argparse.Namespace) -> int:
     """`sources reset`."""
+    from pisa_pulse.sources import lifecycle  # when it runs: see the module docstring
+
     data_dir = _resolve(args)
     config = cfg.load(data_dir)
     if not args.yes:
@@ -272,6 +281,8 @@ def cmd_sources_reset(args: argparse.Namespace) -> int:
 
 def cmd_sources_empty(args: argparse.Namespace) -> int:
     """`sources empty`."""
+    from pisa_pulse.sources import lifecycle  # when it runs: see the module docstring
+
     if args.all == bool(args.countries):
         raise PisaPulseError("name the countries to empty, or pass --all", "e.g. `sources empty alb arg`")
     names = lifecycle.empty(_resolve(args), None if args.all else args.countries)
