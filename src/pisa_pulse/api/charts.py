@@ -244,7 +244,7 @@ REGISTRY: tuple[Chart, ...] = (
     Chart(
         "submissions",
         "Submissions",
-        "All rows in all country databases (chart 1)",
+        "All rows in all country databases",
         "count",
         object_schema({"count": INTEGER}),
         frozenset(),
@@ -253,7 +253,7 @@ REGISTRY: tuple[Chart, ...] = (
     Chart(
         "submissions-over-time",
         "Submissions over time",
-        "Rows per hour (or minute) of arrival, UTC (chart 2)",
+        "Rows per hour (or minute) of arrival, UTC",
         "time-series",
         _datasets(
             object_schema(
@@ -273,7 +273,7 @@ REGISTRY: tuple[Chart, ...] = (
     Chart(
         "early-education-and-belonging",
         "Early education and sense of belonging",
-        "Mean DURECEC (years, integer) and BELONG per country; bubble size: submissions (chart 3)",
+        "Mean DURECEC (years, integer) and BELONG per country; bubble size: submissions",
         "country-points",
         _datasets(
             object_schema(
@@ -299,7 +299,7 @@ REGISTRY: tuple[Chart, ...] = (
     Chart(
         "escs",
         "Economic, social and cultural status",
-        "Mean ESCS index per country, built from PARED, HISEI and HOMEPOS (chart 4)",
+        "Mean ESCS index per country, built from PARED, HISEI and HOMEPOS",
         "country-value",
         _datasets(object_schema({"id": CODE, "value": NUMBER_OR_NULL})),
         frozenset({"escs"}),
@@ -309,7 +309,7 @@ REGISTRY: tuple[Chart, ...] = (
     Chart(
         "learning-hours-per-week",
         "Learning hours per week",
-        "Mean total learning time (TMINS) in hours: round(mean TMINS / 60) per country (chart 5)",
+        "Mean total learning time (TMINS) in hours: round(mean TMINS / 60) per country",
         "country-hours",
         _datasets(object_schema({"country": CODE, "hours": {"type": "integer", "nullable": True}})),
         frozenset({"tmins"}),
@@ -319,8 +319,7 @@ REGISTRY: tuple[Chart, ...] = (
     Chart(
         "performance",
         "Performance",
-        "W_FSTUWT-weighted mean reading, mathematics and science score over the ten plausible values "
-        "(chart 6)",
+        "W_FSTUWT-weighted mean reading, mathematics and science score over the ten plausible values",
         "country-scores",
         _datasets(
             object_schema(

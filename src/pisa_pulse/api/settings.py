@@ -73,14 +73,18 @@ class Setting:
         """The default as the README and `--help` write it."""
         if self.default_text is not None:
             return self.default_text
-        return "required" if self.default is None else f"`{self.default}`"
+        if self.default is None:
+            return "required"
+        return f"`{self.default:g}`" if isinstance(self.default, float) else f"`{self.default}`"
 
     @property
     def valid(self) -> str:
         """What a valid value is, in words (error messages)."""
         if self.choices:
             return f"one of {', '.join(self.choices)}"
-        noun = {"integer": "an integer", "seconds": "a number of seconds"}.get(self.kind, "a string")
+        noun = {"integer": "an integer", "seconds": "a number of seconds", "path": "a path"}.get(
+            self.kind, "a string"
+        )
         if self.least is None:
             return noun
         return f"{noun} from {self.least:g} to {self.most:g}"
@@ -120,7 +124,7 @@ SETTINGS: tuple[Setting, ...] = (
         "capture.slot_prefix",
         "string",
         "pisa_pulse",
-        "replication slots are named PREFIX_<source>",
+        "the replication slots' names start with it (pisa_pulse_alb)",
     ),
     Setting(
         "capture.state_dir",
@@ -167,7 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "this source's own capture mode (replication, poll or auto)",
         choices=tuple(SOURCE_MODES),
-        default_text="capture.mode",
+        default_text="`capture.mode`",
     ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -268,6 +272,15 @@ def effective(settings: Settings) -> dict[str, Any]:
             value = getattr(source, row.key)
             entry[row.key] = source.shown_dsn if row.echo == "redacted" else value
     return body
+
+
+def markdown_table() -> str:
+    """The settings reference of the README, from the table (tests/test_docs.py checks they agree)."""
+    lines = ["| setting | value | default | overridden by | what it does |", "|---|---|---|---|---|"]
+    for row in SETTINGS:
+        override = f"`serve {row.option}`" if row.option else (f"`${row.env}`" if row.env else "")
+        lines.append(f"| `{row.name}` | {row.valid} | {row.shown_default} | {override} | {row.help} |")
+    return "\n".join(lines) + "\n"
 
 
 def _keys(table: str) -> set[str]:

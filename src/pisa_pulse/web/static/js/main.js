@@ -1,67 +1,90 @@
-// The dashboard: six charts and the source-health strip, each polling its own URL every second.
-// Wires the views (views/*.js) to their pollers (poller.js), the country picker (picker.js) and
-// the endpoint settings (settings.js) and, where the server allows it, the traffic panel (traffic.js);
-// keeps the picker's countries and the time bucket in the URL.
+// The dashboard: a card per chart the server lists (GET api) and the source-health strip, each
+// polling its own URL every second. Builds the cards from the server's chart list (title,
+// description, contract, parameters) and the views of those contracts (views/index.js), wires them
+// to their pollers (poller.js), the country picker (picker.js) and the endpoint settings
+// (settings.js) and, where the server allows it, the traffic panel (traffic.js); keeps the picker's
+// countries and the time bucket in the URL.
 
+import { loadIndex } from "./catalog.js";
 import { CountryPicker } from "./picker.js";
 import { Poller } from "./poller.js";
 import { Endpoints, settingsDialog } from "./settings.js";
 import { registerTheme } from "./theme.js";
 import { trafficPanel } from "./traffic.js";
-import { BelongingView } from "./views/belonging.js";
-import { EscsMapView } from "./views/escs-map.js";
 import { HealthView } from "./views/health.js";
-import { LearningHoursView } from "./views/learning-hours.js";
-import { OverTimeView } from "./views/over-time.js";
-import { PerformanceView } from "./views/performance.js";
-import { SubmissionsView } from "./views/submissions.js";
+import { VIEWS } from "./views/index.js";
 
-// Paths are relative to the page, so the dashboard also works behind a proxy under a prefix.
-const FEEDS = [
-  { id: "submissions", title: "Submissions", path: "api/charts/submissions", View: SubmissionsView },
-  {
-    id: "submissions-over-time",
-    title: "Submissions over time",
-    path: "api/charts/submissions-over-time",
-    View: OverTimeView,
-    bucket: true,
-  },
-  {
-    id: "early-education-and-belonging",
-    title: "Early education and belonging",
-    path: "api/charts/early-education-and-belonging",
-    View: BelongingView,
-    perCountry: true,
-  },
-  {
-    id: "escs",
-    title: "Economic, social and cultural status",
-    path: "api/charts/escs",
-    View: EscsMapView,
-    perCountry: true,
-  },
-  {
-    id: "learning-hours-per-week",
-    title: "Learning hours per week",
-    path: "api/charts/learning-hours-per-week",
-    View: LearningHoursView,
-    perCountry: true,
-  },
-  {
-    id: "performance",
-    title: "Performance",
-    path: "api/charts/performance",
-    View: PerformanceView,
-    perCountry: true,
-  },
-  { id: "status", title: "Source status (health strip)", path: "api/status", View: HealthView },
-];
-const CHART_COUNT = FEEDS.length - 1;
+const STATUS_FEED = {
+  id: "status",
+  title: "Source status (health strip)",
+  path: "api/status",
+  View: HealthView,
+};
 const LEVELS = ["ok", "waiting", "amber", "red"]; // worse to the right (idle charts do not count)
 const BUCKET_TEXT = {
   hour: "Per hour, last 12 hours (UTC)",
   minute: "Per minute, last hour (UTC)",
 };
+const RETRY_MS = 2000;
+
+/** The feeds of the server's charts that this dashboard has a view for (paths relative to the page,
+ * so that it also works behind a proxy under a prefix). */
+function feedsOf(charts) {
+  const feeds = [];
+  for (const chart of charts) {
+    const view = VIEWS.get(chart.contract);
+    if (!view) {
+      console.warn(`no view for chart ${chart.name}: contract ${chart.contract}`);
+      continue;
+    }
+    feeds.push({
+      id: chart.name,
+      title: chart.title,
+      description: chart.description,
+      contract: chart.contract,
+      path: chart.path.replace(/^\//, ""),
+      perCountry: chart.per_country,
+      bucket: chart.parameters.includes("bucket"),
+      ...view,
+    });
+  }
+  return feeds;
+}
+
+/** A chart's card, from the card template and its contract's body; the per-country ones go after
+ * the picker, the others before it. */
+function buildCard(feed, grid, picker) {
+  const card = document.querySelector("#card").content.firstElementChild.cloneNode(true);
+  card.classList.add(`span-${feed.span}`);
+  if (feed.className) card.classList.add(feed.className);
+  card.dataset.feed = feed.id;
+  const title = card.querySelector("h2");
+  title.id = `title-${feed.id}`;
+  title.textContent = feed.title;
+  card.setAttribute("aria-labelledby", title.id);
+  card.querySelector(".subtitle").textContent = feed.description;
+  const body = document.querySelector(`template[data-contract="${feed.contract}"]`).content.cloneNode(true);
+  const tools = card.querySelector(".card-tools");
+  for (const tool of body.querySelectorAll("[data-tool]")) tools.prepend(tool);
+  card.querySelector(".card-source").before(body);
+  if (feed.perCountry) grid.append(card);
+  else grid.insertBefore(card, picker);
+  return card;
+}
+
+/** The server's index, asked again every RETRY_MS until it answers. */
+async function serverIndex(overall) {
+  for (;;) {
+    try {
+      return await loadIndex();
+    } catch (error) {
+      overall.dataset.level = "red";
+      overall.querySelector(".overall-text").textContent = "Server unreachable: retrying…";
+      overall.title = String(error);
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+    }
+  }
+}
 
 function readQuery() {
   const query = new URLSearchParams(location.search);
@@ -87,8 +110,17 @@ function writeQuery(countries, bucket) {
   history.replaceState(null, "", `${location.pathname}${search ? `?${search}` : ""}${location.hash}`);
 }
 
-function start() {
+async function start() {
   registerTheme();
+  const overall = document.querySelector("#overall");
+  const index = await serverIndex(overall);
+  const charts = feedsOf(index.charts);
+  const FEEDS = [...charts, STATUS_FEED];
+  const grid = document.querySelector("#charts");
+  const pickerRoot = document.querySelector(".picker");
+  for (const feed of charts) buildCard(feed, grid, pickerRoot);
+  pickerRoot.hidden = !charts.some((feed) => feed.perCountry);
+  grid.removeAttribute("aria-busy");
   const state = readQuery();
   const endpoints = new Endpoints(FEEDS);
   const pollers = new Map();
@@ -103,7 +135,7 @@ function start() {
         "No country selected: pick some above";
     }
   };
-  const picker = new CountryPicker(document.querySelector(".picker"), state.countries, (countries) => {
+  const picker = new CountryPicker(pickerRoot, state.countries, (countries) => {
     writeQuery(countries, state.bucket);
     state.countries = countries;
     emptyWithoutCountries();
@@ -161,7 +193,8 @@ function start() {
   const showBucket = () => {
     for (const button of bucketButtons)
       button.setAttribute("aria-pressed", String(button.dataset.bucket === state.bucket));
-    document.querySelector("#over-time-subtitle").textContent = BUCKET_TEXT[state.bucket];
+    for (const feed of charts.filter((f) => f.bucket))
+      document.querySelector(`[data-feed="${feed.id}"] .subtitle`).textContent = BUCKET_TEXT[state.bucket];
   };
   for (const button of bucketButtons) {
     button.addEventListener("click", () => {
@@ -172,10 +205,9 @@ function start() {
   }
   showBucket();
 
-  trafficPanel(document.querySelector(".health")); // only where the server has traffic controls
+  trafficPanel(document.querySelector(".health"), index); // only where the server has traffic controls
 
-  const overall = document.querySelector("#overall");
-  setInterval(() => showFreshness(pollers, overall), 200);
+  setInterval(() => showFreshness(pollers, overall, charts.length), 200);
   document.addEventListener("visibilitychange", () => {
     // A hidden tab asks nothing; on return every chart polls at once and catches up.
     for (const { poller } of pollers.values()) document.hidden ? poller.stop() : poller.start();
@@ -191,7 +223,7 @@ function showSource(feed, root, endpoints) {
   tag.textContent = host === null ? "" : `from ${host}`;
 }
 
-function showFreshness(pollers, overall) {
+function showFreshness(pollers, overall, chartCount) {
   const now = performance.now();
   const counts = { waiting: 0, ok: 0, amber: 0, red: 0, idle: 0 };
   for (const [id, entry] of pollers) {
@@ -205,7 +237,7 @@ function showFreshness(pollers, overall) {
     entry.badge.querySelector(".age-text").textContent = fresh.text;
   }
   const worst = LEVELS.findLast((level) => counts[level] > 0) ?? "ok";
-  const polled = CHART_COUNT - counts.idle;
+  const polled = chartCount - counts.idle;
   const text = {
     waiting: "Connecting…",
     ok: `Live · all ${polled} charts up to date`,

@@ -4,7 +4,7 @@
 // and the server answers for every country it has) or an explicit list of codes, kept in the page's
 // URL (?countries=ALB,ARG) so that a link or a reload shows the same countries.
 
-import { COUNTRIES, countryName } from "./countries.js";
+import { COUNTRIES, countryName } from "./catalog.js";
 
 const MAX_CHIPS = 6;
 

@@ -3,7 +3,7 @@
 
 /* global echarts */
 
-import { COUNTRIES } from "./countries.js";
+import { countryOrder } from "./catalog.js";
 
 // Okabe & Ito (2008), without black (the background is dark); yellow last, the hardest on white text.
 export const OKABE_ITO = {
@@ -39,11 +39,9 @@ export const INK = {
   noData: "#242d44",
 };
 
-const ORDER = new Map([...COUNTRIES.keys()].map((code, i) => [code, i]));
-
 /** A country's colour, the same in every chart and whatever else is selected. */
 export function countryColour(code) {
-  const i = ORDER.get(code) ?? [...code].reduce((sum, ch) => sum + ch.charCodeAt(0), 0);
+  const i = countryOrder(code) ?? [...code].reduce((sum, ch) => sum + ch.charCodeAt(0), 0);
   return CATEGORICAL[i % CATEGORICAL.length];
 }
 

@@ -7,7 +7,7 @@
 // it out of the address bar at once). The token stays in this tab (sessionStorage) and goes only to
 // this server, in the Authorization header of its /api/traffic requests.
 
-import { countryName } from "./countries.js";
+import { countryName } from "./catalog.js";
 
 const TOKEN_KEY = "pisa-pulse.traffic-token";
 const POLL_MS = 1000;
@@ -54,15 +54,8 @@ const UNLOCKED = `
 // Taken before anything else runs, so the token leaves the address bar (and history) at once.
 const handedOver = takeTokenFromFragment();
 
-/** Adds the traffic panel after `anchor` if this server has traffic controls; otherwise nothing. */
-export async function trafficPanel(anchor) {
-  let index;
-  try {
-    const response = await fetch("api", { headers: { Accept: "application/json" } });
-    index = response.ok ? await response.json() : null;
-  } catch {
-    index = null;
-  }
+/** Adds the traffic panel after `anchor` if the server index (GET api) links traffic controls. */
+export function trafficPanel(anchor, index) {
   if (typeof index?.traffic !== "string") return null; // controls off: no panel, no requests
   const panel = new TrafficPanel(anchor, handedOver ?? storedToken());
   if (panel.token === null) panel.lock();

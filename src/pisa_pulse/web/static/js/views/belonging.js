@@ -1,7 +1,7 @@
 // Chart 3: early education (x, years) against sense of belonging (y), bubble size = submissions.
 // Each bubble carries its country code, so colour is never the only key.
 
-import { countryName } from "../countries.js";
+import { countryName } from "../catalog.js";
 import { ContractError } from "../poller.js";
 import { countryColour } from "../theme.js";
 import { chartIn, codeOf, datasetsOf, numberOrNull, setEmpty } from "./base.js";

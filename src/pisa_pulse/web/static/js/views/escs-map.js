@@ -4,7 +4,7 @@
 
 /* global echarts, topojson */
 
-import { CODE_BY_ISO, countryName } from "../countries.js";
+import { CODE_BY_ISO, countryName } from "../catalog.js";
 import { INK, VIRIDIS, viridisAt } from "../theme.js";
 import { chartIn, codeOf, datasetsOf, numberOrNull, setEmpty } from "./base.js";
 

@@ -1,7 +1,7 @@
 // The source-health strip: per country database, its capture state and lag, from /api/status.
 // Every state has its own symbol and word, so colour is never the only sign.
 
-import { countryName } from "../countries.js";
+import { countryName } from "../catalog.js";
 import { ContractError, formatAge } from "../poller.js";
 
 const STATES = {

@@ -1,6 +1,6 @@
 // Chart 5: learning hours per week (round(mean TMINS / 60)), one bar per country.
 
-import { countryName } from "../countries.js";
+import { countryName } from "../catalog.js";
 import { OKABE_ITO } from "../theme.js";
 import { categoryLabels, chartIn, codeOf, datasetsOf, numberOrNull, setEmpty } from "./base.js";
 

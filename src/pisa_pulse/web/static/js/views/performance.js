@@ -1,7 +1,7 @@
 // Chart 6 (ours): mean reading, mathematics and science scores per country, as a dot plot.
 // Each domain has its own colour and its own shape.
 
-import { countryName } from "../countries.js";
+import { countryName } from "../catalog.js";
 import { OKABE_ITO } from "../theme.js";
 import { categoryLabels, chartIn, codeOf, datasetsOf, numberOrNull, setEmpty } from "./base.js";
 
