@@ -63,3 +63,19 @@ def test_schemas_are_full_width_and_slim() -> None:
     assert len(full) == 1119 and full[0] == "id"
     assert set(slim) < set(full) and len(slim) == 102
     assert [c for c in full if c in slim] == list(slim)  # slim keeps file order
+
+
+def test_a_source_never_shows_its_password() -> None:
+    source = cfg.Source("alb", "postgresql://ann:s3cr%40t@db:5432/alb?sslmode=require&password=pw2", "poll")
+    for text in (repr(source), str(source), f"{source}", repr((source,)), source.shown_dsn):
+        assert "s3cr" not in text and "pw2" not in text
+    assert repr(source) == (
+        "Source(name='alb', dsn='postgresql://ann:***@db:5432/alb?sslmode=require&password=***', mode='poll')"
+    )
+    assert source.dsn.startswith("postgresql://ann:s3cr%40t@")  # the value itself is intact
+
+
+def test_a_bad_schema_in_the_config_is_a_pisa_pulse_error(tmp_path: Path) -> None:
+    cfg.config_path(tmp_path).write_text('schema = "wide"\nseed = 1\nsources = []\n')
+    with pytest.raises(PisaPulseError, match="schema must be one of"):
+        cfg.load(tmp_path)

@@ -43,24 +43,28 @@ CHILD_STOP_S = 15.0  # ... and stop within this after SIGTERM, else it is killed
 # -- argument parsing -----------------------------------------------------------------------------
 
 
+class BadOptionValue(PisaPulseError, argparse.ArgumentTypeError):
+    """An option's value out of range: argparse prints it as a usage error and exits 2."""
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+        raise BadOptionValue(f"{text} is not a share between 0 and 1")
     return value
 
 
 def _non_negative(text: str) -> float:
     value = float(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
+        raise BadOptionValue(f"{text} is negative")
     return value
 
 
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
+        raise BadOptionValue(f"{text} is negative")
     return value
 
 

@@ -28,7 +28,10 @@ CONFIG_NAME = "sources.toml"
 DATA_DIR_ENV = "PISA_PULSE_DATA_DIR"
 
 
-@dataclass(frozen=True)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
+@dataclass(frozen=True, repr=False)
 class Source:
     """One country database: its name (lower-case country code), DSN and capture mode.
 
@@ -39,6 +42,16 @@ class Source:
     name: str
     dsn: str
     mode: str = "replication"
+
+    @property
+    def shown_dsn(self) -> str:
+        """The DSN without its password (in the URL's user part or as a `password=` option)."""
+        return _QUERY_PASSWORD.sub(r"\1***", redact(self.dsn))
+
+    def __repr__(self) -> str:
+        # The DSN may carry a password (`password_env`, `--dsn`): a repr (a log line, a traceback's
+        # locals, an error message) shows it redacted.
+        return f"Source(name={self.name!r}, dsn={self.shown_dsn!r}, mode={self.mode!r})"
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,7 @@ def load(data_dir: Path) -> SourcesConfig:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         return _from_dict(raw)
-    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, PisaPulseError) as exc:
         raise PisaPulseError(
             f"{path} is not a valid sources config ({exc})",
             "fix it, or run `pisa-pulse sources up` to write it again",
@@ -150,7 +163,7 @@ def save(data_dir: Path, config: SourcesConfig) -> Path:
 def _from_dict(raw: dict[str, Any]) -> SourcesConfig:
     schema = raw["schema"]
     if schema not in SCHEMAS:
-        raise ValueError(f"schema must be one of {', '.join(SCHEMAS)}")
+        raise PisaPulseError(f"schema must be one of {', '.join(SCHEMAS)}")
     cluster = raw.get("cluster")
     return SourcesConfig(
         schema=schema,
