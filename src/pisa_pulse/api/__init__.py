@@ -1,1 +1,3 @@
-"""The API: chart JSON served from memory (app.py), built from snapshots (snapshots.py) by charts.py."""
+"""The API: chart JSON served from memory, built from snapshots (snapshots.py) by the chart registry
+(charts.py); module-level endpoints (handlers.py) wired by the app factory (app.py); one settings table
+(settings.py)."""
