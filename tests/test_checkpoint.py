@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.capture.contract import Position
+from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore, SourceChanges
 from pisa_pulse.engine.ledger import RECORD_BYTES, Ledger
 from pisa_pulse.errors import PisaPulseError

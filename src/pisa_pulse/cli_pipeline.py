@@ -63,7 +63,7 @@ def cmd_check(data_dir: Path, args: argparse.Namespace) -> int:
             mark = "ok" if c.ok else ("no" if c.needed_by != "both" else "FAIL")
             table.add_row(source.name, c.name, mark, c.detail, c.fix)
             if c.name == "recommended mode" or (c.name == "connect" and not c.ok):
-                modes[c.detail.split(" ", 1)[0] if c.ok else "none"].append(source.name)
+                modes[str(c.mode) if c.mode is not None else "none"].append(source.name)
     out.print(table)
     if modes["none"]:
         out.print(f"{len(modes['none'])} source(s) cannot be captured: {', '.join(modes['none'])}")

@@ -12,7 +12,7 @@ import uvicorn
 
 from pisa_pulse.api import settings as api_settings
 from pisa_pulse.api.app import create_app
-from pisa_pulse.api.snapshots import DirectSnapshots, LiveSnapshots, Snapshots
+from pisa_pulse.api.snapshots import LiveSnapshots, Snapshots
 from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
 from pisa_pulse.capture.contract import MODES
 from pisa_pulse.errors import PisaPulseError
@@ -79,8 +79,11 @@ def load_settings(
 
 
 def snapshots_for(settings: api_settings.Settings) -> Snapshots:
-    """Live (replication) or direct snapshots, as the settings say."""
+    """Snapshots pushed by a capture process, or direct SQL per request, as the settings say."""
     if settings.mode == "direct":
+        # Only direct mode talks to the sources from this process: import its driver only then.
+        from pisa_pulse.api.direct import DirectSnapshots
+
         return DirectSnapshots(settings.sources)
     return LiveSnapshots(settings)
 
@@ -107,7 +110,7 @@ def run_server(settings: api_settings.Settings, traffic_control: Path | None = N
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     routes = traffic_routes(traffic_control, new_token(traffic_control)) if traffic_control else None
-    app = create_app(snapshots_for(settings), traffic_routes=routes)
+    app = create_app(snapshots_for(settings), traffic_routes=routes, settings=settings)
     config = uvicorn.Config(
         app,
         log_level="warning",

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import psycopg2
 
+from pisa_pulse.capture.contract import Mode
 from pisa_pulse.capture.exceptions import SourceUnusable
 from pisa_pulse.capture.replication import PUBLICATION
 from pisa_pulse.sources.config import Source, first_line
 from pisa_pulse.sources.databases import Connection, connected, table_columns
 from pisa_pulse.sources.schema import CHART_COLUMNS, TABLE
 
-MODES = ("replication", "poll")
+MODES = (Mode.REPLICATION, Mode.POLL)  # the modes a source may be captured in
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Check:
     detail: str
     fix: str = ""
     needed_by: str = "both"  # "both" modes, "replication" or "poll"
+    mode: Mode | None = None  # the recommendation's mode (None: no mode works, or not a recommendation)
 
 
 def check_source(source: Source, slot: str, columns: Sequence[str]) -> list[Check]:
@@ -82,11 +84,11 @@ def replication_blockers(conn: Connection) -> list[str]:
 def recommend(checks: Sequence[Check]) -> Check:
     """The mode to use given the other checks: replication where allowed, else polling, else none."""
     failed = {mode: [c for c in checks if not c.ok and c.needed_by in (mode, "both")] for mode in MODES}
-    if not failed["replication"]:
-        return Check("recommended mode", True, "replication")
-    if not failed["poll"]:
-        why = ", ".join(c.name for c in failed["replication"])
-        return Check("recommended mode", True, f"poll (replication needs: {why})")
+    if not failed[Mode.REPLICATION]:
+        return Check("recommended mode", True, "replication", mode=Mode.REPLICATION)
+    if not failed[Mode.POLL]:
+        why = ", ".join(c.name for c in failed[Mode.REPLICATION])
+        return Check("recommended mode", True, f"poll (replication needs: {why})", mode=Mode.POLL)
     return Check("recommended mode", False, "none", "fix the failed checks of either mode")
 
 
