@@ -107,7 +107,7 @@ def test_sigkill_of_the_capture_process_while_traffic_runs(new_dir: Path, bring_
     ):
         live, direct = live_server.url, direct_server.url
         wait_for("every source streaming", lambda: all_streaming(live), 60)
-        assert fetch(live + "api/status")[1]["settings"]["capture.mode"] == "replication"  # the echo
+        assert fetch(live + "api/status")[1]["settings"]["capture"]["mode"] == "replication"  # the echo
         first = capture_of(live)["pid"]
         http_maps, capture_maps = loaded(live_server.process.pid), loaded(first)
         assert "_psycopg" in capture_maps and "numpy" in capture_maps  # the check can see them ...
