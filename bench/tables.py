@@ -71,6 +71,14 @@ def _cores(case: Row) -> str:
     return " / ".join(_n(case.get(f"{k} cores")) for k in kinds)
 
 
+def _after_copies(case: Row) -> float | None:
+    """Seconds from the last source's `streaming` log line to /api/status saying every source streams."""
+    if "first_copy_to_all_streaming_s" not in case:
+        return None
+    logged = case["start_to_first_copy_s"] + case["first_copy_to_all_streaming_s"]
+    return round(float(case["serve_to_streaming_s"] - logged), 1)
+
+
 def _cells(*values: Any) -> str:
     return "| " + " | ".join(_n(v) for v in values) + " |"
 
@@ -308,8 +316,9 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
     "rate_big": (
         "rate_big",
         "| 1,000/s asked on full-width students, `serve` started 30 s in | students | achieved median per "
-        "s: before serve / during the copy / after (min after) | serve to all streaming s | start to first "
-        "copy s | slot creation median (max) s | copy median (max) s, all sources at once | CPU cores "
+        "s: before serve / during the copy / after (min after) | serve to all streaming s | of which: "
+        "start to first copy / first copy to last streaming (sum of copies) / then until /api/status "
+        "says streaming, s | slot creation median (max) s | copy per source median (max) s | CPU cores "
         "after the copy: autovacuum / backends / walsenders / other PostgreSQL / traffic | load average "
         "mean (max) |",
         lambda c: _cells(
@@ -318,7 +327,8 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
             f"{_n(c.get('median_ops_per_s (before serve)'))} / {_n(c.get('median_ops_per_s (copy)'))} / "
             f"{_n(c.get('median_ops_per_s'))} ({_n(c.get('min_ops_per_s'))})",
             c["serve_to_streaming_s"],
-            c.get("start_to_first_copy_s"),
+            f"{_n(c.get('start_to_first_copy_s'))} / {_n(c.get('first_copy_to_all_streaming_s'))} "
+            f"({_n(c.get('copy_sum_s'))}) / {_n(_after_copies(c))}",
             f"{_n(c.get('slot_creation_median_s'))} ({_n(c.get('slot_creation_max_s'))})",
             f"{_n(c.get('copy_median_s'))} ({_n(c.get('copy_max_s'))})",
             _cores(c),
