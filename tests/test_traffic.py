@@ -182,13 +182,14 @@ def test_the_achieved_rate_is_over_the_last_ten_seconds(new_dir: Path, bring_up:
     writer.start()
     try:
         time.sleep(3.0)
-        assert 240 < traffic.achieved_rate() < 330
+        writing = traffic.achieved_rate()  # since the start: the window is not full yet
+        assert writing > 150
         traffic.pause()
         time.sleep(2.0)
-        # 3 s at 300/s, then 2 s paused: the last ten seconds (all five of them) average 180/s; a
-        # rate over the last instants would say 0 and jump back at once.
+        # 3 s of writing, then 2 s paused: the last ten seconds (all five of them) average 3/5 of the
+        # rate; a rate over the last instants would say 0 and jump back at once.
         status = traffic.status()
-        assert 130 < status["achieved_rate"] < 220 and status["achieved_over_s"] == 10
+        assert 0.5 * writing < status["achieved_rate"] < 0.7 * writing and status["achieved_over_s"] == 10
     finally:
         stop.set()
         writer.join()
