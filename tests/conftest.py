@@ -49,7 +49,8 @@ from pisa_pulse.sources.cluster import EmbeddedCluster
 NO_SERVER_ENV = "PISA_PULSE_TESTS_NO_SERVER"
 SERVER_FIXTURES = {"scratch"}  # every fixture that starts PostgreSQL depends on it
 SERVER_MARKERS = {"faults", "bench"}
-# Child processes that are (or start) servers: pisa-pulse commands, PostgreSQL's tools, browsers.
+# Child processes that are, start or need servers: pisa-pulse commands, PostgreSQL's tools, browsers,
+# wrk, and bench/run.py (the benchmarks bring up their own sources).
 SERVER_COMMANDS = {"serve", "demo", "pipeline", "traffic", "sources", "check", "bench"}
 SERVER_PROGRAMS = {"initdb", "pg_ctl", "postgres", "postmaster", "chromium", "wrk", "run.py"}
 _refused: list[str] = []  # what a test started under NO_SERVER_ENV (threads cannot fail a test)
