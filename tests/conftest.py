@@ -6,10 +6,11 @@ Each data dir lives under a private /tmp folder that the unprivileged server use
 **One cluster, a database each.** Tests that never stop, kill or reconfigure their PostgreSQL share
 one embedded cluster for the session (`shared_cluster`); the `shared` fixture gives each test its own
 database-name prefix on it (`shared.up(data_dir, ...)` is `sources up --dsn ... --db-prefix t7_`)
-and drops that test's databases, and with them their replication slots, when it ends. Slots are
-cluster-wide and named `<slot prefix>_<country>`: tests that make slots in-process pass
-`shared.slot_prefix`, and a slot still on the cluster after a test's databases are gone fails that
-test. Tests that stop, SIGSTOP or kill a server keep their own cluster (`new_dir` + `bring_up`).
+and, when the test ends, drops the replication slots of its databases. Slots are cluster-wide and
+named `<slot prefix>_<country>`: tests that make slots in-process pass `shared.slot_prefix`, and a
+slot still on the cluster after that fails the test. The cluster runs with fsync off (its data is
+thrown away). Tests that stop, SIGSTOP or kill a server keep their own cluster (`new_dir` +
+`bring_up`).
 
 **Which tests need a server** is decided here, not by each test: a test whose fixtures include
 `scratch` (every cluster fixture depends on it), or that is marked `faults` or `bench`, is marked
@@ -31,12 +32,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
@@ -207,6 +211,11 @@ def shared_cluster(scratch: Path) -> Iterator[EmbeddedCluster]:
     try:
         cluster.init()
         cluster.start()
+        # Its data is thrown away at the end, so nothing need reach the disk.
+        with databases.connected(cluster.dsn()) as admin, admin.cursor() as cur:
+            cur.execute("ALTER SYSTEM SET fsync = off")
+            cur.execute("ALTER SYSTEM SET full_page_writes = off")
+            cur.execute("SELECT pg_reload_conf()")
         yield cluster
     finally:
         cluster.remove()
@@ -251,23 +260,41 @@ _shares = itertools.count(1)
 
 @contextmanager
 def share_of(cluster: EmbeddedCluster) -> Iterator[SharedServer]:
-    """A new prefix on `cluster`; afterwards its databases (and their slots) are dropped and no slot
-    may be left on the cluster."""
+    """A new prefix on `cluster`. Afterwards the connections to its databases end and their slots are
+    dropped; the databases stay until the cluster goes (DROP DATABASE would force a checkpoint). A slot
+    elsewhere on the cluster then fails the test, as it would clash with a later test's."""
     share = SharedServer(cluster, f"t{next(_shares)}_")
     try:
         yield share
     finally:
-        with databases.connected(share.admin_dsn) as admin, admin.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (share.prefix,))
-            names = [row[0] for row in cur.fetchall()]
-        for name in names:
-            databases.drop(share.admin_dsn, name)
-        with databases.connected(share.admin_dsn) as admin, admin.cursor() as cur:
-            cur.execute("SELECT slot_name, database FROM pg_replication_slots")
-            left = cur.fetchall()
-            for slot, _ in left:
-                cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        assert not left, f"replication slots left on the shared cluster (slots are cluster-wide): {left}"
+        _end_share(share)
+
+
+def _end_share(share: SharedServer) -> None:
+    ours = "starts_with({}, %s)"
+    with databases.connected(share.admin_dsn) as admin, admin.cursor() as cur:
+        deadline = time.monotonic() + 10
+        while True:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
+                + ours.format("datname"),
+                (share.prefix,),
+            )
+            try:
+                cur.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE "
+                    + ours.format("database"),
+                    (share.prefix,),
+                )
+                break
+            except psycopg2.errors.ObjectInUse:  # a walsender not gone yet
+                assert time.monotonic() < deadline, "a slot of this test stayed in use"
+                time.sleep(0.1)
+        cur.execute("SELECT slot_name, database FROM pg_replication_slots")
+        left = cur.fetchall()
+        for slot, _ in left:
+            cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    assert not left, f"replication slots left on the shared cluster (slots are cluster-wide): {left}"
 
 
 @pytest.fixture
