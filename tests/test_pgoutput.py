@@ -421,8 +421,6 @@ def test_text_that_is_not_utf8_is_reported() -> None:
 # -- a live server --------------------------------------------------------------------------------
 
 
-
-
 WIDE = [f"v{i:02d}" for i in range(37)]
 
 
