@@ -42,7 +42,7 @@ from sources_bench import scratch_dir, total_rows
 
 POLL_S = 0.5  # /proc is read this often: an autovacuum worker lives a few seconds at least
 START_TIMEOUT_S = 600.0
-KINDS = ("autovacuum", "backends", "walsenders", "other postgres", "pisa-pulse")
+KINDS = ("autovacuum", "backends", "walsenders", "other postgres", "pisa-pulse", "serve")
 BACKGROUND = ("checkpointer", "background writer", "walwriter", "autovacuum launcher", "launcher", "logger")
 
 
@@ -91,12 +91,13 @@ def _kind(pid: int) -> str:
 class ProcessCpu:
     """CPU seconds of the postmaster's children by kind, and of pisa-pulse's processes, from /proc.
 
-    Polled every POLL_S: a process seen first after `start` counts all its CPU; one that ends
-    counts up to its last poll (at most half a second of it is lost).
+    Polled every POLL_S: a process seen first after the first poll counts all its CPU; one that ends
+    counts up to its last poll (at most half a second of it is lost). `ours`: pisa-pulse's processes
+    (each with its children) and the kind each counts as; `watch` adds one.
     """
 
-    def __init__(self, postmaster: int | None, ours: int) -> None:
-        self.postmaster, self.ours = postmaster, ours
+    def __init__(self, postmaster: int | None, ours: dict[int, str]) -> None:
+        self.postmaster, self.ours = postmaster, dict(ours)
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.kinds: dict[int, str] = {}
@@ -112,8 +113,8 @@ class ProcessCpu:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-            if pid == self.ours or ppid == self.ours:
-                kind = "pisa-pulse"
+            if pid in self.ours or ppid in self.ours:
+                kind = self.ours.get(pid) or self.ours[ppid]
             elif pid == self.postmaster:
                 kind = "other postgres"
             elif ppid == self.postmaster and self.postmaster is not None:
@@ -125,6 +126,10 @@ class ProcessCpu:
             self.first.setdefault(pid, used if not self.started else 0.0)
             self.last[pid] = used
         self.started = True
+
+    def watch(self, pid: int, kind: str) -> None:
+        """Count process `pid` (and its children) as `kind` from now on."""
+        self.ours[pid] = kind
 
     def totals(self) -> dict[str, float]:
         """CPU seconds by kind since the first poll."""
@@ -235,7 +240,7 @@ def demo(code: Path, minutes: float, warmup_s: float, sample_s: float, args: lis
             traffic_after_s = time.monotonic() - started
             config = cfg.load(data_dir)
             rows = total_rows(config)
-            cpu = ProcessCpu(postmaster_pid(config, data_dir), process.pid)
+            cpu = ProcessCpu(postmaster_pid(config, data_dir), {process.pid: "pisa-pulse"})
             with RateSampler(data_dir, cpu, sample_s) as sampler:
                 time.sleep(warmup_s + minutes * 60)
         finally:
@@ -277,12 +282,13 @@ def big(
         traffic = _traffic(data_dir, rate, 24 * 3600)
         try:
             _wait_traffic(data_dir, traffic)
-            cpu = ProcessCpu(postmaster_pid(config, data_dir), traffic.pid)
+            cpu = ProcessCpu(postmaster_pid(config, data_dir), {traffic.pid: "pisa-pulse"})
             command = serve_command(data_dir, config, "replication")
             command[len(CLI) : len(CLI)] = ["--log-level", "info"]  # the copy's steps, timed
             with RateSampler(data_dir, cpu, sample_s) as sampler:
                 time.sleep(warmup_s)
                 with ServeProcess(command, data_dir.parent / "serve.log") as server:
+                    cpu.watch(server.pid, "serve")
                     copy = _until_streaming(server, len(config.sources))
                     time.sleep(minutes * 60)
         finally:

@@ -65,9 +65,9 @@ def _wrk_rate(run: Row) -> float:
     return per_second(run["requests"], run["seconds"])
 
 
-def _cores(case: Row) -> str:
+def _cores(case: Row, *more: str) -> str:
     """CPU cores by kind of process (rate_bench.KINDS), as `a / b / c / d / e`."""
-    kinds = ("autovacuum", "backends", "walsenders", "other postgres", "pisa-pulse")
+    kinds = ("autovacuum", "backends", "walsenders", "other postgres", "pisa-pulse", *more)
     return " / ".join(_n(case.get(f"{k} cores")) for k in kinds)
 
 
@@ -319,8 +319,8 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
         "s: before serve / during the copy / after (min after) | serve to all streaming s | of which: "
         "start to first copy / first copy to last streaming (sum of copies) / then until /api/status "
         "says streaming, s | slot creation median (max) s | copy per source median (max) s | CPU cores "
-        "after the copy: autovacuum / backends / walsenders / other PostgreSQL / traffic | load average "
-        "mean (max) |",
+        "after the copy: autovacuum / backends / walsenders / other PostgreSQL / traffic / serve | load "
+        "average mean (max) |",
         lambda c: _cells(
             f"code {c['code']}",
             c["students"],
@@ -331,7 +331,7 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
             f"({_n(c.get('copy_sum_s'))}) / {_n(_after_copies(c))}",
             f"{_n(c.get('slot_creation_median_s'))} ({_n(c.get('slot_creation_max_s'))})",
             f"{_n(c.get('copy_median_s'))} ({_n(c.get('copy_max_s'))})",
-            _cores(c),
+            _cores(c, "serve"),
             f"{c.get('load1_mean')} ({c.get('load1_max')})",
         ),
     ),
