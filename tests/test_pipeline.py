@@ -191,7 +191,7 @@ def test_slot_dropped_behind_the_pipelines_back(five: cfg.SourcesConfig, new_dir
         with traffic_running(five):
             time.sleep(1.5)
             with connected(victim.dsn) as conn:
-                replication.drop_slot(conn, slot_name("pisa_pulse", victim.name))
+                replication.drop_slot(conn, slot_name("pisa_pulse", victim))
             time.sleep(2)
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)

@@ -36,7 +36,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         parser.add_argument(
             "--slot-prefix",
             default=DEFAULT_SLOT_PREFIX,
-            help=f"replication slots are named PREFIX_<source> (default: {DEFAULT_SLOT_PREFIX})",
+            help=f"replication slots are named PREFIX_<database> (default: {DEFAULT_SLOT_PREFIX})",
         )
     pipeline.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     pipeline.add_argument(
@@ -59,7 +59,7 @@ def cmd_check(data_dir: Path, args: argparse.Namespace) -> int:
     table = Table("source", "check", "", "seen", "fix", box=None)
     modes: dict[str, list[str]] = {"replication": [], "poll": [], "none": []}
     for source in config.sources:
-        for c in check_source(source, slot_name(args.slot_prefix, source.name), CHART_COLUMNS):
+        for c in check_source(source, slot_name(args.slot_prefix, source), CHART_COLUMNS):
             mark = "ok" if c.ok else ("no" if c.needed_by != "both" else "FAIL")
             table.add_row(source.name, c.name, mark, c.detail, c.fix)
             if c.name == "recommended mode" or (c.name == "connect" and not c.ok):

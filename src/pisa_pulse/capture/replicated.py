@@ -26,6 +26,7 @@ replication is not allowed (server version, `wal_level`, role, publication) beco
 from __future__ import annotations
 
 import logging
+import re
 import select
 import threading
 import time
@@ -52,7 +53,7 @@ from pisa_pulse.capture.exceptions import CaptureError, SourceUnusable
 from pisa_pulse.capture.polled import PolledSource
 from pisa_pulse.capture.preflight import check_table, replication_blockers
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources.config import Source, first_line
+from pisa_pulse.sources.config import Source, database_of, first_line
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.schema import CHART_COLUMNS
 
@@ -65,9 +66,12 @@ SILENCE_LIMIT = 15.0  # a stream silent this long (no answer to pings) is droppe
 COPY_CHUNK = 5_000  # rows per batch of a copy
 
 
-def slot_name(prefix: str, source: str) -> str:
-    """The replication slot of one source (slots are per cluster, so the source name is in it)."""
-    return f"{prefix}_{source}"
+def slot_name(prefix: str, source: Source) -> str:
+    """The replication slot of one source: `<prefix>_<its database>`. Slots are per server, so the
+    name holds the database (for `sources up` sources the country code, or `t1_alb` with a
+    `--db-prefix`), lower-cased, with anything but letters, digits and `_` as `_`, at most 63 bytes."""
+    database = database_of(source.dsn) or source.name
+    return f"{prefix}_{re.sub('[^a-z0-9_]', '_', database.lower())}"[:63]
 
 
 class ReplicationLoop:

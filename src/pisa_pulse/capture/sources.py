@@ -21,6 +21,6 @@ def captured_sources(
         if src.mode == Mode.POLL:
             result.append(PolledSource(src, poll_interval, reconcile_interval))
         else:
-            slot = slot_name(slot_prefix, src.name)
+            slot = slot_name(slot_prefix, src)
             result.append(ReplicatedSource(src, slot, loop, poll_interval, reconcile_interval))
     return result
