@@ -95,8 +95,12 @@ class Pipeline:
             while not stop.wait(self.checkpoint_interval):
                 self.checkpoint()
         finally:
-            for h in self.held.values():
-                h.capture.stop()
+            # All at once: each stop waits for its source's thread (or the loop's next turn).
+            stopping = [threading.Thread(target=h.capture.stop) for h in self.held.values()]
+            for thread in stopping:
+                thread.start()
+            for thread in stopping:
+                thread.join()
             self.checkpoint()
             self.store.close()
 
