@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from pisa_pulse.engine import feed
 from pisa_pulse.engine.pipeline import Pipeline
+from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.terminal import setup_logging
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,18 @@ def main(argv: list[str]) -> int:
     stop, changed = threading.Event(), threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    pipeline = Pipeline(
-        config.sources,
-        config.state_dir,
-        slot_prefix=config.slot_prefix,
-        poll_interval=config.poll_interval,
-        reconcile_interval=config.reconcile_interval,
-        on_change=changed.set,
-    )
+    try:
+        pipeline = Pipeline(
+            config.sources,
+            config.state_dir,
+            slot_prefix=config.slot_prefix,
+            poll_interval=config.poll_interval,
+            reconcile_interval=config.reconcile_interval,
+            on_change=changed.set,
+        )
+    except PisaPulseError as exc:  # e.g. a checkpoint it cannot open: one line, and serve retries
+        log.error("capture cannot start: %s", exc)
+        return 2
     with os.fdopen(int(argv[0]), "wb") as pipe:
         publisher = threading.Thread(
             target=publish, args=(pipeline, pipe, changed, stop), name="publish", daemon=True
