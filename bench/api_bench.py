@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -31,6 +30,7 @@ import tomli_w
 from capture_bench import CLI
 from cpu import Window
 from figures import per_second
+from pisa_pulse.cli import stop_process
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.databases import connected
 
@@ -149,15 +149,8 @@ class ServeProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if self._process is not None:
+            stop_process(self._process, 60)
 
     def _alive(self) -> None:
         assert self._process is not None

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import threading
@@ -36,6 +35,7 @@ from typing import Any
 from api_bench import ServeProcess, serve_command
 from capture_bench import CLI, _traffic, _up
 from cpu import postmaster_pid, process_cpu_s
+from pisa_pulse.cli import stop_process
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control
 from sources_bench import scratch_dir, total_rows
@@ -261,13 +261,7 @@ def demo(code: Path, minutes: float, warmup_s: float, sample_s: float, args: lis
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, as the tests stop `demo` and `serve`; SIGKILL after a minute."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, 60)
 
 
 def big(
