@@ -78,11 +78,11 @@ def ensure(admin_dsn: str, name: str, schema: SchemaName) -> bool:
         tables = [r[0] for r in cur.fetchall()]
         if not tables:
             cur.execute(create_table(schema))
-            keep_statistics_on_the_key(conn)
+            set_storage_parameters(conn)
             return created
         found = schema_of(table_columns(conn)) if tables == [TABLE] else None
         if found == schema:
-            keep_statistics_on_the_key(conn)
+            set_storage_parameters(conn)
             return created
         what = f"the {found} layout" if found else f"tables {', '.join(tables)} of another layout"
         raise PisaPulseError(
@@ -95,57 +95,48 @@ def ensure(admin_dsn: str, name: str, schema: SchemaName) -> bool:
 
 # Autovacuum storage parameters of `responses`, an insert-mostly table that is only ever filtered,
 # ordered and joined on `id` (the traffic's random-key probes, poll mode's id ranges and the copy's
-# snapshot read). Statistics are kept on `id` alone (every other column: SET STATISTICS 0, see
-# `keep_statistics_on_the_key`): ANALYZE of all 1,119 columns of 30,000 full-width rows took 205 s on
-# the 2-core machine, and 0.07 s with statistics on `id` only, for statistics no query uses. At 200
-# submissions/s every country crossed the default analyze threshold (50 rows + 10 %) every half minute,
-# and three autovacuum workers analysing one country after another held the traffic at 76-96/s. Ids
-# are uniform random, so their histogram does not age: ANALYZE runs once the table has changed by
-# half (and at least 10,000 rows). VACUUM stays frequent: it keeps the visibility map current, which
-# poll mode's index-only scans of `id` need to skip the heap, so it runs after 5 % new rows (and 1,000)
-# instead of 20 %; it reads only pages not yet all-visible, so each run is short.
+# snapshot read). ANALYZE of all 1,119 columns of 30,000 full-width rows took 205 s on the 2-core
+# machine, and 0.07 s for `id` alone, for statistics no query uses; at 200 submissions/s every country
+# crossed the default analyze threshold (50 rows + 10 %) every half minute, and three autovacuum
+# workers analysing one country after another held the traffic at 76-96/s. So autovacuum never
+# analyses this table (the threshold is the largest there is) and `sources up` analyses `id` itself
+# after it seeds (`analyze_key`): ids are uniform random, so their histogram does not age, and the row
+# count the planner scales it by is kept by VACUUM. (Statistics target 0 on the 1,118 other columns
+# would do the same for a column-less ANALYZE, but that ALTER TABLE costs about a second per
+# full-width table: each subcommand rebuilds the relation's 1,119-column descriptor.) VACUUM stays
+# frequent: it keeps the visibility map current, which poll mode's index-only scans of `id` need to
+# skip the heap, so it runs after 5 % new rows (and 1,000) instead of 20 %; it reads only pages not yet
+# all-visible, so each run is short.
 STORAGE_PARAMETERS = {
-    "autovacuum_analyze_scale_factor": "0.5",
-    "autovacuum_analyze_threshold": "10000",
+    "autovacuum_analyze_threshold": "2147483647",
     "autovacuum_vacuum_insert_scale_factor": "0.05",
     "autovacuum_vacuum_insert_threshold": "1000",
 }
 
 
-def keep_statistics_on_the_key(conn: Connection) -> None:
-    """Set our table's statistics and autovacuum parameters (STORAGE_PARAMETERS), if not set yet.
+def set_storage_parameters(conn: Connection) -> None:
+    """Set our table's autovacuum parameters (STORAGE_PARAMETERS), if not set yet.
 
     Table-level only (ALTER TABLE of `responses`), never server settings, so it is the same on the
     embedded cluster and on a server given with `--dsn`. Idempotent: a table that has them already is
     not altered (an ALTER takes a SHARE UPDATE EXCLUSIVE lock, which waits for a running autovacuum).
     """
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
-            "AND NOT attisdropped AND attname <> 'id' AND attstattarget IS DISTINCT FROM 0 ORDER BY attnum",
-            (f"public.{TABLE}",),
-        )
-        columns = [r[0] for r in cur.fetchall()]
         cur.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", (f"public.{TABLE}",))
         options = set((cur.fetchone() or (None,))[0] or ())
-        wanted = {f"{k}={v}" for k, v in STORAGE_PARAMETERS.items()}
-        changes = [
-            sql.SQL("ALTER COLUMN {} SET STATISTICS 0").format(sql.Identifier(name)) for name in columns
-        ]
-        if not wanted <= options:
-            changes.append(
-                sql.SQL("SET ({})").format(
-                    sql.SQL(", ").join(
-                        sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v))
-                        for k, v in STORAGE_PARAMETERS.items()
-                    )
-                )
-            )
-        if changes:
-            cur.execute(
-                sql.SQL("ALTER TABLE {} ").format(sql.Identifier(TABLE)) + sql.SQL(", ").join(changes)
-            )
-            log.info("statistics on id only, autovacuum parameters set columns=%d", len(columns))
+        if {f"{k}={v}" for k, v in STORAGE_PARAMETERS.items()} <= options:
+            return
+        settings = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in STORAGE_PARAMETERS.items()
+        )
+        cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(sql.Identifier(TABLE), settings))
+        log.info("autovacuum parameters set table=%s", TABLE)
+
+
+def analyze_key(dsn: str) -> None:
+    """Refresh the statistics on `id`, the one column queries filter on (autovacuum never analyses)."""
+    with connected(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("ANALYZE {} (id)").format(sql.Identifier(TABLE)))
 
 
 def table_columns(conn: Connection) -> list[str]:

@@ -86,6 +86,8 @@ def up(
         chunks = seed.plan(counts, schema, seed_value, request.messy, request.rows_per_country)
         on_plan(sum(ch.rows for ch in chunks))
         seed.seed_all(chunks, on_rows, request.workers)
+        for source in sources:
+            databases.analyze_key(source.dsn)
     return config
 
 
