@@ -126,8 +126,9 @@ def set_storage_parameters(conn: Connection) -> None:
         options = set((cur.fetchone() or (None,))[0] or ())
         if {f"{k}={v}" for k, v in STORAGE_PARAMETERS.items()} <= options:
             return
+        pairs = STORAGE_PARAMETERS.items()
         settings = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in STORAGE_PARAMETERS.items()
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in pairs
         )
         cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(sql.Identifier(TABLE), settings))
         log.info("autovacuum parameters set table=%s", TABLE)
