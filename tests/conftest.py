@@ -7,7 +7,7 @@ Each data dir lives under a private /tmp folder that the unprivileged server use
 one embedded cluster for the session (`shared_cluster`); the `shared` fixture gives each test its own
 database-name prefix on it (`shared.up(data_dir, ...)` is `sources up --dsn ... --db-prefix t7_`)
 and, when the test ends, drops the replication slots of its databases. Slots are cluster-wide and
-named `<slot prefix>_<country>`: tests that make slots in-process pass `shared.slot_prefix`, and a
+named `<slot prefix>_<database>`: tests that make slots in-process pass `shared.slot_prefix`, and a
 slot still on the cluster after that fails the test. The cluster runs with fsync off (its data is
 thrown away). Tests that stop, SIGSTOP or kill a server keep their own cluster (`new_dir` +
 `bring_up`).

@@ -15,7 +15,7 @@ from pisa_pulse.sources import lifecycle
 from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.databases import STORAGE_PARAMETERS
 from pisa_pulse.sources.schema import column_names
-from tests.conftest import BringUp
+from tests.conftest import BringUp, SharedServer
 
 
 def _columns(dsn: str) -> list[tuple[str, str]]:
@@ -48,8 +48,8 @@ def test_up_slim_has_20_databases_with_responses(slim20: cfg.SourcesConfig) -> N
     assert all(_count(s.dsn) == 300 for s in slim20.sources)
 
 
-def test_up_full_width_has_over_1000_columns(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, schema="full", rows_per_country=20)
+def test_up_full_width_has_over_1000_columns(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, schema="full", rows_per_country=20)
     _assert_layout(config, min_columns=1001)
     assert [c for c, _ in _columns(config.sources[0].dsn)] == list(column_names("full"))
     # NA for missing, as the course databases stored it
@@ -69,8 +69,8 @@ def _statistics_and_options(dsn: str) -> tuple[list[str], list[str]]:
         return analysed, sorted(cur.fetchone()[0] or [])
 
 
-def test_up_keeps_statistics_on_the_key_alone(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb", schema="full", rows_per_country=20)
+def test_up_keeps_statistics_on_the_key_alone(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb", schema="full", rows_per_country=20)
     dsn = config.sources[0].dsn
     options = sorted(f"{k}={v}" for k, v in STORAGE_PARAMETERS.items())
     assert _statistics_and_options(dsn) == (["id"], options)
@@ -78,7 +78,7 @@ def test_up_keeps_statistics_on_the_key_alone(new_dir: Path, bring_up: BringUp) 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("ALTER TABLE responses RESET (autovacuum_analyze_threshold)")
     assert _statistics_and_options(dsn)[1] == options[1:]
-    bring_up(new_dir)
+    shared.up(new_dir)
     assert _statistics_and_options(dsn) == (["id"], options)
 
 
@@ -112,8 +112,8 @@ def test_reset_deletes_cluster_and_config(new_dir: Path, bring_up: BringUp) -> N
         psycopg2.connect(config.sources[0].dsn)
 
 
-def test_empty_truncates_only_the_named_countries(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=40)
+def test_empty_truncates_only_the_named_countries(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=40)
     assert lifecycle.empty(new_dir, ["ALB"]) == ["alb"]
     assert [_count(s.dsn) for s in config.sources] == [0, 40, 40]
     lifecycle.empty(new_dir, None)

@@ -34,14 +34,20 @@ from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp
+from tests.conftest import BringUp, SharedServer
 
 COUNTRIES = "alb,arg,aus,aut,bel"
 
 
 @pytest.fixture
-def five(new_dir: Path, bring_up: BringUp) -> cfg.SourcesConfig:
-    """Five slim sources with 300 students each, on a cluster of this test's own."""
+def five(new_dir: Path, shared: SharedServer) -> cfg.SourcesConfig:
+    """Five slim sources with 300 students each, on the shared cluster (slots: `shared.slot_prefix`)."""
+    return shared.up(new_dir, countries=COUNTRIES, schema="slim", rows_per_country=300, messy=0.05)
+
+
+@pytest.fixture
+def five_own(new_dir: Path, bring_up: BringUp) -> cfg.SourcesConfig:
+    """The same five sources on a cluster of this test's own, for a test that stops it."""
     return bring_up(new_dir, countries=COUNTRIES, schema="slim", rows_per_country=300, messy=0.05)
 
 
@@ -67,8 +73,10 @@ def traffic_running(config: cfg.SourcesConfig, rate: float = 400) -> Iterator[Tr
 
 
 @contextmanager
-def pipeline_running(config: cfg.SourcesConfig, data_dir: Path) -> Iterator[Pipeline]:
-    pipeline = Pipeline(config.sources, data_dir, checkpoint_interval=0.2)
+def pipeline_running(
+    config: cfg.SourcesConfig, data_dir: Path, slot_prefix: str = "pisa_pulse"
+) -> Iterator[Pipeline]:
+    pipeline = Pipeline(config.sources, data_dir, checkpoint_interval=0.2, slot_prefix=slot_prefix)
     with running(pipeline.run):
         yield pipeline
 
@@ -124,8 +132,10 @@ def wait_streaming(pipeline: Pipeline, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_copy_then_stream_equals_sql_under_traffic(five: cfg.SourcesConfig, new_dir: Path) -> None:
-    with pipeline_running(five, new_dir) as pipeline:
+def test_copy_then_stream_equals_sql_under_traffic(
+    five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer
+) -> None:
+    with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
         wait_streaming(pipeline)  # so that every row of the traffic arrives by the stream
         with traffic_running(five) as traffic:
             time.sleep(3)
@@ -140,21 +150,24 @@ def test_copy_then_stream_equals_sql_under_traffic(five: cfg.SourcesConfig, new_
         assert sum(n for h, n in hours.items() if h >= this_hour - 1) > 100  # streamed rows: now
 
 
-def test_restart_resumes_from_the_checkpoint(five: cfg.SourcesConfig, new_dir: Path) -> None:
-    with pipeline_running(five, new_dir), traffic_running(five):
+def test_restart_resumes_from_the_checkpoint(
+    five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer
+) -> None:
+    with pipeline_running(five, new_dir, shared.slot_prefix), traffic_running(five):
         time.sleep(1.5)
     with traffic_running(five):
         time.sleep(1.5)  # changes while the pipeline is down: the slots keep them
-    with pipeline_running(five, new_dir) as pipeline:
+    with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
         assert all(r.copies == 0 for r in pipeline.statuses())
 
 
-def test_sigkill_while_traffic_runs(five: cfg.SourcesConfig, new_dir: Path) -> None:
+def test_sigkill_while_traffic_runs(five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer) -> None:
     env = {**os.environ, cfg.DATA_DIR_ENV: str(new_dir)}
     with traffic_running(five):
-        proc = subprocess.Popen([sys.executable, "-m", "pisa_pulse", "pipeline"], env=env)
+        command = [sys.executable, "-m", "pisa_pulse", "pipeline", "--slot-prefix", shared.slot_prefix]
+        proc = subprocess.Popen(command, env=env)
         store = CheckpointStore(checkpoint_path(new_dir))
         deadline = time.monotonic() + 60
         while len(store.positions()) < len(five.sources) and time.monotonic() < deadline:
@@ -163,13 +176,14 @@ def test_sigkill_while_traffic_runs(five: cfg.SourcesConfig, new_dir: Path) -> N
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(1)
-    with pipeline_running(five, new_dir) as pipeline:
+    with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
         assert all(r.copies == 0 for r in pipeline.statuses())
 
 
-def test_source_server_restarted_in_immediate_mode(five: cfg.SourcesConfig, new_dir: Path) -> None:
+def test_source_server_restarted_in_immediate_mode(five_own: cfg.SourcesConfig, new_dir: Path) -> None:
+    five = five_own  # stopped below: on a cluster of its own
     assert five.cluster is not None
     cluster = EmbeddedCluster(five.cluster, Path(five.cluster.cluster_dir))
     with pipeline_running(five, new_dir) as pipeline:
@@ -185,13 +199,15 @@ def test_source_server_restarted_in_immediate_mode(five: cfg.SourcesConfig, new_
         assert all(r.state == "streaming" and r.copies == 1 for r in pipeline.statuses())
 
 
-def test_slot_dropped_behind_the_pipelines_back(five: cfg.SourcesConfig, new_dir: Path) -> None:
+def test_slot_dropped_behind_the_pipelines_back(
+    five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer
+) -> None:
     victim = five.sources[1]
-    with pipeline_running(five, new_dir) as pipeline:
+    with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
         with traffic_running(five):
             time.sleep(1.5)
             with connected(victim.dsn) as conn:
-                replication.drop_slot(conn, slot_name("pisa_pulse", victim))
+                replication.drop_slot(conn, slot_name(shared.slot_prefix, victim))
             time.sleep(2)
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
@@ -199,12 +215,14 @@ def test_slot_dropped_behind_the_pipelines_back(five: cfg.SourcesConfig, new_dir
         assert copies == {s.name: 2 if s is victim else 1 for s in five.sources}
 
 
-def test_a_broken_source_does_not_stop_the_others(five: cfg.SourcesConfig, new_dir: Path) -> None:
+def test_a_broken_source_does_not_stop_the_others(
+    five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer
+) -> None:
     broken = five.sources[2]
     with connected(broken.dsn) as conn, conn.cursor() as cur:
         cur.execute("ALTER TABLE responses RENAME TO responses_old")
     healthy = cfg.SourcesConfig(five.schema, five.seed, tuple(s for s in five.sources if s is not broken))
-    with pipeline_running(five, new_dir) as pipeline:
+    with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
         with traffic_running(healthy):
             time.sleep(1.5)
         wait_caught_up(pipeline, healthy)
@@ -218,25 +236,23 @@ def test_a_broken_source_does_not_stop_the_others(five: cfg.SourcesConfig, new_d
         assert pipeline.aggregates.without_arrivals() == oracle(healthy)
 
 
-def test_a_least_privilege_replication_role(five: cfg.SourcesConfig, new_dir: Path) -> None:
+def test_a_least_privilege_replication_role(
+    five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer
+) -> None:
     """REPLICATION plus SELECT on `responses`, the publication made by the owner: the README's SQL."""
-    assert five.cluster is not None
+    role = f"{shared.prefix}pisa_capture"  # roles are cluster-wide: this test's own name
     with connected(five.sources[0].dsn) as conn, conn.cursor() as cur:
-        cur.execute("DROP ROLE IF EXISTS pisa_capture")
-        cur.execute("CREATE ROLE pisa_capture LOGIN REPLICATION PASSWORD 'capture-pw'")
+        cur.execute(f"DROP ROLE IF EXISTS {role}")
+        cur.execute(f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'capture-pw'")
     for s in five.sources:
         with connected(s.dsn) as conn, conn.cursor() as cur:
-            cur.execute("GRANT SELECT ON responses TO pisa_capture")
+            cur.execute(f"GRANT SELECT ON responses TO {role}")
             replication.ensure_publication(conn, CHART_COLUMNS)  # as the owner
-    port = five.cluster.port
+    server = f"postgresql://{role}:capture-pw@127.0.0.1:{shared.port}"
     capture = replace(
-        five,
-        sources=tuple(
-            Source(s.name, f"postgresql://pisa_capture:capture-pw@127.0.0.1:{port}/{s.name}")
-            for s in five.sources
-        ),
+        five, sources=tuple(Source(s.name, f"{server}/{cfg.database_of(s.dsn)}") for s in five.sources)
     )
-    with pipeline_running(capture, new_dir) as pipeline:
+    with pipeline_running(capture, new_dir, shared.slot_prefix) as pipeline:
         with traffic_running(five):
             time.sleep(1.5)
         wait_caught_up(pipeline, five)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,32 +31,42 @@ from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp
+from tests.conftest import SharedServer
 from tests.test_pipeline import assert_exact, running
 
 COUNTRIES = "alb,arg,aus,aut,bel"
 READER = "reader"
 
 
+def reader(config: cfg.SourcesConfig) -> str:
+    """The SELECT-only role of these sources: `reader` with their database prefix (t7_reader), since
+    roles are cluster-wide and the sources share a cluster with other tests'."""
+    first = config.sources[0]
+    return cfg.database_of(first.dsn).removesuffix(first.name) + READER
+
+
 @pytest.fixture
-def five(new_dir: Path, bring_up: BringUp) -> cfg.SourcesConfig:
+def five(new_dir: Path, shared: SharedServer) -> cfg.SourcesConfig:
     """Five slim sources with 300 students each; `reader` may SELECT from their `responses`."""
-    config = bring_up(new_dir, countries=COUNTRIES, schema="slim", rows_per_country=300, messy=0.05)
+    config = shared.up(new_dir, countries=COUNTRIES, schema="slim", rows_per_country=300, messy=0.05)
     with connected(config.sources[0].dsn) as conn, conn.cursor() as cur:
-        cur.execute(f"DROP ROLE IF EXISTS {READER}")
-        cur.execute(f"CREATE ROLE {READER} LOGIN NOREPLICATION PASSWORD 'reader-pw'")
+        cur.execute(f"DROP ROLE IF EXISTS {reader(config)}")
+        cur.execute(f"CREATE ROLE {reader(config)} LOGIN NOREPLICATION PASSWORD 'reader-pw'")
     for s in config.sources:
         with connected(s.dsn) as conn, conn.cursor() as cur:
-            cur.execute(f"GRANT SELECT ON responses TO {READER}")
+            cur.execute(f"GRANT SELECT ON responses TO {reader(config)}")
     return config
 
 
 def as_reader(config: cfg.SourcesConfig) -> cfg.SourcesConfig:
     """The same sources, read as `reader` in poll mode."""
-    assert config.cluster is not None
-    port = config.cluster.port
+    role = reader(config)
     sources = tuple(
-        Source(s.name, f"postgresql://{READER}:reader-pw@127.0.0.1:{port}/{s.name}", "poll")
+        Source(
+            s.name,
+            f"postgresql://{role}:reader-pw@127.0.0.1:{urlsplit(s.dsn).port}/{cfg.database_of(s.dsn)}",
+            "poll",
+        )
         for s in config.sources
     )
     return replace(config, sources=sources, cluster=None, admin_dsn=None)
@@ -113,7 +124,7 @@ def test_check_recommends_polling_for_a_select_only_role(five: cfg.SourcesConfig
     checks = {c.name: c for c in check_source(as_reader(five).sources[0], "s", CHART_COLUMNS)}
     assert not checks["replication role"].ok and checks["poll: select"].ok
     assert checks["recommended mode"].ok and checks["recommended mode"].detail.startswith("poll")
-    assert checks["least privilege"].detail == f"{READER} is not a superuser"
+    assert checks["least privilege"].detail == f"{reader(five)} is not a superuser"
     owner = {c.name: c for c in check_source(five.sources[0], "s", CHART_COLUMNS)}
     assert owner["recommended mode"].detail == "replication"
     assert "superuser" in owner["least privilege"].detail and "SELECT only" in owner["least privilege"].fix
@@ -190,11 +201,17 @@ def test_sigkill_and_restart_count_nothing_twice(five: cfg.SourcesConfig, new_di
 
 
 def test_auto_mode_replicates_where_allowed_and_polls_elsewhere(
-    five: cfg.SourcesConfig, new_dir: Path
+    five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer
 ) -> None:
     readers = as_reader(five).sources
     sources = [Source(s.name, (readers[i] if i % 2 else s).dsn, "auto") for i, s in enumerate(five.sources)]
-    pipeline = Pipeline(sources, new_dir.parent / "state", poll_interval=0.25, reconcile_interval=1.0)
+    pipeline = Pipeline(
+        sources,
+        new_dir.parent / "state",
+        slot_prefix=shared.slot_prefix,
+        poll_interval=0.25,
+        reconcile_interval=1.0,
+    )
     with running(pipeline.run):
         deadline = time.monotonic() + 60
         while {s["state"] for s in pipeline.status()} != {"streaming", "polling"}:

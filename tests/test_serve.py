@@ -21,7 +21,7 @@ from pisa_pulse.api import charts
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp, serving
+from tests.conftest import SharedServer, serving
 
 
 def get(url: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -46,10 +46,13 @@ def as_of(headers: dict[str, str]) -> float:
 
 
 @pytest.fixture
-def sources(new_dir: Path, bring_up: BringUp) -> tuple[cfg.SourcesConfig, Path]:
-    config = bring_up(
+def sources(new_dir: Path, shared: SharedServer) -> tuple[cfg.SourcesConfig, Path]:
+    config = shared.up(
         new_dir, countries="alb,arg,aus,aut,bel", schema="slim", rows_per_country=300, messy=0.05
     )
+    # `serve --data-dir` reads its settings from the sources config: slots of this test's own there.
+    with cfg.config_path(new_dir).open("a", encoding="utf-8") as settings:
+        settings.write(f'\n[capture]\nslot_prefix = "{shared.slot_prefix}"\n')
     direct = new_dir.parent / "direct.toml"
     entries = "".join(f'[[sources]]\nname = "{s.name}"\ndsn = "{s.dsn}"\n\n' for s in config.sources)
     direct.write_text(f'[capture]\nmode = "direct"\n\n{entries}')

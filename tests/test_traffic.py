@@ -23,7 +23,7 @@ from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp, serving
+from tests.conftest import SharedServer, serving
 
 
 def _total(config: cfg.SourcesConfig) -> int:
@@ -49,8 +49,8 @@ def _tuple_stats(config: cfg.SourcesConfig) -> tuple[int, int, int]:
     return ins, upd, dele
 
 
-def test_ids_are_random_not_increasing(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg", schema="slim")
+def test_ids_are_random_not_increasing(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg", schema="slim")
     traffic = Traffic(config, rate=400, seed=7)
     traffic.run(threading.Event(), duration=1.5)
     for s in config.sources:
@@ -62,8 +62,8 @@ def test_ids_are_random_not_increasing(new_dir: Path, bring_up: BringUp) -> None
         assert 0.3 < drops / (len(ids) - 1) < 0.7  # about half: random, neither sorted nor reversed
 
 
-def test_a_second_run_with_the_same_seed_still_inserts(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb", schema="slim")
+def test_a_second_run_with_the_same_seed_still_inserts(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb", schema="slim")
     inserted = []
     for _ in range(2):
         traffic = Traffic(config, rate=300, seed=11)
@@ -72,8 +72,8 @@ def test_a_second_run_with_the_same_seed_still_inserts(new_dir: Path, bring_up: 
     assert min(inserted) > 100 and _total(config) == sum(inserted)
 
 
-def test_updates_and_deletes_at_the_requested_shares(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg,aus,aut,bel", schema="full", rows_per_country=200)
+def test_updates_and_deletes_at_the_requested_shares(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg,aus,aut,bel", schema="full", rows_per_country=200)
     before = _tuple_stats(config)
     traffic = Traffic(config, rate=1500, updates=0.2, deletes=0.1, seed=11)
     counts = traffic.run(threading.Event(), duration=3.0)
@@ -108,8 +108,8 @@ def _rate_over(config: cfg.SourcesConfig, seconds: float) -> float:
     return (_total(config) - start) / seconds
 
 
-def test_rate_change_pause_resume_while_running(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg,aus", schema="slim")
+def test_rate_change_pause_resume_while_running(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg,aus", schema="slim")
     proc = _start(new_dir, "--rate", "40")
     try:
         slow = _rate_over(config, 2.0)
@@ -141,8 +141,8 @@ def _post_rate(port: int, token: str) -> None:
     urllib.request.urlopen(request, timeout=5).close()
 
 
-def test_control_endpoint_needs_the_token(new_dir: Path, bring_up: BringUp) -> None:
-    bring_up(new_dir, countries="alb", schema="slim")
+def test_control_endpoint_needs_the_token(new_dir: Path, shared: SharedServer) -> None:
+    shared.up(new_dir, countries="alb", schema="slim")
     proc = _start(new_dir, "--rate", "5")
     try:
         state = json.loads((new_dir / control.STATE_FILE).read_text())
@@ -160,8 +160,8 @@ def test_control_endpoint_needs_the_token(new_dir: Path, bring_up: BringUp) -> N
     assert not (new_dir / control.STATE_FILE).exists()
 
 
-def test_ctrl_c_stops_cleanly_with_nothing_half_written(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg", schema="full")
+def test_ctrl_c_stops_cleanly_with_nothing_half_written(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg", schema="full")
     proc = _start(new_dir, "--rate", "300")
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
@@ -174,8 +174,8 @@ def test_ctrl_c_stops_cleanly_with_nothing_half_written(new_dir: Path, bring_up:
     assert os.path.exists(cfg.config_path(new_dir))
 
 
-def test_the_achieved_rate_is_over_the_last_ten_seconds(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg", schema="slim")
+def test_the_achieved_rate_is_over_the_last_ten_seconds(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg", schema="slim")
     traffic = Traffic(config, rate=300, seed=3)
     stop = threading.Event()
     writer = threading.Thread(target=traffic.run, args=(stop,))
@@ -195,8 +195,8 @@ def test_the_achieved_rate_is_over_the_last_ten_seconds(new_dir: Path, bring_up:
         writer.join()
 
 
-def test_the_control_endpoint_empties_only_its_sources(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg", schema="slim", rows_per_country=30)
+def test_the_control_endpoint_empties_only_its_sources(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=30)
     with control.ControlEndpoint(Traffic(config, rate=0), new_dir):
         assert control.running_pid(new_dir) == os.getpid()
         assert control.send(new_dir, "empty", {"country": "ALB"}) == {"emptied": ["alb"]}

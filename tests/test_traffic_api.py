@@ -16,11 +16,11 @@ from pisa_pulse.api.direct import DirectSnapshots
 from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
 from pisa_pulse.sources import control
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp
+from tests.conftest import SharedServer
 
 
-def test_without_the_switch_there_are_no_traffic_routes(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb", schema="slim", rows_per_country=10)
+def test_without_the_switch_there_are_no_traffic_routes(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb", schema="slim", rows_per_country=10)
     with TestClient(create_app(DirectSnapshots(config.sources))) as client:
         for method in ("GET", "POST"):
             assert client.request(method, "/api/traffic").status_code in (404, 405)
@@ -32,8 +32,8 @@ def test_without_the_switch_there_are_no_traffic_routes(new_dir: Path, bring_up:
         assert cur.fetchone()[0] == 10
 
 
-def test_with_the_switch_every_change_needs_the_token(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb,arg", schema="slim", rows_per_country=50)
+def test_with_the_switch_every_change_needs_the_token(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=50)
     token = new_token(new_dir)
     assert (new_dir / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
     traffic = Traffic(config, rate=50)
@@ -83,8 +83,8 @@ def test_with_the_switch_every_change_needs_the_token(new_dir: Path, bring_up: B
 
 
 @pytest.mark.parametrize("body", [b"not json", b'{"country": 5}'])
-def test_empty_rejects_bad_bodies(new_dir: Path, bring_up: BringUp, body: bytes) -> None:
-    config = bring_up(new_dir, countries="alb", schema="slim", rows_per_country=5)
+def test_empty_rejects_bad_bodies(new_dir: Path, shared: SharedServer, body: bytes) -> None:
+    config = shared.up(new_dir, countries="alb", schema="slim", rows_per_country=5)
     token = new_token(new_dir)
     app = create_app(DirectSnapshots(config.sources), traffic_routes=traffic_routes(new_dir, token))
     with TestClient(app) as client:
@@ -94,8 +94,8 @@ def test_empty_rejects_bad_bodies(new_dir: Path, bring_up: BringUp, body: bytes)
         assert response.status_code == 400
 
 
-def test_empty_without_running_traffic_is_unavailable(new_dir: Path, bring_up: BringUp) -> None:
-    config = bring_up(new_dir, countries="alb", schema="slim", rows_per_country=5)
+def test_empty_without_running_traffic_is_unavailable(new_dir: Path, shared: SharedServer) -> None:
+    config = shared.up(new_dir, countries="alb", schema="slim", rows_per_country=5)
     token = new_token(new_dir)
     app = create_app(DirectSnapshots(config.sources), traffic_routes=traffic_routes(new_dir, token))
     with TestClient(app) as client:
