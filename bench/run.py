@@ -1,7 +1,7 @@
 """`make bench` / `pisa-pulse bench`: run the benchmarks, write their figures and tables.
 
     python bench/run.py [--profile smoke|quick|full] [--suite NAME ...] [--no-docs] [--tables-from JSON]
-                        [--code DIR ...]
+                        [--code DIR ...] [--compare LABEL=PATH ...]
 
 `full` measures at PISA 2018's size (600,000 students) and beyond; `quick` at a tenth of it, in a few
 minutes; `smoke` only checks that the suite runs (tiny sizes, for CI). Each run writes
@@ -11,7 +11,10 @@ run also replaces the tables it measured in docs/benchmarks.md (each sits betwee
 The 30-minute `soak` runs only when named. `--tables-from` re-renders the tables of an earlier result
 (and for a `full` one, embeds them) without measuring. `--code` names the checkouts whose `pisa-pulse`
 the `rate` suite runs, one after the other (e.g. a `git worktree` of the commit before a change, then
-this one), so that before and after are measured in one sitting.
+this one), so that before and after are measured in one sitting. `--compare` puts the tables of runs
+of the other suites side by side (for instance each suite run in turn from a worktree of the commit
+before a change and from this one), each run's rows labelled; a full run's go into the docs' `compare-`
+blocks.
 """
 
 from __future__ import annotations
@@ -268,6 +271,24 @@ def merged(paths: list[Path]) -> dict[str, Any]:
     return result
 
 
+def compare(runs: list[str], no_docs: bool) -> int:
+    """Print (and for full runs, embed) the tables of several runs side by side."""
+    results = []
+    for run in runs:
+        label, _, where = run.partition("=")
+        path = Path(where)
+        paths = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        if not label or not where or not paths or not all(p.is_file() for p in paths):
+            raise SystemExit(f"bench: --compare {run!r} names no results; pass LABEL=FILE.json or LABEL=DIR")
+        results.append((label, merged(paths)))
+    blocks = tables.compared(results, source=", ".join(run.partition("=")[2] for run in runs))
+    print("\n\n".join(blocks.values()))
+    if results[-1][1]["profile"] == "full" and not no_docs:
+        replaced = update_docs(DOCS, blocks)
+        print(f"\nupdated {DOCS.name}: {', '.join(replaced) or 'no tables'}")
+    return 0
+
+
 def main() -> int:
     """Run the chosen suites of the chosen profile (or read results) and write the tables."""
     parser = argparse.ArgumentParser(prog="pisa-pulse bench", description=__doc__.splitlines()[0])
@@ -292,7 +313,16 @@ def main() -> int:
         metavar="DIR",
         help="rate suite: the checkouts whose pisa-pulse to run, in turn (default: this one)",
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="LABEL=PATH",
+        help="measure nothing: the tables of several runs side by side, e.g. c10b6b1=DIR 45014da=DIR "
+        "(a PATH is a results file or a folder of them, merged)",
+    )
     args = parser.parse_args()
+    if args.compare:
+        return compare(args.compare, args.no_docs)
     if args.tables_from:
         result = merged(args.tables_from)
         sources = ", ".join(p.name for p in args.tables_from)

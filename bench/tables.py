@@ -14,25 +14,50 @@ Row = dict[str, Any]
 def markdown(result: dict[str, Any], source: str) -> dict[str, str]:
     """Every table the result has figures for, each ending with the results file it comes from."""
     blocks = {"machine": _machine(result)}
+    for name, (header, rows) in _tables(result).items():
+        blocks[name] = "\n".join(_table(header, rows))
+    note = f"\n\n<sub>From bench/results/: {source} (profile `{result['profile']}`, {result['date']}).</sub>"
+    return {name: body + (note if name != "machine" else "") for name, body in blocks.items()}
+
+
+def compared(results: list[tuple[str, dict[str, Any]]], source: str) -> dict[str, str]:
+    """The tables of runs of the same suites (the code before and after a change) side by side.
+
+    Each block is named `compare-<table>`; its first column names the run, and each case's rows follow
+    one another, in the order the runs are given.
+    """
+    tabled = [(label, _tables(result)) for label, result in results]
+    blocks = {}
+    for name, (header, _) in tabled[-1][1].items():
+        rows = []
+        longest = max(len(t[name][1]) for _, t in tabled if name in t)
+        for i in range(longest):
+            rows += [f"| {label} {t[name][1][i]}" for label, t in tabled if name in t and i < len(t[name][1])]
+        blocks[f"compare-{name}"] = "\n".join(_table("| code " + header, rows))
+    dates = sorted({r["date"] for _, r in results})
+    note = f"\n\n<sub>From {source} (profile `{results[-1][1]['profile']}`, {', '.join(dates)}).</sub>"
+    return {name: body + note for name, body in blocks.items()}
+
+
+def _tables(result: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
+    """Every table the result has figures for: its header and rows, by block name."""
+    tables = {}
     for name, (key, header, row) in TABLES.items():
         rows = result.get(key) or []
         if rows:
-            blocks[name] = "\n".join(_table(header, [row(r) for r in rows]))
+            tables[name] = (header, [row(r) for r in rows])
     if result.get("limits"):
-        blocks["limits"] = "\n".join(_table(*_limits(result)))
+        tables["limits"] = _limits(result)
     headline = _headline(result.get("serving") or [])
     if headline:
-        blocks["headline"] = "\n".join(_table(*headline))
+        tables["headline"] = headline
     profile = (result.get("catch_up") or [{}])[0].get("profile", {}).get("top")
     if profile:
-        blocks["profile"] = "\n".join(
-            _table(
-                "| where the pipeline's time goes at full speed (py-spy) | share of samples |",
-                [f"| `{f['function']}` | {f['share']:.1%} |" for f in profile],
-            )
+        tables["profile"] = (
+            "| where the pipeline's time goes at full speed (py-spy) | share of samples |",
+            [f"| `{f['function']}` | {f['share']:.1%} |" for f in profile],
         )
-    note = f"\n\n<sub>From bench/results/: {source} (profile `{result['profile']}`, {result['date']}).</sub>"
-    return {name: body + (note if name != "machine" else "") for name, body in blocks.items()}
+    return tables
 
 
 def _machine(result: dict[str, Any]) -> str:

@@ -74,6 +74,18 @@ def test_markdown_has_every_table(smoke: tuple[dict, str, str]) -> None:
             assert rows and all(row.count("|") == header.count("|") == rule.count("|") for row in rows), name
 
 
+def test_runs_compared_side_by_side_label_each_row(smoke: tuple[dict, str, str]) -> None:
+    result, _, name = smoke
+    alone = tables.markdown(result, source=name)
+    both = tables.compared([("before", result), ("after", result)], source=name)
+    assert set(both) == {f"compare-{n}" for n in alone if n != "machine"}
+    for block, body in both.items():
+        header, rule, *rows = body.split("\n\n")[0].splitlines()
+        mine = alone[block.removeprefix("compare-")].split("\n\n")[0].splitlines()
+        assert header == "| code " + mine[0] and rule.count("|") == header.count("|")
+        assert rows == [f"| {label} {row}" for row in mine[2:] for label in ("before", "after")]
+
+
 def test_docs_blocks_are_replaced_and_nothing_else(tmp_path: Path) -> None:
     docs = tmp_path / "benchmarks.md"
     b = "<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
