@@ -58,6 +58,7 @@ from api_bench import ServeProcess, _settle, wrk_load
 from capture_bench import _up
 from cpu import cluster_cpu_s, postmaster_pid, self_cpu_s
 from pisa_pulse.capture import replication
+from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import Connection, connected
 from pisa_pulse.sources.schema import CHART_COLUMNS, TABLE, columns
 from pisa_pulse.sources.seed import MAX_ID
@@ -279,8 +280,8 @@ def pgoutput_decode(changes: int, rows_per_transaction: int = MAX_BATCH) -> dict
         config = _up(data_dir, "full", DECODE_SEEDED)
         _settle(config)
         postmaster = postmaster_pid(config, data_dir)
-        dsn = config.sources[0].dsn
-        with connected(dsn) as conn:
+        source = config.sources[0]
+        with connected(source.dsn, password=source.password) as conn:
             _create_publications(conn)
             try:
                 for slot in SLOTS.values():
@@ -293,7 +294,9 @@ def pgoutput_decode(changes: int, rows_per_transaction: int = MAX_BATCH) -> dict
                 least = changes + 2 * transactions  # an insert each, BEGIN and COMMIT each
                 if any(p["messages"] < least for p in peeks):
                     raise RuntimeError(f"decoded {[p['messages'] for p in peeks]} messages, not {least}+")
-                streams = [_stream_case(dsn, postmaster, p["columns"], changes, p["messages"]) for p in peeks]
+                streams = [
+                    _stream_case(source, postmaster, p["columns"], changes, p["messages"]) for p in peeks
+                ]
             finally:
                 for slot in SLOTS.values():
                     replication.drop_slot(conn, slot)
@@ -324,9 +327,11 @@ def _peek_case(conn: Connection, postmaster: int | None, sent: str, changes: int
     return _decode_case("sql", sent, _measured(postmaster, peek), changes)
 
 
-def _stream_case(dsn: str, postmaster: int | None, sent: str, changes: int, expected: int) -> dict[str, Any]:
+def _stream_case(
+    source: Source, postmaster: int | None, sent: str, changes: int, expected: int
+) -> dict[str, Any]:
     """Receive the backlog over the replication protocol, for the publication of `sent` columns."""
-    stream = replication.ReplicationStream(dsn, SLOTS[sent])
+    stream = replication.ReplicationStream(source, SLOTS[sent])
     try:  # closed after the measurement, so the walsender's CPU is counted
         receive = functools.partial(_receive, stream, PUBLICATIONS[sent], expected)
         return _decode_case("stream", sent, _measured(postmaster, receive), changes)

@@ -12,19 +12,6 @@ from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.schema import column_names
 
 
-def test_redact_hides_passwords_only() -> None:
-    assert cfg.redact("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert cfg.redact("postgresql://u@h:5432/db?passfile=/x") == "postgresql://u@h:5432/db?passfile=/x"
-
-
-def test_scrub_hides_every_dsn_password_in_a_message() -> None:
-    text = 'failed: postgresql://ann:s3cr%40t@db:5432/alb and postgres://bob:pw@h/x; user "ann"'
-    assert (
-        cfg.scrub(text) == 'failed: postgresql://ann:***@db:5432/alb and postgres://bob:***@h/x; user "ann"'
-    )
-    assert cfg.scrub("no secrets: host=db port=5") == "no secrets: host=db port=5"
-
-
 def test_with_database_keeps_server_and_options() -> None:
     dsn = "postgresql://u:pw@h:5/postgres?passfile=/x&connect_timeout=3"
     assert cfg.with_database(dsn, "alb") == "postgresql://u:pw@h:5/alb?passfile=/x&connect_timeout=3"
@@ -42,6 +29,24 @@ def test_save_and_load_round_trip_privately(tmp_path: Path) -> None:
     path = cfg.save(tmp_path, config)
     assert path.stat().st_mode & 0o777 == 0o600
     assert cfg.load(tmp_path) == config
+
+
+def test_a_given_servers_password_is_kept_beside_its_dsns_not_in_them(tmp_path: Path) -> None:
+    config = cfg.SourcesConfig(
+        schema="full",
+        seed=3,
+        sources=(
+            cfg.Source("alb", "postgresql://u:s3cret-1@h/alb"),
+            cfg.Source("arg", "postgresql://u@h/arg"),
+        ),
+        admin_dsn="postgresql://u:s3cret-1@h/postgres?sslmode=require",
+    )
+    saved = cfg.save(tmp_path, config).read_text()
+    assert 'password = "s3cret-1"' in saved and 'admin_password = "s3cret-1"' in saved
+    assert saved.count("s3cret-1") == 2  # never inside a dsn
+    loaded = cfg.load(tmp_path)
+    assert loaded == config and loaded.admin_dsn == "postgresql://u@h/postgres?sslmode=require"
+    assert [s.password and s.password.reveal() for s in loaded.sources] == ["s3cret-1", None]
 
 
 def test_a_broken_config_names_the_file_and_the_fix(tmp_path: Path) -> None:
@@ -67,12 +72,10 @@ def test_schemas_are_full_width_and_slim() -> None:
 
 def test_a_source_never_shows_its_password() -> None:
     source = cfg.Source("alb", "postgresql://ann:s3cr%40t@db:5432/alb?sslmode=require&password=pw2", "poll")
-    for text in (repr(source), str(source), f"{source}", repr((source,)), source.shown_dsn):
+    for text in (repr(source), str(source), f"{source}", repr((source,)), source.dsn):
         assert "s3cr" not in text and "pw2" not in text
-    assert repr(source) == (
-        "Source(name='alb', dsn='postgresql://ann:***@db:5432/alb?sslmode=require&password=***', mode='poll')"
-    )
-    assert source.dsn.startswith("postgresql://ann:s3cr%40t@")  # the value itself is intact
+    assert source.dsn == "postgresql://ann@db:5432/alb?sslmode=require"
+    assert source.password is not None and source.password.reveal() == "pw2"  # the query's wins
 
 
 def test_a_bad_schema_in_the_config_is_a_pisa_pulse_error(tmp_path: Path) -> None:

@@ -131,7 +131,8 @@ def test_dsn_mode_creates_databases_on_an_existing_server(
     config = bring_up(new_dir, dsn=dsn, countries="fra,ita", schema="slim", rows_per_country=10)
     assert config.cluster is None and [s.name for s in config.sources] == ["fra", "ita"]
     assert [_count(s.dsn) for s in config.sources] == [10, 10]
-    assert password not in cfg.redact(config.sources[0].dsn)
+    assert password not in config.sources[0].dsn and password not in repr(config)
+    assert config.admin_password and config.admin_password.reveal() == password
     assert (cfg.config_path(new_dir).stat().st_mode & 0o777) == 0o600
     lifecycle.reset(new_dir)
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:

@@ -30,7 +30,8 @@ def test_a_full_file_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     s = settings.load(path)
     assert (s.server.host, s.server.port, s.mode) == ("0.0.0.0", 9000, "direct")
     assert s.state_dir == tmp_path / "st"
-    assert s.sources[0].dsn == "postgresql://reader:s3cr%3At%40@db.example.org/alb"
+    assert s.sources[0].dsn == "postgresql://reader@db.example.org/alb"
+    assert s.sources[0].password is not None and s.sources[0].password.reveal() == "s3cr:t@"
     assert s.sources[0].mode == "direct"
     assert settings.load(path, host="127.0.0.1", port=0).server == settings.ServerSettings("127.0.0.1", 0)
 

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from pisa_pulse import __version__, cli_pipeline, cli_serve
 from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.secret import scrub
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control
 from pisa_pulse.sources.schema import SCHEMAS
@@ -232,7 +233,7 @@ def _print_sources(data_dir: Path, config: cfg.SourcesConfig) -> None:
     where = f"embedded cluster on 127.0.0.1:{config.cluster.port}" if config.cluster else "given server"
     out.print(f"{len(config.sources)} country databases ({config.schema} schema) on the {where}:")
     for s in config.sources:
-        out.print(f"  {s.name}  {cfg.redact(s.dsn)}")
+        out.print(f"  {s.name}  {s.dsn}")
     out.print(f"config: {cfg.config_path(data_dir)}")
 
 
@@ -447,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = cmd_traffic if args.command == "traffic" else COMMANDS[(args.command, action)]
         return command(args)
     except PisaPulseError as exc:
-        console.print(f"error: {exc}", markup=False)
+        console.print(f"error: {scrub(str(exc))}", markup=False)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -114,6 +114,7 @@ def run_server(settings: api_settings.Settings, traffic_control: Path | None = N
     config = uvicorn.Config(
         app,
         log_level="warning",
+        log_config=None,  # uvicorn's loggers reach ours (terminal.setup_logging): one format, scrubbed
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,

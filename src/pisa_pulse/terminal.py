@@ -14,6 +14,8 @@ from types import FrameType
 from rich.console import Console
 from rich.status import Status
 
+from pisa_pulse.secret import scrub
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors and progress
 out = Console(highlight=False, soft_wrap=True)  # results
 
@@ -33,12 +35,20 @@ def on_stop_signals(handler: Callable[[], None]) -> Iterator[None]:
             signal.signal(s, old)
 
 
+class ScrubbingFormatter(logging.Formatter):
+    """A formatter whose every line, tracebacks included, has its secrets scrubbed (secret.scrub)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
 def setup_logging(level: str | int) -> None:
-    """The one logging setup (the CLI's and the capture process's): `time level logger message` on stderr."""
+    """The one logging setup (the CLI's and the capture process's): `time level logger message` on
+    stderr, secrets scrubbed."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(
-        level=getattr(logging, level.upper()) if isinstance(level, str) else level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
+        level=getattr(logging, level.upper()) if isinstance(level, str) else level, handlers=[handler]
     )
 
 

@@ -65,7 +65,7 @@ class DirectSnapshots:
             conn = idle.pop() if idle else None
         try:
             if conn is None:
-                conn = connect(source.dsn)
+                conn = connect(source.dsn, password=source.password)
             result = aggregates_from_sql(conn, source.name.upper(), arrivals=False, columns=columns)
         except Exception as exc:
             self._errors[source.name] = first_line(exc)

@@ -21,7 +21,7 @@ secret (`echo`), and the README's settings reference is tested against it (tests
 
 The `sources.toml` that `pisa-pulse sources up` writes is a valid settings file as it is (its
 `schema`, `seed`, `cluster` and `admin_dsn` keys are ignored here). Every problem names its key.
-Passwords never appear in a repr: `Source`'s repr redacts its DSN.
+Passwords never appear in a repr: a `Source` keeps its password apart from its DSN, as a `Secret`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pisa_pulse.capture.contract import MODES, SOURCE_MODES
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import countries
+from pisa_pulse.secret import Secret, scrub
 from pisa_pulse.sources.config import Source
 
 _WRITTEN_BY_SOURCES_UP = {"schema", "seed", "cluster", "admin_dsn"}
@@ -192,7 +193,7 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything `serve` needs (its repr shows no password: `Source` redacts its DSN)."""
+    """Everything `serve` needs (its repr shows no password: each `Source` holds its as a `Secret`)."""
 
     sources: tuple[Source, ...]
     mode: str  # the capture mode of the settings; each source says its own (`Source.mode`)
@@ -238,7 +239,9 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
     every = bool(mode) or default == "direct"
     state = Path(_value(capture_raw, "capture.state_dir"))
     return Settings(
-        sources=tuple(Source(s.name, s.dsn, default if every or s.mode is None else s.mode) for s in sources),
+        sources=tuple(
+            Source(s.name, s.dsn, default if every or s.mode is None else s.mode, s.password) for s in sources
+        ),
         mode=default,
         state_dir=state if state.is_absolute() else (path.parent / state).resolve(),
         slot_prefix=_value(capture_raw, "capture.slot_prefix"),
@@ -270,7 +273,7 @@ def effective(settings: Settings) -> dict[str, Any]:
             continue
         for entry, source in zip(body["sources"], settings.sources, strict=True):
             value = getattr(source, row.key)
-            entry[row.key] = source.shown_dsn if row.echo == "redacted" else value
+            entry[row.key] = scrub(value) if row.echo == "redacted" else value
     return body
 
 
@@ -317,6 +320,7 @@ class _Entry:
     name: str
     dsn: str
     mode: str | None
+    password: Secret | None
 
 
 def _sources(raw: object) -> list[_Entry]:
@@ -339,29 +343,27 @@ def _sources(raw: object) -> list[_Entry]:
             raise PisaPulseError(
                 f"{where}dsn is not a postgresql:// URL", "write it as postgresql://user@host/db"
             )
+        password = None
         if "password_env" in entry:
             env = _value(entry, "sources[].password_env", f"{where}password_env")
-            dsn = _with_password(dsn, env, where)
+            password = _password(env, where)
         own = entry.get("mode")  # checked against the capture mode once that is known
         if own is not None and not isinstance(own, str):
             raise PisaPulseError(f"{where}mode = {own!r} is not a string", 'write e.g. mode = "poll"')
-        result.append(_Entry(name, dsn, own))
+        result.append(_Entry(name, dsn, own, password))
     names = [s.name for s in result]
     if len(set(names)) != len(names):
         raise PisaPulseError("[[sources]] names a country twice", "keep one entry per country database")
     return result
 
 
-def _with_password(dsn: str, env: str, where: str) -> str:
+def _password(env: str, where: str) -> Secret:
     password = os.environ.get(env)
     if password is None:
         raise PisaPulseError(
             f"{where}password_env names {env}, which is not set", f"export {env} before serving"
         )
-    parts = urlsplit(dsn)
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+    return Secret(password)
 
 
 def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:

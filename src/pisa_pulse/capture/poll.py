@@ -41,6 +41,7 @@ from psycopg2 import sql
 
 from pisa_pulse.capture.contract import RowChange
 from pisa_pulse.capture.replication import copy_select
+from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import Connection, connect
 from pisa_pulse.sources.schema import CHART_COLUMNS, TABLE
 
@@ -192,8 +193,8 @@ class PollStats:
 class SourcePoller:
     """One source's read-only connection and the queries of a poll (see the module docstring)."""
 
-    def __init__(self, dsn: str) -> None:
-        self.conn: Connection = connect(dsn, autocommit=False)
+    def __init__(self, source: Source) -> None:
+        self.conn: Connection = connect(source.dsn, autocommit=False, password=source.password)
         self.conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         self.last_snapshot = ""
 

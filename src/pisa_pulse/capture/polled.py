@@ -123,7 +123,7 @@ class PolledSource:
             try:
                 if poller is None:
                     self.state = State.RECONNECTING if self.losses else State.CONNECTING  # a retry stays one
-                    poller = SourcePoller(self.source.dsn)
+                    poller = SourcePoller(self.source)
                     check_table(poller.conn, self.name)
                     poller.conn.rollback()
                 self._poll(poller)

@@ -41,7 +41,7 @@ class Check:
 def check_source(source: Source, slot: str, columns: Sequence[str]) -> list[Check]:
     """Every check for one source; stops after a failed connection."""
     try:
-        with connected(source.dsn) as conn:
+        with connected(source.dsn, password=source.password) as conn:
             checks = [
                 _table(conn, columns),
                 _version(conn),

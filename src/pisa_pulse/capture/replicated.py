@@ -308,7 +308,7 @@ class ReplicatedSource:
         self.state, self._assembler = State.CONNECTING, TransactionAssembler(CHART_COLUMNS)
         stream: replication.ReplicationStream | None = None
         try:
-            with connected(self.source.dsn) as conn:
+            with connected(self.source.dsn, password=self.source.password) as conn:
                 check_table(conn, self.name)
                 if self.source.mode == Mode.AUTO:
                     blockers = replication_blockers(conn)
@@ -320,7 +320,7 @@ class ReplicatedSource:
                     cur.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
                     db_oid = (cur.fetchone() or (0,))[0]
                 slot = replication.slot_info(conn, self.slot)
-                stream = replication.ReplicationStream(self.source.dsn, self.slot)
+                stream = replication.ReplicationStream(self.source, self.slot)
                 identity = f"{stream.system_id()}:{db_oid}"
                 # A slot confirmed past our position is fine: we never confirm beyond the checkpoint,
                 # and psycopg2 confirms a keepalive's position only once everything received before
@@ -333,7 +333,7 @@ class ReplicatedSource:
                     if slot is not None:
                         stream.close()
                         replication.drop_slot(conn, self.slot)
-                        stream = replication.ReplicationStream(self.source.dsn, self.slot)
+                        stream = replication.ReplicationStream(self.source, self.slot)
                     self._copy(stream, identity, why)
             assert self.position is not None
             stream.start(self.position.lsn)
@@ -366,7 +366,7 @@ class ReplicatedSource:
                 self._hand_over(Batch(chunk[:], None, INITIAL_COPY_MINUTE, BatchKind.COPY_ROWS))
                 chunk.clear()
 
-        replication.copy_snapshot(self.source.dsn, start.snapshot, CHART_COLUMNS, on_row)
+        replication.copy_snapshot(self.source, start.snapshot, CHART_COLUMNS, on_row)
         self._hand_over(Batch(chunk, None, INITIAL_COPY_MINUTE, BatchKind.COPY_ROWS))
         self.position = Position(identity, start.consistent_lsn, 0)
         self._hand_over(Batch((), self.position, INITIAL_COPY_MINUTE, BatchKind.COPY_END))

@@ -21,6 +21,7 @@ import psycopg2.errors
 import psycopg2.extras
 from psycopg2 import sql
 
+from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import Connection, connected
 from pisa_pulse.sources.schema import TABLE
 
@@ -118,13 +119,14 @@ class SlotStart:
 class ReplicationStream:
     """The replication connection of one source, read without blocking from a select loop."""
 
-    def __init__(self, dsn: str, slot: str) -> None:
+    def __init__(self, source: Source, slot: str) -> None:
         self.slot = slot
         self.conn = psycopg2.connect(
-            dsn,
+            source.dsn,
             connection_factory=psycopg2.extras.LogicalReplicationConnection,
             application_name=f"pisa-pulse {slot}",
             connect_timeout=10,
+            password=None if source.password is None else source.password.reveal(),  # None: left out
         )
         self.cur: Any = self.conn.cursor()
 
@@ -221,13 +223,13 @@ def _copy_field(field: str) -> str | None:
 
 
 def copy_snapshot(
-    dsn: str, snapshot: str, columns: Sequence[str], on_row: Callable[[list[str | None]], None]
+    source: Source, snapshot: str, columns: Sequence[str], on_row: Callable[[list[str | None]], None]
 ) -> int:
     """COPY the chart columns of `responses` as of an exported snapshot; returns the rows copied."""
     select = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(TABLE)
     )
-    with connected(dsn, autocommit=False) as conn:
+    with connected(source.dsn, autocommit=False, password=source.password) as conn:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))

@@ -3,14 +3,14 @@
 `<data-dir>/sources.toml` lists one `[[sources]]` entry per country database (name, DSN, capture
 mode) and, for the embedded cluster, a `[cluster]` table saying where its files are. Every later
 command (traffic, the pipeline) reads it, so nobody copies DSNs by hand. The file is private
-(mode 0600): a DSN given with `--dsn` may carry a password. The embedded cluster's DSNs carry none:
-they name a libpq passfile beside the config instead, so they can be printed and pasted into psql.
+(mode 0600): the password of a server given with `--dsn` is kept there, beside the DSN (`password`,
+`admin_password`), never inside it. The embedded cluster's DSNs need none: they name a libpq
+passfile beside the config instead, so they can be printed and pasted into psql.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -22,36 +22,33 @@ import platformdirs
 import tomli_w
 
 from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.secret import Secret, scrub, split_password
 from pisa_pulse.sources.schema import SCHEMAS, SchemaName
 
 CONFIG_NAME = "sources.toml"
 DATA_DIR_ENV = "PISA_PULSE_DATA_DIR"
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
-
-
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True)
 class Source:
-    """One country database: its name (lower-case country code), DSN and capture mode.
+    """One country database: its name (lower-case country code), DSN, capture mode and password.
 
     The database is the one the DSN names: the name itself, or with the prefix of `sources up
-    --db-prefix` (`t1_alb`), so that several sets of sources can share one server.
+    --db-prefix` (`t1_alb`), so that several sets of sources can share one server. A password
+    written in the DSN is taken out of it into `password` (a `Secret`, which no repr shows), and
+    `databases.connect` passes it to the driver on its own.
     """
 
     name: str
     dsn: str
     mode: str = "replication"
+    password: Secret | None = None
 
-    @property
-    def shown_dsn(self) -> str:
-        """The DSN without its password (in the URL's user part or as a `password=` option)."""
-        return _QUERY_PASSWORD.sub(r"\1***", redact(self.dsn))
-
-    def __repr__(self) -> str:
-        # The DSN may carry a password (`password_env`, `--dsn`): a repr (a log line, a traceback's
-        # locals, an error message) shows it redacted.
-        return f"Source(name={self.name!r}, dsn={self.shown_dsn!r}, mode={self.mode!r})"
+    def __post_init__(self) -> None:
+        dsn, password = split_password(self.dsn)
+        if password is not None:
+            object.__setattr__(self, "dsn", dsn)
+            object.__setattr__(self, "password", self.password or password)
 
 
 @dataclass(frozen=True)
@@ -74,6 +71,13 @@ class SourcesConfig:
     sources: tuple[Source, ...]
     cluster: ClusterSpec | None = None
     admin_dsn: str | None = field(default=None)  # server-level DSN used to create/drop databases
+    admin_password: Secret | None = None
+
+    def __post_init__(self) -> None:
+        if self.admin_dsn is not None:
+            dsn, password = split_password(self.admin_dsn)
+            object.__setattr__(self, "admin_dsn", dsn)
+            object.__setattr__(self, "admin_password", self.admin_password or password)
 
     def source(self, name: str) -> Source:
         """The source named `name` (a country code in any case)."""
@@ -146,10 +150,10 @@ def save(data_dir: Path, config: SourcesConfig) -> Path:
     body: dict[str, Any] = {
         "schema": config.schema,
         "seed": config.seed,
-        "sources": [asdict(s) for s in config.sources],
+        "sources": [_with_password(asdict(s), s.password) for s in config.sources],
     }
     if config.admin_dsn is not None:
-        body["admin_dsn"] = config.admin_dsn
+        body |= _with_password({"admin_dsn": config.admin_dsn}, config.admin_password, "admin_password")
     if config.cluster is not None:
         body["cluster"] = {k: v for k, v in asdict(config.cluster).items() if v is not None}
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
@@ -160,6 +164,20 @@ def save(data_dir: Path, config: SourcesConfig) -> Path:
     return path
 
 
+def _with_password(entry: dict[str, Any], password: Secret | None, key: str = "password") -> dict[str, Any]:
+    """A TOML table of a DSN, with its password (if any) under `key`: the file is private (0600)."""
+    entry.pop("password", None)
+    return entry | ({key: password.reveal()} if password is not None else {})
+
+
+def _secret(value: object) -> Secret | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("a password must be a string")
+    return Secret(value)
+
+
 def _from_dict(raw: dict[str, Any]) -> SourcesConfig:
     schema = raw["schema"]
     if schema not in SCHEMAS:
@@ -168,32 +186,15 @@ def _from_dict(raw: dict[str, Any]) -> SourcesConfig:
     return SourcesConfig(
         schema=schema,
         seed=int(raw["seed"]),
-        sources=tuple(Source(**s) for s in raw["sources"]),
+        sources=tuple(Source(**{**s, "password": _secret(s.get("password"))}) for s in raw["sources"]),
         cluster=ClusterSpec(**{"run_as": None, **cluster}) if cluster else None,
         admin_dsn=raw.get("admin_dsn"),
+        admin_password=_secret(raw.get("admin_password")),
     )
 
 
-def redact(dsn: str) -> str:
-    """A DSN with any password replaced by `***`, safe to print or log."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
-
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)\S*@")
-
-
-def scrub(text: str) -> str:
-    """Any text (an error message) with the passwords of DSNs in it replaced by `***`."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
-
-
 def first_line(exc: BaseException) -> str:
-    """An error's first line, passwords scrubbed: what a status, a log line or a one-line error shows."""
+    """An error's first line, secrets scrubbed: what a status, a log line or a one-line error shows."""
     text = str(exc).strip()
     return scrub(text.splitlines()[0]) if text else type(exc).__name__
 
@@ -208,7 +209,7 @@ def with_database(dsn: str, database: str) -> str:
     parts = urlsplit(dsn)
     if parts.scheme not in ("postgresql", "postgres"):
         raise PisaPulseError(
-            f"DSN {redact(dsn)!r} is not a URL",
+            f"DSN {scrub(dsn)!r} is not a URL",
             "write it as postgresql://user[:password]@host:port/dbname",
         )
     return urlunsplit(parts._replace(path=f"/{database}"))

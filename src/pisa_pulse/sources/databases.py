@@ -17,7 +17,8 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.sources.config import first_line, redact, with_database
+from pisa_pulse.secret import Secret, scrub
+from pisa_pulse.sources.config import Source, first_line, with_database
 from pisa_pulse.sources.schema import TABLE, SchemaName, create_table, schema_of
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,15 @@ log = logging.getLogger(__name__)
 Connection = psycopg2.extensions.connection
 
 
-def connect(dsn: str, autocommit: bool = True) -> Connection:
-    """Open a connection, turning connection failures into a one-line error without secrets."""
+def connect(dsn: str, autocommit: bool = True, password: Secret | None = None) -> Connection:
+    """Open a connection (the password, if any, given to the driver apart from the DSN), turning
+    connection failures into a one-line error without secrets."""
+    secret = None if password is None else password.reveal()  # None: the driver leaves it out
     try:
-        conn = psycopg2.connect(dsn, application_name="pisa-pulse", connect_timeout=10)
+        conn = psycopg2.connect(dsn, application_name="pisa-pulse", connect_timeout=10, password=secret)
     except psycopg2.OperationalError as exc:
         raise PisaPulseError(
-            f"cannot connect to {redact(dsn)}: {first_line(exc)}",
+            f"cannot connect to {scrub(dsn)}: {first_line(exc)}",
             "check that the server is running and the DSN's host, port, user and password are right",
         ) from None
     conn.autocommit = autocommit
@@ -39,9 +42,9 @@ def connect(dsn: str, autocommit: bool = True) -> Connection:
 
 
 @contextlib.contextmanager
-def connected(dsn: str, autocommit: bool = True) -> Iterator[Connection]:
+def connected(dsn: str, autocommit: bool = True, password: Secret | None = None) -> Iterator[Connection]:
     """`connect()` as a context manager that always closes."""
-    conn = connect(dsn, autocommit)
+    conn = connect(dsn, autocommit, password)
     try:
         yield conn
     finally:
@@ -58,19 +61,19 @@ class DatabaseState:
     error: str | None = None
 
 
-def ensure(admin_dsn: str, name: str, schema: SchemaName) -> bool:
+def ensure(admin_dsn: str, name: str, schema: SchemaName, password: Secret | None = None) -> bool:
     """Make sure database `name` exists with an empty-or-ours `responses` table.
 
     Returns True when it was created now. A database that holds anything else raises an error
     naming the tables, and nothing is changed.
     """
-    with connected(admin_dsn) as admin, admin.cursor() as cur:
+    with connected(admin_dsn, password=password) as admin, admin.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         created = cur.fetchone() is None
         if created:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             log.info("database created source=%s", name)
-    with connected(with_database(admin_dsn, name)) as conn, conn.cursor() as cur:
+    with connected(with_database(admin_dsn, name), password=password) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1"
@@ -134,9 +137,9 @@ def set_storage_parameters(conn: Connection) -> None:
         log.info("autovacuum parameters set table=%s", TABLE)
 
 
-def analyze_key(dsn: str) -> None:
+def analyze_key(source: Source) -> None:
     """Refresh the statistics on `id`, the one column queries filter on (autovacuum never analyses)."""
-    with connected(dsn) as conn, conn.cursor() as cur:
+    with connected(source.dsn, password=source.password) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("ANALYZE {} (id)").format(sql.Identifier(TABLE)))
 
 
@@ -151,10 +154,11 @@ def table_columns(conn: Connection) -> list[str]:
         return [r[0] for r in cur.fetchall()]
 
 
-def state(name: str, dsn: str) -> DatabaseState:
+def state(source: Source) -> DatabaseState:
     """Rows and on-disk size of one country's `responses` table."""
+    name = source.name
     try:
-        with connected(dsn) as conn, conn.cursor() as cur:
+        with connected(source.dsn, password=source.password) as conn, conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT count(*), pg_total_relation_size({}) FROM {}").format(
                     sql.Literal(TABLE), sql.Identifier(TABLE)
@@ -166,15 +170,15 @@ def state(name: str, dsn: str) -> DatabaseState:
         return DatabaseState(name, None, None, first_line(exc))
 
 
-def empty(dsn: str) -> None:
+def empty(source: Source) -> None:
     """Remove every row of `responses` (TRUNCATE, so change capture sees one Truncate)."""
-    with connected(dsn) as conn, conn.cursor() as cur:
+    with connected(source.dsn, password=source.password) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(TABLE)))
 
 
-def drop(admin_dsn: str, name: str) -> None:
+def drop(admin_dsn: str, name: str, password: Secret | None = None) -> None:
     """Drop a country database and any replication slot that pins it."""
-    with connected(admin_dsn) as admin, admin.cursor() as cur:
+    with connected(admin_dsn, password=password) as admin, admin.cursor() as cur:
         cur.execute(
             "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
             "WHERE database = %s AND active_pid IS NOT NULL",

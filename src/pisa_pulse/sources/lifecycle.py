@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import Country, select_countries
+from pisa_pulse.secret import Secret, split_password
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import databases, seed
 from pisa_pulse.sources.cluster import EmbeddedCluster, free_port, port_in_use
@@ -73,21 +74,22 @@ def up(
     schema: SchemaName = request.schema or (existing.schema if existing else "full")
     seed_value = request.seed if request.seed is not None else (existing.seed if existing else 42)
     prefix = _db_prefix(request.db_prefix, existing, data_dir)
-    cluster, admin_dsn = _server(request, data_dir, existing)
+    cluster, admin_dsn, password = _server(request, data_dir, existing)
     if cluster is not None:
-        cfg.save(data_dir, _config(schema, seed_value, existing, [], cluster, admin_dsn))
+        cfg.save(data_dir, _config(schema, seed_value, existing, [], cluster, admin_dsn, password))
     for country in chosen:
-        databases.ensure(admin_dsn, prefix + country.database, schema)
-    sources = [Source(c.database, cfg.with_database(admin_dsn, prefix + c.database)) for c in chosen]
-    config = _config(schema, seed_value, existing, sources, cluster, admin_dsn)
+        databases.ensure(admin_dsn, prefix + country.database, schema, password)
+    dsns = [cfg.with_database(admin_dsn, prefix + c.database) for c in chosen]
+    sources = [Source(c.database, dsn, password=password) for c, dsn in zip(chosen, dsns)]
+    config = _config(schema, seed_value, existing, sources, cluster, admin_dsn, password)
     cfg.save(data_dir, config)
     if request.rows_per_country:
-        counts = [(c, s.dsn, databases.state(c.database, s.dsn).rows or 0) for c, s in zip(chosen, sources)]
+        counts = [(c, s, databases.state(s).rows or 0) for c, s in zip(chosen, sources)]
         chunks = seed.plan(counts, schema, seed_value, request.messy, request.rows_per_country)
         on_plan(sum(ch.rows for ch in chunks))
         seed.seed_all(chunks, on_rows, request.workers)
         for source in sources:
-            databases.analyze_key(source.dsn)
+            databases.analyze_key(source)
     return config
 
 
@@ -117,18 +119,20 @@ def _db_prefix(requested: str | None, existing: SourcesConfig | None, data_dir: 
 
 def _server(
     request: UpRequest, data_dir: Path, existing: SourcesConfig | None
-) -> tuple[EmbeddedCluster | None, str]:
-    """The embedded cluster (started) and its admin DSN, or None and the given server's DSN."""
+) -> tuple[EmbeddedCluster | None, str, Secret | None]:
+    """The embedded cluster (started) and its admin DSN, or None and the given server's DSN; and the
+    server's password (taken out of the DSN), if any."""
     if request.dsn is not None:
         if existing is not None and existing.cluster is not None:
             raise PisaPulseError(
                 f"{data_dir} holds an embedded cluster",
                 "pass another --data-dir for sources on an existing server",
             )
-        databases.connect(request.dsn).close()  # fail early and clearly if it is unreachable
-        return None, request.dsn
+        dsn, password = split_password(request.dsn)
+        databases.connect(dsn, password=password).close()  # fail early and clearly if it is unreachable
+        return None, dsn, password
     if existing is not None and existing.cluster is None and existing.admin_dsn:
-        return None, existing.admin_dsn
+        return None, existing.admin_dsn, existing.admin_password
     if existing is not None and existing.cluster is not None:
         cluster = EmbeddedCluster(existing.cluster, data_dir)
         if not cluster.running():
@@ -150,7 +154,7 @@ def _server(
             log.info("initialising cluster dir=%s", cluster.spec.cluster_dir)
             cluster.init()
         cluster.start()
-    return cluster, cluster.dsn()
+    return cluster, cluster.dsn(), None
 
 
 def _config(
@@ -160,6 +164,7 @@ def _config(
     sources: list[Source],
     cluster: EmbeddedCluster | None,
     admin_dsn: str,
+    admin_password: Secret | None,
 ) -> SourcesConfig:
     merged = {s.name: s for s in (existing.sources if existing else ())}
     merged.update({s.name: s for s in sources})
@@ -169,6 +174,7 @@ def _config(
         sources=tuple(merged.values()),
         cluster=cluster.spec if cluster else None,
         admin_dsn=None if cluster else admin_dsn,
+        admin_password=None if cluster else admin_password,
     )
 
 
@@ -192,7 +198,7 @@ def status(data_dir: Path) -> Status:
     cluster = _cluster(data_dir, config)
     running = cluster.running() if cluster else None
     states = [
-        databases.state(s.name, s.dsn)
+        databases.state(s)
         if running is not False
         else databases.DatabaseState(s.name, None, None, "cluster is stopped")
         for s in config.sources
@@ -221,7 +227,7 @@ def reset(data_dir: Path) -> None:
         cluster.remove()
     elif config.admin_dsn:
         for s in config.sources:
-            databases.drop(config.admin_dsn, cfg.database_of(s.dsn))
+            databases.drop(config.admin_dsn, cfg.database_of(s.dsn), config.admin_password)
     cfg.config_path(data_dir).unlink()
 
 
@@ -230,5 +236,5 @@ def empty(data_dir: Path, names: list[str] | None) -> list[str]:
     config = cfg.load(data_dir)
     chosen = list(config.sources) if names is None else [config.source(n) for n in names]
     for s in chosen:
-        databases.empty(s.dsn)
+        databases.empty(s)
     return [s.name for s in chosen]

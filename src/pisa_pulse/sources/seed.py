@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pisa_pulse.pisa2018 import Country
+from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.schema import TABLE, SchemaName
 from pisa_pulse.sources.students import StudentFactory
@@ -31,7 +32,7 @@ class SeedChunk:
     """One unit of seeding work: `rows` students of `country` starting at row `offset`."""
 
     country: Country
-    dsn: str
+    source: Source  # where the rows go: its DSN and password
     schema: SchemaName
     seed: int
     messy: float
@@ -55,13 +56,13 @@ COPY_SQL = f'COPY "{TABLE}" FROM STDIN'
 
 
 def plan(
-    targets: list[tuple[Country, str, int]], schema: SchemaName, seed: int, messy: float, rows: int
+    targets: list[tuple[Country, Source, int]], schema: SchemaName, seed: int, messy: float, rows: int
 ) -> list[SeedChunk]:
-    """Chunks that bring each (country, dsn, current row count) up to `rows` students."""
+    """Chunks that bring each (country, source, current row count) up to `rows` students."""
     chunks = []
-    for country, dsn, current in targets:
+    for country, source, current in targets:
         for offset in range(current, rows, CHUNK):
-            chunks.append(SeedChunk(country, dsn, schema, seed, messy, offset, min(CHUNK, rows - offset)))
+            chunks.append(SeedChunk(country, source, schema, seed, messy, offset, min(CHUNK, rows - offset)))
     return chunks
 
 
@@ -73,7 +74,7 @@ def copy_chunk(chunk: SeedChunk) -> tuple[str, int]:
         chunk.country, chunk.schema, seed=int(state.generate_state(1)[0]), messy=chunk.messy
     )
     lines = factory.copy_lines(random_ids(rng, chunk.rows))
-    with connected(chunk.dsn, autocommit=False) as conn:
+    with connected(chunk.source.dsn, autocommit=False, password=chunk.source.password) as conn:
         with conn.cursor() as cur:
             cur.copy_expert(COPY_SQL, io.StringIO("".join(lines)))
         conn.commit()

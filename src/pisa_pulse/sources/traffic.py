@@ -204,7 +204,7 @@ class Traffic:
             raise PisaPulseError(
                 f"{name!r} is not one of the sources", f"name one of {', '.join(self.status()['countries'])}"
             )
-        empty(target.source.dsn)
+        empty(target.source)
         log.info("source emptied source=%s", target.source.name)
         return target.source.name
 
@@ -293,7 +293,7 @@ class Traffic:
         if time.monotonic() < target.retry_at:
             return None
         try:
-            target.conn = connect(target.source.dsn, autocommit=False)
+            target.conn = connect(target.source.dsn, autocommit=False, password=target.source.password)
             if target.retry_at:
                 log.info("source reconnected source=%s", target.source.name)
             target.retry_at = 0.0
