@@ -10,6 +10,7 @@ import psycopg2
 import pytest
 
 from pisa_pulse.pisa2018 import DEFAULT_COUNTRIES
+from pisa_pulse.secret import Secret
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import lifecycle
 from pisa_pulse.sources.cluster import EmbeddedCluster
@@ -27,8 +28,9 @@ def _columns(dsn: str) -> list[tuple[str, str]]:
         return cur.fetchall()
 
 
-def _count(dsn: str) -> int:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+def _count(dsn: str, password: Secret | None = None) -> int:
+    secret = None if password is None else password.reveal()
+    with psycopg2.connect(dsn, password=secret) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM responses")
         return int(cur.fetchone()[0])
 
@@ -130,7 +132,7 @@ def test_dsn_mode_creates_databases_on_an_existing_server(
     dsn = f"postgresql://{server.superuser}:{password}@127.0.0.1:{server.port}/postgres"
     config = bring_up(new_dir, dsn=dsn, countries="fra,ita", schema="slim", rows_per_country=10)
     assert config.cluster is None and [s.name for s in config.sources] == ["fra", "ita"]
-    assert [_count(s.dsn) for s in config.sources] == [10, 10]
+    assert [_count(s.dsn, s.password) for s in config.sources] == [10, 10]
     assert password not in config.sources[0].dsn and password not in repr(config)
     assert config.admin_password and config.admin_password.reveal() == password
     assert (cfg.config_path(new_dir).stat().st_mode & 0o777) == 0o600
