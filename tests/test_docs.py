@@ -72,7 +72,7 @@ def test_serve_help_takes_help_and_defaults_from_the_table() -> None:
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    return TestClient(create_app(FixedSnapshots(None)))
+    return TestClient(create_app(FixedSnapshots(None)), base_url="http://127.0.0.1")  # a Host it serves
 
 
 def test_registry_routes_openapi_and_index_agree(client: TestClient) -> None:

@@ -354,6 +354,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     --traffic-control`; the child is stopped when the server returns, however it returns.
     """
     args.dsn = None
+    cli_serve.check_control_host(args.host, args.allow_remote_control)
     cmd_sources_up(args)
     data_dir = _resolve(args)
     config = cfg.load(data_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -46,9 +47,31 @@ def add_command(
 
 
 def http_options(parser: argparse.ArgumentParser) -> None:
-    """--host and --port, shared by serve and demo (help and defaults from the settings table)."""
+    """--host and --port, shared by serve and demo (help and defaults from the settings table), and
+    --allow-remote-control."""
     _setting_option(parser, "server.host")
     _setting_option(parser, "server.port", type=int)
+    parser.add_argument(
+        "--allow-remote-control",
+        action="store_true",
+        help="let the traffic controls run on a --host other than loopback (their token then crosses "
+        "the network, in clear unless a TLS proxy is in front)",
+    )
+
+
+def check_control_host(host: str | None, allowed: bool) -> None:
+    """Refuse traffic controls on a non-loopback address (None: the default) unless `allowed`
+    (--allow-remote-control)."""
+    host = host or str(api_settings.BY_NAME["server.host"].default)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allowed:
+        raise PisaPulseError(
+            f"traffic controls on --host {host} would send their token over the network in clear",
+            "serve on 127.0.0.1 (behind a TLS proxy for other machines), or pass --allow-remote-control",
+        )
 
 
 def _setting_option(parser: argparse.ArgumentParser, name: str, prefix: str = "", **options: object) -> None:
@@ -139,8 +162,8 @@ def run_server(settings: api_settings.Settings, traffic_control: Path | None = N
 
 def cmd_serve(data_dir: Path, args: argparse.Namespace) -> int:
     """`serve`."""
-    run_server(
-        load_settings(args.config, data_dir, args.host, args.port, args.mode),
-        data_dir if args.traffic_control else None,
-    )
+    settings = load_settings(args.config, data_dir, args.host, args.port, args.mode)
+    if args.traffic_control:
+        check_control_host(settings.server.host, args.allow_remote_control)
+    run_server(settings, data_dir if args.traffic_control else None)
     return 0

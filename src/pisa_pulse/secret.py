@@ -5,6 +5,9 @@ A password never travels inside a DSN: `split_password` takes it out of a URL (i
 its own argument. A `Secret` shows `***` in every repr and str (a log line, a traceback's locals, a
 dataclass's repr); only `reveal()` gives the value, at the one place that needs it.
 
+`write_private` is how every file that holds a secret is written (the sources config, the pgpass
+file, the API's and the traffic's tokens).
+
 `scrub` is what every error text goes through before it reaches a log, `/api/status` or the
 terminal. It removes the literal value of every `Secret` this process has made (plain and
 percent-encoded: libpq quotes parts of a URI in its errors) as well as whatever has the shape of a
@@ -14,7 +17,10 @@ password: `scheme://user:PASSWORD@` (the user may be empty), `?password=`/`&pass
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
@@ -68,6 +74,25 @@ def scrub(text: str) -> str:
     text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
     text = _QUERY_PASSWORD.sub(rf"\1{MASK}", text)
     return _KV_PASSWORD.sub(rf"\1{MASK}", text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by this user only, atomically.
+
+    A new temporary file beside it (O_EXCL|O_NOFOLLOW, mode 0600) is renamed over `path`, so whatever
+    was there (a file of another mode, a symlink to elsewhere) is replaced, never written through,
+    and a reader never sees half a file.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def split_password(dsn: str) -> tuple[str, Secret | None]:

@@ -21,7 +21,6 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -30,9 +29,10 @@ from starlette.types import Scope
 
 from pisa_pulse.api import handlers
 from pisa_pulse.api.exceptions import HttpError
+from pisa_pulse.api.guard import Guard, allowed_names
 from pisa_pulse.api.metrics import RequestTimer
-from pisa_pulse.api.responses import DATA_HEADERS, error_response
-from pisa_pulse.api.settings import Settings
+from pisa_pulse.api.responses import error_response
+from pisa_pulse.api.settings import ServerSettings, Settings
 from pisa_pulse.api.snapshots import Snapshots
 from pisa_pulse.web import static_dir
 
@@ -93,18 +93,19 @@ def create_app(
     settings: Settings | None = None,
 ) -> Starlette:
     """The API over one source of snapshots; `traffic_routes` (api/traffic.py) only when enabled;
-    `settings`: what `/api/status` echoes (without secrets)."""
+    `settings`: what `/api/status` echoes (without secrets), the Host names allowed and the origins
+    the dashboard may poll (the defaults when None)."""
     state = handlers.ApiState(snapshots, clock, traffic=bool(traffic_routes), settings=settings)
     snapshots.observe_build = state.metrics.snapshot_build.observe
     served = [*routes(), *(traffic_routes or [])]
+    server = settings.server if settings else ServerSettings()
     middleware = [
         Middleware(RequestTimer, metrics=state.metrics, routes=served),
         Middleware(
-            CORSMiddleware,
-            allow_origins=["*"],
-            allow_methods=["GET"],
-            allow_headers=["If-None-Match"],  # other sites' dashboards may revalidate by hand
-            expose_headers=list(DATA_HEADERS),
+            Guard,
+            allowed=allowed_names(server.allowed_hosts, server.host),
+            chart_origins=server.chart_origins,
+            on_rejected=state.metrics.rejected_hosts.inc,
         ),
     ]
     app = Starlette(

@@ -21,7 +21,8 @@ from starlette.responses import FileResponse, Response
 from pisa_pulse import __version__
 from pisa_pulse.api import charts
 from pisa_pulse.api import settings as api_settings
-from pisa_pulse.api.exceptions import NotFound
+from pisa_pulse.api.exceptions import NotFound, Unauthorized
+from pisa_pulse.api.guard import has_bearer
 from pisa_pulse.api.metrics import Metrics
 from pisa_pulse.api.openapi import openapi_document
 from pisa_pulse.api.responses import data_headers, json_bytes, json_response
@@ -211,8 +212,12 @@ async def country_list(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """`GET /metrics` in the Prometheus text format."""
-    return state_of(request).metrics.response()
+    """`GET /metrics` in the Prometheus text format (with `server.metrics_token_env`: for its token)."""
+    state = state_of(request)
+    token = state.settings.server.metrics_token if state.settings else None
+    if token is not None and not has_bearer(request, token.reveal()):
+        raise Unauthorized("missing or wrong token; send Authorization: Bearer <server.metrics_token_env's>")
+    return state.metrics.response()
 
 
 async def dashboard(request: Request) -> Response:

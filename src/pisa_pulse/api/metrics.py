@@ -19,6 +19,7 @@ Measured as they happen:
 
     pisa_pulse_snapshot_build_seconds            copying the aggregates for the API (histogram)
     pisa_pulse_http_request_duration_seconds{route,status}   every request (histogram)
+    pisa_pulse_rejected_hosts_total              requests refused for their Host header (api/guard.py)
 
 `route` is the route's path template with the chart name filled in (`/api/charts/escs`), so its
 values are bounded; anything unrouted is `other`.
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
@@ -116,6 +117,10 @@ class Metrics:
             ["route", "status"],
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+
+        self.rejected_hosts = Counter(
+            "pisa_pulse_rejected_hosts", "Requests refused for their Host header", registry=self.registry
         )
 
     def response(self) -> Response:

@@ -39,8 +39,9 @@ from pisa_pulse.pisa2018 import countries
 from pisa_pulse.secret import Secret, scrub
 from pisa_pulse.sources.config import Source
 
-_WRITTEN_BY_SOURCES_UP = {"schema", "seed", "cluster", "admin_dsn"}
-Kind = Literal["string", "integer", "seconds", "mode", "path"]
+_WRITTEN_BY_SOURCES_UP = {"schema", "seed", "cluster", "admin_dsn", "admin_password"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+Kind = Literal["string", "integer", "seconds", "mode", "path", "list"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Setting:
 
     name: str  # `server.port`; `sources[].dsn` for a key of every [[sources]] entry
     kind: Kind
-    default: str | int | float | None  # None: required, or computed (then `default_text` says how)
+    default: str | int | float | tuple[str, ...] | None  # None: required, or computed (`default_text`)
     help: str
     least: float | None = None  # numbers: the range allowed
     most: float | None = None
@@ -76,6 +77,8 @@ class Setting:
             return self.default_text
         if self.default is None:
             return "required"
+        if isinstance(self.default, tuple):
+            return ", ".join(f"`{item}`" for item in self.default) or "none"
         return f"`{self.default:g}`" if isinstance(self.default, float) else f"`{self.default}`"
 
     @property
@@ -83,9 +86,8 @@ class Setting:
         """What a valid value is, in words (error messages)."""
         if self.choices:
             return f"one of {', '.join(self.choices)}"
-        noun = {"integer": "an integer", "seconds": "a number of seconds", "path": "a path"}.get(
-            self.kind, "a string"
-        )
+        nouns = {"integer": "an integer", "seconds": "a number of seconds", "path": "a path"}
+        noun = nouns.get(self.kind, "a list of strings" if self.kind == "list" else "a string")
         if self.least is None:
             return noun
         return f"{noun} from {self.least:g} to {self.most:g}"
@@ -109,6 +111,28 @@ SETTINGS: tuple[Setting, ...] = (
         "past this many open connections, requests get 503 at once",
         least=1,
         most=100_000,
+    ),
+    Setting(
+        "server.allowed_hosts",
+        "list",
+        LOOPBACK_HOSTS,
+        "the names requests may give in their Host header (no port), besides the address serve listens "
+        "on; add the names a load balancer, CDN or API Gateway uses; `*` allows any (no DNS-rebinding "
+        "protection)",
+    ),
+    Setting(
+        "server.chart_origins",
+        "list",
+        (),
+        "other servers whose charts the dashboard may poll (its Content-Security-Policy connect-src), "
+        "e.g. https://pisa.example.org",
+    ),
+    Setting(
+        "server.metrics_token_env",
+        "string",
+        None,
+        "the environment variable holding a token that /metrics then requires (Authorization: Bearer)",
+        default_text="none: /metrics answers any same-origin request",
     ),
     Setting(
         "capture.mode",
@@ -189,6 +213,10 @@ class ServerSettings:
     host: str = _default("server.host")
     port: int = _default("server.port")
     max_connections: int = _default("server.max_connections")
+    allowed_hosts: tuple[str, ...] = _default("server.allowed_hosts")
+    chart_origins: tuple[str, ...] = _default("server.chart_origins")
+    metrics_token_env: str | None = None
+    metrics_token: Secret | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +252,9 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
         host=host or _value(server_raw, "server.host"),
         port=_value({"port": port} if port is not None else server_raw, "server.port"),
         max_connections=_value(server_raw, "server.max_connections"),
+        allowed_hosts=_value(server_raw, "server.allowed_hosts"),
+        chart_origins=_origins(_value(server_raw, "server.chart_origins")),
+        **_metrics_token(server_raw),
     )
     sources = _sources(raw.get("sources"))
     modes = {s.mode for s in sources}
@@ -258,6 +289,9 @@ def effective(settings: Settings) -> dict[str, Any]:
         "server.host": settings.server.host,
         "server.port": settings.server.port,
         "server.max_connections": settings.server.max_connections,
+        "server.allowed_hosts": list(settings.server.allowed_hosts),
+        "server.chart_origins": list(settings.server.chart_origins),
+        "server.metrics_token_env": settings.server.metrics_token_env,
         "capture.mode": settings.mode,
         "capture.slot_prefix": settings.slot_prefix,
         "capture.state_dir": str(settings.state_dir),
@@ -304,6 +338,12 @@ def _value(raw: dict[str, Any], name: str, where: str | None = None, default: An
         if value not in row.choices:
             raise PisaPulseError(f"{where} {value!r} is unknown", f"use {row.valid}")
         return value
+    if row.kind == "list":
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise PisaPulseError(
+                f"{where} = {value!r} is not {row.valid}", f'write e.g. {row.key} = ["a", "b"]'
+            )
+        return tuple(value)
     number = row.kind in ("integer", "seconds")
     kinds = {"integer": int, "seconds": int | float}.get(row.kind, str)
     fits = isinstance(value, kinds) and not isinstance(value, bool)
@@ -355,6 +395,29 @@ def _sources(raw: object) -> list[_Entry]:
     if len(set(names)) != len(names):
         raise PisaPulseError("[[sources]] names a country twice", "keep one entry per country database")
     return result
+
+
+def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise PisaPulseError(
+                f"server.chart_origins has {origin!r}, which is not an origin",
+                "write scheme://host[:port] with nothing after it, e.g. https://pisa.example.org",
+            )
+    return tuple(o.rstrip("/") for o in origins)
+
+
+def _metrics_token(raw: dict[str, Any]) -> dict[str, Any]:
+    if "metrics_token_env" not in raw:
+        return {}
+    env = _value(raw, "server.metrics_token_env")
+    token = os.environ.get(env)
+    if not token:
+        raise PisaPulseError(
+            f"server.metrics_token_env names {env}, which is not set", f"export {env} before serving"
+        )
+    return {"metrics_token_env": env, "metrics_token": Secret(token)}
 
 
 def _password(env: str, where: str) -> Secret:

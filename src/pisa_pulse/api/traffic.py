@@ -16,9 +16,7 @@ imports need neither psycopg2 nor numpy, and the HTTP process never connects to 
 
 from __future__ import annotations
 
-import hmac
 import json
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,8 +27,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pisa_pulse.api.guard import has_bearer
 from pisa_pulse.api.responses import error_response, json_bytes
 from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.secret import write_private
 from pisa_pulse.sources import control
 
 TOKEN_FILE = "api-token"
@@ -41,11 +41,7 @@ _NO_TOKEN = "missing or wrong token; send Authorization: Bearer <the token in th
 def new_token(data_dir: Path) -> str:
     """A fresh token, written to `<data-dir>/api-token` readable by this user only."""
     token = secrets.token_urlsafe(24)
-    path = data_dir / TOKEN_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.chmod(path, 0o600)
+    write_private(data_dir / TOKEN_FILE, token + "\n")
     return token
 
 
@@ -56,10 +52,6 @@ def _reply(body: dict[str, Any]) -> Response:
 def traffic_routes(data_dir: Path, token: str) -> list[Route]:
     """The three routes, bound to one data dir and token."""
 
-    def authorized(request: Request) -> bool:
-        sent = request.headers.get("authorization", "")
-        return sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), token.encode())
-
     async def body_of(request: Request) -> dict[str, Any] | None:
         try:
             body = json.loads(await request.body() or b"{}")
@@ -69,7 +61,7 @@ def traffic_routes(data_dir: Path, token: str) -> list[Route]:
 
     def with_token(handler: Handler) -> Handler:
         async def checked(request: Request) -> Response:
-            if not authorized(request):
+            if not has_bearer(request, token):
                 return error_response(401, _NO_TOKEN)
             return await handler(request)
 

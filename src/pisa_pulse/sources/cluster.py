@@ -25,6 +25,7 @@ import subprocess
 from pathlib import Path
 
 from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.secret import write_private
 from pisa_pulse.sources.config import ClusterSpec
 
 log = logging.getLogger(__name__)
@@ -187,9 +188,7 @@ class EmbeddedCluster:
             )  # fmt: skip
         finally:
             pwfile.unlink(missing_ok=True)
-        fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{HOST}:*:*:{self.spec.superuser}:{password}\n")
+        write_private(self.passfile, f"{HOST}:*:*:{self.spec.superuser}:{password}\n")
         self.write_settings()
 
     def write_settings(self) -> None:

@@ -11,7 +11,6 @@ passfile beside the config instead, so they can be printed and pasted into psql.
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import platformdirs
 import tomli_w
 
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.secret import Secret, scrub, split_password
+from pisa_pulse.secret import Secret, scrub, split_password, write_private
 from pisa_pulse.sources.schema import SCHEMAS, SchemaName
 
 CONFIG_NAME = "sources.toml"
@@ -146,7 +145,6 @@ def load_optional(data_dir: Path) -> SourcesConfig | None:
 def save(data_dir: Path, config: SourcesConfig) -> Path:
     """Write the config atomically with mode 0600 and return its path."""
     path = config_path(data_dir)
-    tmp = path.with_suffix(".tmp")
     body: dict[str, Any] = {
         "schema": config.schema,
         "seed": config.seed,
@@ -156,11 +154,8 @@ def save(data_dir: Path, config: SourcesConfig) -> Path:
         body |= _with_password({"admin_dsn": config.admin_dsn}, config.admin_password, "admin_password")
     if config.cluster is not None:
         body["cluster"] = {k: v for k, v in asdict(config.cluster).items() if v is not None}
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("# Written by `pisa-pulse sources up`; read by traffic and the pipeline.\n")
-        f.write(tomli_w.dumps(body))
-    os.replace(tmp, path)
+    header = "# Written by `pisa-pulse sources up`; read by traffic and the pipeline.\n"
+    write_private(path, header + tomli_w.dumps(body))
     return path
 
 

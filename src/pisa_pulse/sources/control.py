@@ -30,12 +30,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.secret import write_private
 
 if TYPE_CHECKING:
     from pisa_pulse.sources.traffic import Traffic
 
 STATE_FILE = "traffic.json"
 MAX_BODY = 1024
+READ_TIMEOUT_S = 10  # a client that stalls mid-request is dropped after this
+MAX_CLIENTS = 8  # requests handled at once; more are closed unanswered
 
 
 class TrafficRefused(PisaPulseError):
@@ -44,6 +47,7 @@ class TrafficRefused(PisaPulseError):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _ControlServer
+    timeout = READ_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the traffic's own status line says what happens."""
@@ -97,11 +101,13 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _json_body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
+        """The request's JSON body; None for a body that is not JSON, or whose Content-Length is not a
+        number from 0 to MAX_BODY (never a read to the end of the stream)."""
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit() or int(length) > MAX_BODY:
             return None
         try:
-            return json.loads(self.rfile.read(length) or b"null")
+            return json.loads(self.rfile.read(int(length)) or b"null")
         except ValueError:
             return None
 
@@ -121,6 +127,20 @@ class _ControlServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.traffic = traffic
         self.token = token
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per request, at most MAX_CLIENTS at once: past that, the connection is closed."""
+        if not self._clients.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._clients.release()
 
 
 class ControlEndpoint:
@@ -145,9 +165,7 @@ class ControlEndpoint:
     def __enter__(self) -> ControlEndpoint:
         self._thread.start()
         state = {"pid": os.getpid(), "port": self.port, "token": self._server.token}
-        fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
+        write_private(self.state_file, json.dumps(state))
         return self
 
     def __exit__(self, *exc: object) -> None:

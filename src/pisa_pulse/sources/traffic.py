@@ -99,6 +99,7 @@ class Traffic:
         if not config.sources:
             raise PisaPulseError("the sources config lists no sources", "run `pisa-pulse sources up`")
         self.schema: SchemaName = config.schema
+        self.embedded = config.cluster is not None  # sources of our own cluster: `empty` may truncate them
         self.updates = updates
         self.deletes = deletes
         self.batch = batch
@@ -198,7 +199,14 @@ class Traffic:
         return (operations - since[1]) / (now - since[0])
 
     def empty(self, name: str) -> str:
-        """TRUNCATE the `responses` of the source named `name` (one this traffic writes to)."""
+        """TRUNCATE the `responses` of the source named `name` (one this traffic writes to, on the
+        embedded cluster: a server given with `--dsn` is not ours to empty from the dashboard)."""
+        if not self.embedded:
+            raise PisaPulseError(
+                f"{name!r} is on a server given with --dsn, and only the embedded cluster's sources are "
+                "emptied from here",
+                "empty it yourself with `pisa-pulse sources empty` if you mean to",
+            )
         target = next((t for t in self._targets if t.source.name == name.lower()), None)
         if target is None:
             raise PisaPulseError(

@@ -122,7 +122,7 @@ async function start() {
   pickerRoot.hidden = !charts.some((feed) => feed.perCountry);
   grid.removeAttribute("aria-busy");
   const state = readQuery();
-  const endpoints = new Endpoints(FEEDS);
+  const endpoints = new Endpoints(charts); // the status strip is always this server's (same-origin)
   const pollers = new Map();
 
   const views = new Map();
@@ -145,7 +145,7 @@ async function start() {
   };
 
   function urlFor(feed) {
-    const url = new URL(endpoints.url(feed.id), location.href);
+    const url = new URL(feed === STATUS_FEED ? feed.path : endpoints.url(feed.id), location.href);
     if (feed.perCountry && state.countries !== null) {
       if (state.countries.length === 0) return null;
       url.searchParams.set("countries", state.countries.join(","));
@@ -214,13 +214,14 @@ async function start() {
   });
 }
 
-/** Names the server a chart polls when it is not this one. */
+/** Names the server a chart polls when it is not this one: the health strip shows this server's
+ * sources only (other servers' /api/status is not readable from here), so that chart's is unknown. */
 function showSource(feed, root, endpoints) {
   const tag = root.querySelector(".card-source");
   if (!tag) return;
   const host = endpoints.foreignHost(feed.id);
   tag.hidden = host === null;
-  tag.textContent = host === null ? "" : `from ${host}`;
+  tag.textContent = host === null ? "" : `from ${host}; its sources' health is unknown here`;
 }
 
 function showFreshness(pollers, overall, chartCount) {

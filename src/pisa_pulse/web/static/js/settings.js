@@ -1,5 +1,7 @@
-// Bring-your-own endpoints: every chart's URL (and the status strip's) can point at any server that
-// honours the chart contracts and allows cross-origin GET. Saved in this browser's localStorage.
+// Bring-your-own endpoints: every chart's URL can point at any server that honours the chart
+// contracts and allows cross-origin GET, and that this server's Content-Security-Policy lets the page
+// reach (`server.chart_origins`). Saved in this browser's localStorage. The status strip always polls
+// this server: /api/status is same-origin only.
 
 const STORAGE_KEY = "pisa-pulse.endpoints.v1";
 
