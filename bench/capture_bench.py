@@ -17,13 +17,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cpu import cluster_cpu_s, postmaster_pid, process_cpu_s, self_cpu_s
 from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.sources import config as cfg
-from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.schema import SchemaName
 from sampling import sampled
 from sources_bench import scratch_dir
@@ -84,7 +84,7 @@ class Running:
     def __init__(
         self, config: cfg.SourcesConfig, data_dir: Path, mode: str = "replication", **options: Any
     ) -> None:
-        sources = [Source(s.name, s.dsn, mode) for s in config.sources]
+        sources = [replace(s, mode=mode) for s in config.sources]
         self.pipeline = Pipeline(sources, data_dir, **options)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.pipeline.run, args=(self.stop,))

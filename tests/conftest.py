@@ -37,7 +37,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -273,7 +273,7 @@ def share_of(cluster: EmbeddedCluster) -> Iterator[SharedServer]:
 def _end_share(share: SharedServer) -> None:
     ours = "starts_with({}, %s)"
     with databases.connected(share.admin_dsn) as admin, admin.cursor() as cur:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:
             cur.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
@@ -304,6 +304,59 @@ def shared(shared_cluster: EmbeddedCluster) -> Iterator[SharedServer]:
         yield share
 
 
+# -- waiting and stopping -------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float = 30,
+    what: str = "the condition",
+    detail: Callable[[], object] | None = None,
+    pause: Callable[[float], object] = time.sleep,
+) -> T:
+    """Call `condition` until it returns something truthy, and return that; past `timeout` seconds, fail
+    the test naming `what` (and showing `detail()`, the state at the deadline). Between calls,
+    `pause(seconds)` (a browser test passes the page's own wait, so that its events keep coming in).
+
+    Tests wait for what they need to see instead of sleeping or timing it: the machines the suite runs
+    on differ 3 to 4 times in speed, so deadlines are generous (30 s for anything a server does, 60 s
+    and more for copies and restarts), and how fast things happen is the benchmarks' business (bench/).
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}" + (f"; {detail()}" if detail is not None else ""))
+        pause(0.05)
+    return value
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 60) -> int:
+    """End a process a test started, whatever state it is in; returns its exit code.
+
+    SIGCONT (a test may have left it stopped) and SIGTERM, up to `timeout` seconds for it to exit, then
+    SIGKILL. Its pipes, if any, are drained meanwhile (so that a full one cannot keep it from exiting),
+    then closed. Call it in a `finally` right after starting the process: a failing line in between
+    leaks it.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    code = proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    return code
+
+
+LOCAL = "http://127.0.0.1"  # TestClient's base URL: a Host the API serves (not its default, testserver)
+
+
 # -- servers --------------------------------------------------------------------------------------------
 
 
@@ -317,7 +370,8 @@ class Server:
 
 @contextmanager
 def serving(*args: str, command: str = "serve") -> Iterator[Server]:
-    """`pisa-pulse COMMAND ARGS --port 0` until the block ends, then SIGTERM and a clean exit.
+    """`pisa-pulse COMMAND ARGS --port 0` until the block ends, then `stop` and, if the block passed, a
+    clean exit (0).
 
     Waits for the line naming the URL (`demo` first brings its sources up and says so).
     """
@@ -334,6 +388,5 @@ def serving(*args: str, command: str = "serve") -> Iterator[Server]:
             printed.append(line)
         yield Server(found.group(1), proc)
     finally:
-        proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+        code = stop(proc)
+    assert code == 0, f"`pisa-pulse {command}` exited with {code} when stopped"

@@ -38,6 +38,7 @@ from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import lifecycle
 from pisa_pulse.sources.databases import connected
+from tests.conftest import LOCAL, wait_for
 
 COUNTRIES = ("ALB", "ARG", "AUS")
 
@@ -54,13 +55,16 @@ def sources(scratch: Path) -> cfg.SourcesConfig:
 @pytest.fixture(scope="module")
 def client(sources: cfg.SourcesConfig, scratch: Path) -> Iterator[TestClient]:
     snapshots = LiveSnapshots(Settings(sources.sources, "replication", scratch / "api-state", "api_test"))
-    with TestClient(create_app(snapshots)) as client:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            states = {s["state"] for s in client.get("/api/status").json()["sources"]}
-            if states == {"streaming"} and client.get("/api/charts/submissions").json()["count"] == 600:
-                break
-            time.sleep(0.1)
+    with TestClient(create_app(snapshots), base_url=LOCAL) as client:
+        wait_for(
+            lambda: (
+                {s["state"] for s in client.get("/api/status").json()["sources"]} == {"streaming"}
+                and client.get("/api/charts/submissions").json()["count"] == 600
+            ),
+            timeout=90,
+            what="the three sources copied and streaming",
+            detail=lambda: client.get("/api/status").json(),
+        )
         yield client
 
 
@@ -174,10 +178,10 @@ def test_unchanged_chart_answers_304_and_a_change_makes_a_new_etag(
     with connected(sources.sources[0].dsn) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO responses (id, cnt) VALUES (7, 'ALB')")
     try:
-        deadline = time.monotonic() + 5
-        while client.get("/api/charts/submissions").json()["count"] == first.json()["count"]:
-            assert time.monotonic() < deadline, "the new row did not arrive within 5 s"
-            time.sleep(0.05)
+        wait_for(
+            lambda: client.get("/api/charts/submissions").json()["count"] != first.json()["count"],
+            what="the new row in the chart",
+        )
         changed = client.get("/api/charts/submissions", headers={"If-None-Match": etag})
         assert changed.status_code == 200 and changed.headers["etag"] != etag
     finally:
@@ -186,13 +190,17 @@ def test_unchanged_chart_answers_304_and_a_change_makes_a_new_etag(
 
 
 def test_responses_say_which_snapshot_and_how_fresh(client: TestClient) -> None:
-    time.sleep(0.5)
-    response = client.get("/api/charts/escs")
-    assert int(response.headers["x-snapshot-version"]) >= 0
-    assert 0 <= int(response.headers["x-data-age-ms"]) < 1000  # idle sources answer pings: fresh
-    as_of = datetime.fromisoformat(response.headers["x-data-as-of"].replace("Z", "+00:00")).timestamp()
+    def fresh() -> dict[str, str] | None:
+        headers = dict(client.get("/api/charts/escs").headers)
+        age = headers["x-data-age-ms"]
+        return headers if age.isdigit() and int(age) < 1000 else None
+
+    # Idle sources answer pings, so the data is fresh (under a second old) without any change.
+    headers = wait_for(fresh, what="an answer with data under a second old")
+    assert int(headers["x-snapshot-version"]) >= 0
+    as_of = datetime.fromisoformat(headers["x-data-as-of"].replace("Z", "+00:00")).timestamp()
     assert abs(as_of - time.time()) < 5
-    assert response.headers["cache-control"] == "no-cache"
+    assert headers["cache-control"] == "no-cache"
 
 
 @pytest.mark.parametrize(
@@ -342,7 +350,7 @@ def test_a_separate_capture_process_shows_in_status_health_and_metrics(
     capture: dict[str, Any] | None, health: int, up: float | None
 ) -> None:
     snapshots = FixedSnapshots(capture)
-    with TestClient(create_app(snapshots, clock=lambda: 1000.5)) as client:
+    with TestClient(create_app(snapshots, clock=lambda: 1000.5), base_url=LOCAL) as client:
         assert snapshots.started
         status = client.get("/api/status").json()
         answer = client.get("/api/health")
@@ -361,7 +369,7 @@ def test_a_separate_capture_process_shows_in_status_health_and_metrics(
 
 def test_a_source_out_of_step_makes_health_degraded_whatever_the_capture() -> None:
     snapshots = FixedSnapshots({"state": "running", "restarts": 0}, states=("streaming", "reconnecting"))
-    with TestClient(create_app(snapshots)) as client:
+    with TestClient(create_app(snapshots), base_url=LOCAL) as client:
         answer = client.get("/api/health")
     assert answer.status_code == 503
     assert answer.json() == {"status": "degraded", "sources": 2, "healthy": 1, "capture": "running"}
@@ -380,7 +388,7 @@ def test_status_echoes_the_settings_without_secrets(tmp_path: Path, monkeypatch:
     loaded = settings.load(path)
     # The driver gets each password apart from its DSN ...
     assert [s.password and s.password.reveal() for s in loaded.sources] == [password, "query-pw"]
-    with TestClient(create_app(FixedSnapshots(None), settings=loaded)) as client:
+    with TestClient(create_app(FixedSnapshots(None), settings=loaded), base_url=LOCAL) as client:
         answer = client.get("/api/status")
     echoed = answer.json()["settings"]
     for text in (answer.text, repr(loaded), str(loaded), repr(loaded.sources)):  # ... nothing shows it
@@ -407,7 +415,7 @@ def test_http_errors_carry_their_status_into_the_one_shape(error: type[HttpError
         raise error("something is wrong", "do this instead")
 
     app = create_app(FixedSnapshots(None), traffic_routes=[Route("/api/failing", failing)])
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         answer = client.get("/api/failing")
     assert answer.status_code == error.status
     assert answer.json() == {

@@ -16,13 +16,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pisa_pulse.api import charts
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp, serving
+from tests.conftest import BringUp, serving, wait_for
 from tests.test_serve import as_of
 
 COUNTRIES = "alb,arg,aus"
@@ -37,13 +36,6 @@ def fetch(url: str) -> tuple[int, dict[str, Any], dict[str, str]]:
     except urllib.error.HTTPError as exc:
         status, body, headers = exc.code, exc.read(), exc.headers
     return status, json.loads(body), {k.lower(): v for k, v in headers.items()}
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.05)
 
 
 def capture_of(base: str) -> dict[str, Any]:
@@ -106,7 +98,7 @@ def test_sigkill_of_the_capture_process_while_traffic_runs(new_dir: Path, bring_
         serving("--config", str(direct_settings)) as direct_server,
     ):
         live, direct = live_server.url, direct_server.url
-        wait_for("every source streaming", lambda: all_streaming(live), 60)
+        wait_for(lambda: all_streaming(live), timeout=90, what="every source streaming")
         assert fetch(live + "api/status")[1]["settings"]["capture"]["mode"] == "replication"  # the echo
         first = capture_of(live)["pid"]
         http_maps, capture_maps = loaded(live_server.process.pid), loaded(first)
@@ -119,13 +111,26 @@ def test_sigkill_of_the_capture_process_while_traffic_runs(new_dir: Path, bring_
         writer.start()
         try:
             with ChartPoller(live) as poller:
-                time.sleep(1)
+                wait_for(
+                    lambda: traffic.counts.operations >= 300 and len(poller.answers) >= len(charts.CHARTS),
+                    what="traffic written and every chart answered before the kill",
+                    detail=lambda: (traffic.counts, len(poller.answers)),
+                )
                 os.kill(first, signal.SIGKILL)
-                wait_for("health degraded", lambda: fetch(live + "api/health")[:2][0] == 503, 20)
+                wait_for(lambda: fetch(live + "api/health")[0] == 503, what="health degraded")
                 assert fetch(live + "api/health")[1]["status"] == "degraded"
-                wait_for("data age past a second", lambda: bool(poller.ages) and poller.ages[-1] > 1000, 30)
-                wait_for("capture back and streaming", lambda: all_streaming(live), 90)
-                time.sleep(1)  # served from the new process for a while
+                wait_for(
+                    lambda: bool(poller.ages) and poller.ages[-1] > 1000,
+                    timeout=60,
+                    what="data age past a second",
+                )
+                wait_for(lambda: all_streaming(live), timeout=90, what="capture back and streaming")
+                # Charts served from the new process for a while (and over 60 answers in all).
+                back = len(poller.answers)
+                wait_for(
+                    lambda: len(poller.answers) >= max(back + 2 * len(charts.CHARTS), 61),
+                    what="charts answered after the capture came back",
+                )
         finally:
             stop.set()
             writer.join()
@@ -138,9 +143,9 @@ def test_sigkill_of_the_capture_process_while_traffic_runs(new_dir: Path, bring_
         assert traffic.counts.updated > 5 and traffic.counts.deleted > 2
 
         wait_for(
-            "data past the end of the traffic",
             lambda: as_of(fetch(live + "api/charts/escs")[2]) > stopped,
-            30,
+            timeout=60,
+            what="data past the end of the traffic",
         )
         for name in charts.CHARTS:
             if name == "submissions-over-time":

@@ -22,6 +22,7 @@ from pisa_pulse.cli import build_parser
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import countries
 from pisa_pulse.web import static_dir
+from tests.conftest import LOCAL
 from tests.test_api import FixedSnapshots, served_paths
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -72,7 +73,7 @@ def test_serve_help_takes_help_and_defaults_from_the_table() -> None:
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    return TestClient(create_app(FixedSnapshots(None)), base_url="http://127.0.0.1")  # a Host it serves
+    return TestClient(create_app(FixedSnapshots(None)), base_url=LOCAL)
 
 
 def test_registry_routes_openapi_and_index_agree(client: TestClient) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -25,22 +24,24 @@ from pathlib import Path
 
 import pytest
 
+from pisa_pulse.capture.contract import SourceStatus
 from pisa_pulse.engine.checkpoint import CheckpointStore
 from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.cluster import EmbeddedCluster
-from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected, table_columns
 from pisa_pulse.sources.schema import CHART_COLUMNS
-from tests.conftest import BringUp
+from tests.conftest import BringUp, stop, wait_for
 from tests.test_pipeline import (
     assert_exact,
     pipeline_running,
     running,
     server_lsn,
+    traffic_made,
     traffic_running,
     wait_caught_up,
+    wait_streaming,
 )
 
 pytestmark = pytest.mark.faults
@@ -64,34 +65,40 @@ def joined(a: cfg.SourcesConfig, b: cfg.SourcesConfig) -> cfg.SourcesConfig:
 
 @contextmanager
 def capturing(config: cfg.SourcesConfig, state: Path, mode: str) -> Iterator[Pipeline]:
-    sources = [Source(s.name, s.dsn, mode) for s in config.sources]
+    sources = [replace(s, mode=mode) for s in config.sources]
     pipeline = Pipeline(sources, state, checkpoint_interval=0.2, poll_interval=0.25, reconcile_interval=1.0)
     with running(pipeline.run):
         yield pipeline
 
 
-def wait_settled(pipeline: Pipeline, configs: list[cfg.SourcesConfig], timeout: float = 60) -> None:
+def wait_settled(pipeline: Pipeline, configs: list[cfg.SourcesConfig], timeout: float = 120) -> None:
     """Replicated sources past each server's WAL position; polled ones reconciled after now."""
     now = time.time()
     targets = {s.name: server_lsn(c) for c in configs for s in c.sources}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def behind() -> list[SourceStatus]:
         statuses = pipeline.statuses()
-        behind = [
+        return [
             r
             for r in statuses
             if r.mode == "replication"
             and ((p := pipeline.position(r.source)) is None or p.lsn < targets[r.source])
-        ]
-        behind += [
+        ] + [
             r
             for r in statuses
             if r.mode == "poll" and (r.details["poll"]["updates_as_of_us"] or 0) <= now * 1e6
         ]
-        if not behind:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"not settled within {timeout} s: {pipeline.status()}")
+
+    wait_for(lambda: not behind(), timeout, what="every source settled", detail=pipeline.status)
+
+
+def status_of(pipeline: Pipeline, source: str) -> SourceStatus:
+    return next(r for r in pipeline.statuses() if r.source == source)
+
+
+def others_fresh_after(pipeline: Pipeline, source: str, moment: float) -> bool:
+    """Whether every source but `source` is fresh as of a time after `moment` (Unix time)."""
+    return all(r.fresh_at > moment for r in pipeline.statuses() if r.source != source)
 
 
 @pytest.mark.parametrize("mode", ["replication", "poll"])
@@ -102,27 +109,36 @@ def test_a_source_server_down_for_30_s_while_the_others_stay_fresh(
     lone = bring_up(new_dir.parent / "lone", countries="bel", schema="slim", rows_per_country=300)
     everything = joined(four, lone)
     with capturing(everything, new_dir.parent / "state", mode) as pipeline:
-        deadline = time.monotonic() + 60
-        while {s["state"] for s in pipeline.status()} != {
-            "streaming" if mode == "replication" else "polling"
-        }:
-            assert time.monotonic() < deadline, pipeline.status()
-            time.sleep(0.1)
+        capturing_state = "streaming" if mode == "replication" else "polling"
+        wait_for(
+            lambda: {s["state"] for s in pipeline.status()} == {capturing_state},
+            timeout=90,
+            what=f"every source {capturing_state}",
+            detail=pipeline.status,
+        )
         with traffic_running(four, rate=200):
             cluster_of(lone).stop("immediate")
             down = time.time()
-            while time.time() - down < 30:
+            wait_for(
+                lambda: status_of(pipeline, "bel").state == "reconnecting",
+                what="bel reconnecting once its server stopped",
+                detail=pipeline.status,
+            )
+            while time.time() - down < 30:  # the server stays down for 30 s
+                # The others keep up: their data moves on past now, while bel waits for its server.
+                now = time.time()
+                wait_for(
+                    lambda now=now: others_fresh_after(pipeline, "bel", now),
+                    what="the other sources fresh while bel is down",
+                    detail=pipeline.status,
+                )
+                assert status_of(pipeline, "bel").state == "reconnecting", pipeline.status()
                 time.sleep(1)
-                status = {s["source"]: s for s in pipeline.status()}
-                assert status["bel"]["state"] == "reconnecting", status["bel"]
-                # The others keep up: their data is at most a few seconds old.
-                others = [r for r in pipeline.statuses() if r.source != "bel"]
-                assert all(time.time() - r.fresh_at < 5 for r in others), pipeline.status()
             bel = {s["source"]: s for s in pipeline.status()}["bel"]
             assert bel["reason"] and (bel["lag_ms"] is None or bel["lag_ms"] >= 25_000)
             cluster_of(lone).start()
-        with traffic_running(lone, rate=100):
-            time.sleep(1)
+        with traffic_running(lone, rate=100) as traffic:
+            traffic_made(traffic, 100)
         wait_settled(pipeline, [four, lone])
         assert_exact(pipeline, everything)
 
@@ -131,12 +147,18 @@ def test_sigkill_five_times_at_random_moments(four: cfg.SourcesConfig, new_dir: 
     rng = random.Random(11)
     command = [sys.executable, "-m", "pisa_pulse", "pipeline", "--data-dir", str(new_dir)]
     with traffic_running(four, rate=300):
-        # The first kill lands during the initial copy, the others mid-stream or mid-checkpoint.
+        # Each kill lands a random moment after the pipeline has started (it says so): the first during
+        # the initial copy, the others mid-stream or mid-checkpoint.
         for delay in (0.3, *(rng.uniform(0.5, 3.0) for _ in range(4))):
-            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                assert proc.stdout is not None
+                started = proc.stdout.readline()
+                assert started.startswith("pipeline on"), started
+                time.sleep(delay)  # the random moment, not a wait for anything
+                proc.kill()  # the fault under test: no chance to checkpoint or close
+            finally:
+                stop(proc)
     with pipeline_running(four, new_dir) as pipeline:
         wait_caught_up(pipeline, four)
         assert_exact(pipeline, four)
@@ -150,8 +172,8 @@ def test_a_slot_invalidated_while_the_pipeline_is_down(four: cfg.SourcesConfig, 
     try:
         with pipeline_running(four, new_dir) as pipeline:
             wait_caught_up(pipeline, four)
-        with traffic_running(four, rate=400):  # WAL far past 1 MB while nobody reads the slots
-            time.sleep(3)
+        with traffic_running(four, rate=400) as traffic:  # WAL far past 1 MB while nobody reads the slots
+            traffic_made(traffic, 1200)
         with connected(admin) as conn, conn.cursor() as cur:
             for _ in range(3):
                 cur.execute("SELECT pg_switch_wal()")
@@ -175,30 +197,31 @@ def test_columns_added_and_dropped_and_a_truncate_while_streaming(
     with connected(alb.dsn) as conn:
         spare = next(c for c in table_columns(conn) if c not in CHART_COLUMNS)
     with pipeline_running(four, new_dir) as pipeline:
-        with traffic_running(four, rate=300):
-            time.sleep(1)
+        with traffic_running(four, rate=300) as traffic:
+            traffic_made(traffic, 300)
             with connected(alb.dsn) as conn, conn.cursor() as cur:
                 cur.execute("ALTER TABLE responses ADD COLUMN note text DEFAULT 'x'")
                 cur.execute("UPDATE responses SET note = 'y' WHERE id IN (SELECT id FROM responses LIMIT 20)")
-                time.sleep(1)
+                wait_caught_up(pipeline, four)  # streamed with the new column before it goes
                 cur.execute(f'ALTER TABLE responses DROP COLUMN "{spare}"')
                 cur.execute("ALTER TABLE responses DROP COLUMN note")
             with connected(arg.dsn) as conn, conn.cursor() as cur:
                 cur.execute("TRUNCATE responses")
-            time.sleep(1.5)
+            traffic_made(traffic, 450)
         wait_caught_up(pipeline, four)
         assert_exact(pipeline, four)
         assert all(r.state == "streaming" for r in pipeline.statuses())
 
 
 def test_a_deleted_or_corrupted_checkpoint(four: cfg.SourcesConfig, new_dir: Path) -> None:
-    with pipeline_running(four, new_dir), traffic_running(four, rate=200):
-        time.sleep(1.5)
+    with pipeline_running(four, new_dir) as pipeline, traffic_running(four, rate=200) as traffic:
+        wait_streaming(pipeline)  # copied and checkpointed: a checkpoint worth losing
+        traffic_made(traffic, 300)
     path = checkpoint_path(new_dir)
     for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
         (path.parent / name).unlink(missing_ok=True)
-    with traffic_running(four, rate=200):
-        time.sleep(1)
+    with traffic_running(four, rate=200) as traffic:
+        traffic_made(traffic, 200)
     with pipeline_running(four, new_dir) as pipeline:  # deleted: a clean rebuild from the sources
         wait_caught_up(pipeline, four)
         assert_exact(pipeline, four)
@@ -272,19 +295,39 @@ def test_the_network_to_a_source_stalled_then_dropped(four: cfg.SourcesConfig, n
     try:
         with pipeline_running(behind_proxy, new_dir) as pipeline:
             wait_caught_up(pipeline, four)
-            with traffic_running(four, rate=200):
-                time.sleep(1)
+            with traffic_running(four, rate=200) as traffic:
+                traffic_made(traffic, 200)
                 proxy.flowing.clear()
                 held = time.time()
-                time.sleep(5)
-                runner = {r.source: r for r in pipeline.statuses()}
-                # The stalled source is not claimed fresh; the others are.
-                assert runner["alb"].fresh_at < held + 0.5 and pipeline.as_of() < held + 0.5
-                assert all(time.time() - r.fresh_at < 2 for r in runner.values() if r.source != "alb")
+                # Bytes already past the proxy may still arrive; after that the stalled source is not
+                # claimed fresh any more (its freshness stays put), while the others' moves on.
+                wait_for(
+                    lambda: others_fresh_after(pipeline, "alb", held + 1),
+                    what="the other sources fresh past the stall's start",
+                    detail=pipeline.status,
+                )
+                frozen = status_of(pipeline, "alb").fresh_at
+                time.sleep(max(0.0, held + 5 - time.time()))  # the stall lasts 5 s: the fault, not a wait
+                assert status_of(pipeline, "alb").fresh_at == frozen and pipeline.as_of() <= frozen
+                now = time.time()
+                wait_for(
+                    lambda: others_fresh_after(pipeline, "alb", now),
+                    what="the other sources still fresh at the stall's end",
+                    detail=pipeline.status,
+                )
                 proxy.flowing.set()
-                time.sleep(1)
+                wait_for(
+                    lambda: status_of(pipeline, "alb").fresh_at > now,
+                    what="alb fresh again once its bytes flow",
+                    detail=pipeline.status,
+                )
                 proxy.drop()  # and now the connections break
-                time.sleep(2)
+                wait_for(
+                    lambda: status_of(pipeline, "alb").connections_lost >= 1,
+                    what="alb's broken connection noticed",
+                    detail=pipeline.status,
+                )
+                traffic_made(traffic, 400)  # written while alb reconnects
             wait_caught_up(pipeline, four)
             assert_exact(pipeline, four)
             alb_now = {r.source: r for r in pipeline.statuses()}["alb"]

@@ -9,7 +9,6 @@ sums exactly, since both are exact integers.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import psycopg2
 import pytest
 
 from pisa_pulse.capture import replication
+from pisa_pulse.capture.contract import SourceStatus
 from pisa_pulse.capture.replicated import slot_name
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore
@@ -34,7 +34,7 @@ from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import BringUp, SharedServer
+from tests.conftest import BringUp, SharedServer, stop, wait_for
 
 COUNTRIES = "alb,arg,aus,aut,bel"
 
@@ -53,14 +53,14 @@ def five_own(new_dir: Path, bring_up: BringUp) -> cfg.SourcesConfig:
 
 @contextmanager
 def running(run: Callable[[threading.Event], object]) -> Iterator[None]:
-    """`run(stop)` in a thread until the block ends."""
-    stop = threading.Event()
-    thread = threading.Thread(target=run, args=(stop,))
+    """`run(stopping)` in a thread until the block ends."""
+    stopping = threading.Event()
+    thread = threading.Thread(target=run, args=(stopping,))
     thread.start()
     try:
         yield
     finally:
-        stop.set()
+        stopping.set()
         thread.join()
 
 
@@ -70,6 +70,18 @@ def traffic_running(config: cfg.SourcesConfig, rate: float = 400) -> Iterator[Tr
     traffic = Traffic(config, rate=rate, updates=0.15, deletes=0.1, messy=0.05, seed=3)
     with running(traffic.run):
         yield traffic
+
+
+def traffic_made(traffic: Traffic, operations: int, timeout: float = 60) -> None:
+    """Until the traffic has made `operations` more changes: an amount rather than a time, so that a
+    slower machine makes as many, at its own pace."""
+    until = traffic.counts.operations + operations
+    wait_for(
+        lambda: traffic.counts.operations >= until,
+        timeout,
+        what=f"{operations} more operations of traffic",
+        detail=traffic.status,
+    )
 
 
 @contextmanager
@@ -90,23 +102,21 @@ def server_lsn(config: cfg.SourcesConfig) -> int:
 def wait_caught_up(
     pipeline: Pipeline,
     config: cfg.SourcesConfig,
-    timeout: float = 60,
+    timeout: float = 120,
     sources: cfg.SourcesConfig | None = None,
 ) -> None:
     """Until every source's (or the given sources') position is past the server's WAL position as of now."""
     target = server_lsn(config)
     names = {s.name for s in (sources or config).sources}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        behind = [
+
+    def behind() -> list[SourceStatus]:
+        return [
             r
             for r in pipeline.statuses()
             if r.source in names and ((p := pipeline.position(r.source)) is None or p.lsn < target)
         ]
-        if not behind:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"not caught up within {timeout} s: {behind}")
+
+    wait_for(lambda: not behind(), timeout, what="every source caught up with the server", detail=behind)
 
 
 def oracle(config: cfg.SourcesConfig) -> Aggregates:
@@ -124,12 +134,14 @@ def assert_exact(pipeline: Pipeline, config: cfg.SourcesConfig) -> None:
     assert engine == expected
 
 
-def wait_streaming(pipeline: Pipeline, timeout: float = 60) -> None:
+def wait_streaming(pipeline: Pipeline, timeout: float = 90) -> None:
     """Until every source streams (its copy, if any, is done)."""
-    deadline = time.monotonic() + timeout
-    while any(s.state != "streaming" for s in pipeline.statuses()):
-        assert time.monotonic() < deadline, pipeline.statuses()
-        time.sleep(0.05)
+    wait_for(
+        lambda: all(s.state == "streaming" for s in pipeline.statuses()),
+        timeout,
+        what="every source streaming",
+        detail=pipeline.statuses,
+    )
 
 
 def test_copy_then_stream_equals_sql_under_traffic(
@@ -138,7 +150,7 @@ def test_copy_then_stream_equals_sql_under_traffic(
     with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
         wait_streaming(pipeline)  # so that every row of the traffic arrives by the stream
         with traffic_running(five) as traffic:
-            time.sleep(3)
+            traffic_made(traffic, 1200)
         assert traffic.counts.updated > 20 and traffic.counts.deleted > 10
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
@@ -153,10 +165,11 @@ def test_copy_then_stream_equals_sql_under_traffic(
 def test_restart_resumes_from_the_checkpoint(
     five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer
 ) -> None:
-    with pipeline_running(five, new_dir, shared.slot_prefix), traffic_running(five):
-        time.sleep(1.5)
-    with traffic_running(five):
-        time.sleep(1.5)  # changes while the pipeline is down: the slots keep them
+    with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline, traffic_running(five) as traffic:
+        wait_streaming(pipeline)  # copied, so that the restart resumes
+        traffic_made(traffic, 600)
+    with traffic_running(five) as traffic:
+        traffic_made(traffic, 600)  # changes while the pipeline is down: the slots keep them
     with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
@@ -165,17 +178,22 @@ def test_restart_resumes_from_the_checkpoint(
 
 def test_sigkill_while_traffic_runs(five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer) -> None:
     env = {**os.environ, cfg.DATA_DIR_ENV: str(new_dir)}
-    with traffic_running(five):
+    with traffic_running(five) as traffic:
         command = [sys.executable, "-m", "pisa_pulse", "pipeline", "--slot-prefix", shared.slot_prefix]
         proc = subprocess.Popen(command, env=env)
-        store = CheckpointStore(checkpoint_path(new_dir))
-        deadline = time.monotonic() + 60
-        while len(store.positions()) < len(five.sources) and time.monotonic() < deadline:
-            time.sleep(0.2)  # every source copied and checkpointed once
-        time.sleep(1.5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        time.sleep(1)
+        try:
+            store = CheckpointStore(checkpoint_path(new_dir))
+            wait_for(
+                lambda: len(store.positions()) == len(five.sources),
+                timeout=90,
+                what="every source copied and checkpointed once",
+            )
+            store.close()
+            traffic_made(traffic, 600)  # streamed and checkpointed for a while
+            proc.kill()  # the fault under test: no chance to checkpoint or close
+        finally:
+            stop(proc)
+        traffic_made(traffic, 400)  # changes while the pipeline is down
     with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
@@ -187,13 +205,17 @@ def test_source_server_restarted_in_immediate_mode(five_own: cfg.SourcesConfig, 
     assert five.cluster is not None
     cluster = EmbeddedCluster(five.cluster, Path(five.cluster.cluster_dir))
     with pipeline_running(five, new_dir) as pipeline:
-        with traffic_running(five):
-            time.sleep(1.5)
+        with traffic_running(five) as traffic:
+            wait_streaming(pipeline)  # copied: the restart must not make it copy again
+            traffic_made(traffic, 600)
             cluster.stop("immediate")
-            time.sleep(1)
-            assert all(r.state != "streaming" for r in pipeline.statuses())
+            wait_for(
+                lambda: all(r.state != "streaming" for r in pipeline.statuses()),
+                what="every source noticed that its server stopped",
+                detail=pipeline.statuses,
+            )
             cluster.start()
-            time.sleep(2)
+            traffic_made(traffic, 800)  # written once the traffic has reconnected too
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
         assert all(r.state == "streaming" and r.copies == 1 for r in pipeline.statuses())
@@ -204,11 +226,18 @@ def test_slot_dropped_behind_the_pipelines_back(
 ) -> None:
     victim = five.sources[1]
     with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
-        with traffic_running(five):
-            time.sleep(1.5)
+        with traffic_running(five) as traffic:
+            wait_streaming(pipeline)  # dropped behind the back of a streaming pipeline
+            traffic_made(traffic, 600)
             with connected(victim.dsn) as conn:
                 replication.drop_slot(conn, slot_name(shared.slot_prefix, victim))
-            time.sleep(2)
+            wait_for(
+                lambda: {r.source: r.copies for r in pipeline.statuses()}[victim.name] == 2,
+                timeout=90,
+                what=f"{victim.name} copied again",
+                detail=pipeline.statuses,
+            )
+            traffic_made(traffic, 400)  # and streamed after its new copy
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
         copies = {r.source: r.copies for r in pipeline.statuses()}
@@ -223,10 +252,15 @@ def test_a_broken_source_does_not_stop_the_others(
         cur.execute("ALTER TABLE responses RENAME TO responses_old")
     healthy = cfg.SourcesConfig(five.schema, five.seed, tuple(s for s in five.sources if s is not broken))
     with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
-        with traffic_running(healthy):
-            time.sleep(1.5)
+        with traffic_running(healthy) as traffic:
+            traffic_made(traffic, 600)
         wait_caught_up(pipeline, healthy)
-        state = {r.source: (r.state, r.reason) for r in pipeline.statuses()}
+
+        def failed() -> dict[str, tuple[str, str]] | None:
+            state = {r.source: (str(r.state), r.reason) for r in pipeline.statuses()}
+            return state if state[broken.name][0] == "failed" else None
+
+        state = wait_for(failed, what=f"{broken.name} failed", detail=pipeline.statuses)
         assert state.pop(broken.name) == (
             "failed",
             f"source {broken.name} has no responses table; "
@@ -253,8 +287,8 @@ def test_a_least_privilege_replication_role(
         five, sources=tuple(Source(s.name, f"{server}/{cfg.database_of(s.dsn)}") for s in five.sources)
     )
     with pipeline_running(capture, new_dir, shared.slot_prefix) as pipeline:
-        with traffic_running(five):
-            time.sleep(1.5)
+        with traffic_running(five) as traffic:
+            traffic_made(traffic, 600)
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
         assert all(r.state == "streaming" for r in pipeline.statuses())

@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from pisa_pulse.api.traffic import TOKEN_FILE
-from tests.conftest import SharedServer
+from tests.conftest import SharedServer, stop, wait_for
 
 pytestmark = pytest.mark.server  # both tests start `serve` (the flood test without a cluster)
 
@@ -39,26 +39,29 @@ def fetch(url: str, token: str | None = None) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], str]:
-    """`pisa-pulse --log-level debug serve ARGS` with stdout and stderr in `log`; returns its URL."""
-    out = log.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pisa_pulse", "--log-level", "debug", "serve", *args, "--port", "0"],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **env},
-    )
-    deadline = time.monotonic() + 30
-    while not (found := re.search(r"at (http://127\.0\.0\.1:\d+/)", log.read_text())):
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    return proc, found.group(1)
+@contextmanager
+def serving_logged(args: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
+    """`pisa-pulse --log-level debug serve ARGS` with stdout and stderr in `log`, until the block ends;
+    yields its URL. Then `stop` and, if the block passed, a clean exit (0)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pisa_pulse", "--log-level", "debug", "serve", *args, "--port", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **env},
+        )
+    try:
 
+        def url() -> str | None:
+            assert proc.poll() is None, f"serve ended before serving: {log.read_text()}"
+            found = re.search(r"at (http://127\.0\.0\.1:\d+/)", log.read_text())
+            return found and found.group(1)
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+        yield wait_for(url, what="serve's URL in its log", detail=log.read_text)
+    finally:
+        code = stop(proc)
+    assert code == 0, f"serve exited with {code} when stopped: {log.read_text()}"
 
 
 def test_passwords_and_tokens_never_show(new_dir: Path, shared: SharedServer, tmp_path: Path) -> None:
@@ -71,22 +74,20 @@ def test_passwords_and_tokens_never_show(new_dir: Path, shared: SharedServer, tm
     )
     log = tmp_path / "serve.log"
     # The wrong password for a real server: the source fails, and says why, again and again.
-    proc, url = start(
+    with serving_logged(
         ["--config", str(settings), "--data-dir", str(new_dir), "--traffic-control"],
         {"ALB_PW": PASSWORD},
         log,
-    )
-    try:
+    ) as url:
         token = (new_dir / TOKEN_FILE).read_text().strip()
-        deadline = time.monotonic() + 30
-        while "password authentication failed" not in fetch(url + "api/status")[1]:
-            assert time.monotonic() < deadline, fetch(url + "api/status")[1]
-            time.sleep(0.2)
+        wait_for(
+            lambda: "password authentication failed" in fetch(url + "api/status")[1],
+            what="the failed password in /api/status",
+            detail=lambda: fetch(url + "api/status")[1],
+        )
         seen = [fetch(url + path)[1] for path in ("api/status", "metrics", "api/health", "api", "nope")]
         seen.append(fetch(url + "api/traffic", token="wrong-" + token)[1])
         seen.append(fetch(url + "api/traffic?token=" + token)[1])
-    finally:
-        stop(proc)
     seen.append(log.read_text())
     assert "reconnecting" in seen[0] and "source=alb" in seen[-1]  # the failure is reported ...
     for text in seen:
@@ -99,22 +100,19 @@ def test_a_flood_of_connections_gets_503_not_a_collapse(tmp_path: Path) -> None:
         '[server]\nmax_connections = 8\n[capture]\nmode = "direct"\n'
         '[[sources]]\nname = "alb"\ndsn = "postgresql://nobody@127.0.0.1:1/alb"\n'
     )
-    proc, url = start(["--config", str(settings)], {}, tmp_path / "serve.log")
-    host, port = url.removeprefix("http://").rstrip("/").split(":")
-    try:
+    with serving_logged(["--config", str(settings)], {}, tmp_path / "serve.log") as url:
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
         assert fetch(url + "api")[0] == 200
         idle = [socket.create_connection((host, int(port))) for _ in range(20)]
         try:
-            time.sleep(0.3)
-            status, body = fetch(url + "api")
-            assert status == 503, body
+            # Once the server has taken the idle connections, a request past the bound gets a 503.
+            wait_for(
+                lambda: fetch(url + "api")[0] == 503,
+                what="a 503 while 20 connections are open",
+                detail=lambda: fetch(url + "api"),
+            )
         finally:
             for s in idle:
                 s.close()
-        deadline = time.monotonic() + 10
-        while fetch(url + "api")[0] != 200:
-            assert time.monotonic() < deadline, "did not recover after the flood"
-            time.sleep(0.1)
+        wait_for(lambda: fetch(url + "api")[0] == 200, what="serving again after the flood")
         assert json.loads(fetch(url + "api")[1])["name"] == "pisa-pulse"
-    finally:
-        stop(proc)

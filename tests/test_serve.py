@@ -8,7 +8,6 @@ data is as of a moment after the last commit, every chart must be the same on bo
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 from datetime import datetime
@@ -21,7 +20,8 @@ from pisa_pulse.api import charts
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import SharedServer, serving
+from tests.conftest import SharedServer, serving, wait_for
+from tests.test_pipeline import running, traffic_made
 
 
 def get(url: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -29,16 +29,16 @@ def get(url: str) -> tuple[dict[str, Any], dict[str, str]]:
         return json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
 
 
-def wait_streaming(base: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if {s["state"] for s in get(base + "api/status")[0]["sources"]} == {"streaming"}:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail("the pipeline did not start streaming")
+def streaming(base: str) -> bool:
+    """Whether every source streams (False while the server cannot answer)."""
+    try:
+        return {s["state"] for s in get(base + "api/status")[0]["sources"]} == {"streaming"}
+    except OSError:
+        return False
+
+
+def wait_streaming(base: str, timeout: float = 90) -> None:
+    wait_for(lambda: streaming(base), timeout, what="the pipeline streaming every source")
 
 
 def as_of(headers: dict[str, str]) -> float:
@@ -70,13 +70,14 @@ def test_every_chart_equals_the_direct_mode_once_traffic_stops(
         live, direct = live_server.url, direct_server.url
         wait_streaming(live)
         traffic = Traffic(config, rate=500, updates=0.1, deletes=0.05, messy=0.05, seed=9)
-        traffic.run(threading.Event(), duration=3)
+        with running(traffic.run):
+            traffic_made(traffic, 1500)
         stopped = time.time()
         assert traffic.counts.updated > 10 and traffic.counts.deleted > 5
-        deadline = time.monotonic() + 10
-        while as_of(get(live + "api/charts/submissions")[1]) <= stopped:
-            assert time.monotonic() < deadline, "the pipeline's data never got past the end of the traffic"
-            time.sleep(0.05)
+        wait_for(
+            lambda: as_of(get(live + "api/charts/submissions")[1]) > stopped,
+            what="the pipeline's data past the end of the traffic",
+        )
         for name in charts.CHARTS:
             if name == "submissions-over-time":
                 continue  # SQL cannot know when rows arrived; the live chart is checked below
@@ -89,9 +90,8 @@ def test_every_chart_equals_the_direct_mode_once_traffic_stops(
         assert 0 < sum(p["y"] for p in series) <= total - 5 * 300 + traffic.counts.deleted
 
 
-def test_a_committed_row_is_in_the_chart_within_a_second(
-    sources: tuple[cfg.SourcesConfig, Path], new_dir: Path
-) -> None:
+def test_a_committed_row_reaches_the_chart(sources: tuple[cfg.SourcesConfig, Path], new_dir: Path) -> None:
+    """How soon is bench/'s business (the serving latency); this checks that it gets there."""
     config, _ = sources
     with serving("--data-dir", str(new_dir)) as live_server:
         live = live_server.url
@@ -99,7 +99,7 @@ def test_a_committed_row_is_in_the_chart_within_a_second(
         before = get(live + "api/charts/submissions")[0]["count"]
         with connected(config.sources[0].dsn) as conn, conn.cursor() as cur:
             cur.execute("INSERT INTO responses (id, cnt) VALUES (42, 'ALB')")
-        committed = time.monotonic()
-        while get(live + "api/charts/submissions")[0]["count"] != before + 1:
-            assert time.monotonic() - committed < 1.0, "not visible within 1 s"
-            time.sleep(0.01)
+        wait_for(
+            lambda: get(live + "api/charts/submissions")[0]["count"] == before + 1,
+            what="the committed row in the chart",
+        )

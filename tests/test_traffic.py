@@ -13,6 +13,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -23,7 +25,8 @@ from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import control
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import SharedServer, serving
+from tests.conftest import BringUp, SharedServer, serving, stop, wait_for
+from tests.test_pipeline import running, traffic_made
 
 
 def _total(config: cfg.SourcesConfig) -> int:
@@ -52,7 +55,8 @@ def _tuple_stats(config: cfg.SourcesConfig) -> tuple[int, int, int]:
 def test_ids_are_random_not_increasing(new_dir: Path, shared: SharedServer) -> None:
     config = shared.up(new_dir, countries="alb,arg", schema="slim")
     traffic = Traffic(config, rate=400, seed=7)
-    traffic.run(threading.Event(), duration=1.5)
+    with running(traffic.run):
+        traffic_made(traffic, 600)
     for s in config.sources:
         with psycopg2.connect(s.dsn) as conn, conn.cursor() as cur:
             cur.execute("SELECT id FROM responses ORDER BY ctid")  # heap order = insertion order here
@@ -67,7 +71,8 @@ def test_a_second_run_with_the_same_seed_still_inserts(new_dir: Path, shared: Sh
     inserted = []
     for _ in range(2):
         traffic = Traffic(config, rate=300, seed=11)
-        traffic.run(threading.Event(), duration=1.0)
+        with running(traffic.run):
+            traffic_made(traffic, 300)  # inserts that collided would not count: this would time out
         inserted.append(traffic.counts.inserted)
     assert min(inserted) > 100 and _total(config) == sum(inserted)
 
@@ -76,58 +81,93 @@ def test_updates_and_deletes_at_the_requested_shares(new_dir: Path, shared: Shar
     config = shared.up(new_dir, countries="alb,arg,aus,aut,bel", schema="full", rows_per_country=200)
     before = _tuple_stats(config)
     traffic = Traffic(config, rate=1500, updates=0.2, deletes=0.1, seed=11)
-    counts = traffic.run(threading.Event(), duration=3.0)
-    time.sleep(1.2)  # let the backends flush their statistics
-    ins, upd, dele = (a - b for a, b in zip(_tuple_stats(config), before))
+    with running(traffic.run):
+        # Shares over a count of operations, whatever the machine's pace: with 1,500 the tolerances
+        # below are about 4 standard deviations of the shares drawn.
+        traffic_made(traffic, 1500, timeout=120)
+    counts = traffic.counts
+
+    reported = (counts.inserted, counts.updated, counts.deleted)
+
+    def counted() -> tuple[int, ...]:
+        return tuple(a - b for a, b in zip(_tuple_stats(config), before, strict=True))
+
+    def agreeing() -> tuple[int, ...] | None:
+        found = counted()
+        return found if found == reported else None
+
+    # PostgreSQL's statistics count what the traffic reports, once its backends have flushed them.
+    ins, upd, dele = wait_for(
+        agreeing,
+        what="PostgreSQL's row statistics equal to the traffic's counts",
+        detail=lambda: (counted(), reported),
+    )
     total = ins + upd + dele
-    assert total > 1000
+    assert total >= 1500
     assert abs(upd / total - 0.2) < 0.04
     assert abs(dele / total - 0.1) < 0.03
-    assert (ins, upd, dele) == (counts.inserted, counts.updated, counts.deleted)
     assert _total(config) == 5 * 200 + ins - dele
 
 
-def _start(data_dir: Path, *args: str) -> subprocess.Popen[str]:
+@contextmanager
+def traffic_process(data_dir: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`pisa-pulse traffic` once its control endpoint is up, until the block ends; then `stop` (a no-op
+    when the block has ended it)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pisa_pulse", "traffic", "--data-dir", str(data_dir), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
-    while not (data_dir / control.STATE_FILE).exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    return proc
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return (data_dir / control.STATE_FILE).exists()
+
+        wait_for(up, what="the traffic's control endpoint")
+        yield proc
+    finally:
+        stop(proc)
 
 
-def _rate_over(config: cfg.SourcesConfig, seconds: float) -> float:
+def _rate_of(config: cfg.SourcesConfig, rows: int) -> float:
+    """Rows per second while the sources gain `rows` more rows: a window of a count rather than of a
+    time, as long on a slow machine as its pace needs."""
+    start, since = _total(config), time.monotonic()
+
+    def reached() -> int | None:
+        total = _total(config)
+        return total if total >= start + rows else None
+
+    gained = wait_for(reached, timeout=60, what=f"{rows} more rows in the sources") - start
+    return gained / (time.monotonic() - since)
+
+
+def _rows_over(config: cfg.SourcesConfig, seconds: float) -> int:
+    """Rows the sources gained over `seconds` (a window that is not a wait: nothing may happen in it)."""
     start = _total(config)
     time.sleep(seconds)
-    return (_total(config) - start) / seconds
+    return _total(config) - start
 
 
 def test_rate_change_pause_resume_while_running(new_dir: Path, shared: SharedServer) -> None:
     config = shared.up(new_dir, countries="alb,arg,aus", schema="slim")
-    proc = _start(new_dir, "--rate", "40")
-    try:
-        slow = _rate_over(config, 2.0)
+    with traffic_process(new_dir, "--rate", "40") as proc:
+        slow = _rate_of(config, 100)  # about 2.5 s
         control.send(new_dir, "rate", {"rate": 400})
-        time.sleep(0.3)
-        fast = _rate_over(config, 2.0)
+        fast = _rate_of(config, 1200)  # about 3 s
         assert 20 < slow < 60 and 300 < fast < 500, (slow, fast)
         control.send(new_dir, "pause")
-        time.sleep(0.3)
-        assert _rate_over(config, 1.0) == 0
+        # A transaction under way when the pause came may still land; then nothing does.
+        wait_for(lambda: _rows_over(config, 1.0) == 0, what="a second without writes once paused")
+        assert _rows_over(config, 1.0) == 0
         control.send(new_dir, "resume")
-        time.sleep(0.3)
-        assert _rate_over(config, 1.0) > 200
+        assert _rate_of(config, 400) > 200
         status = control.send(new_dir, "status")
         assert status["rate"] == 400 and status["paused"] is False
-    finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
+        proc.communicate(timeout=60)
     assert proc.returncode == 0
 
 
@@ -143,8 +183,7 @@ def _post_rate(port: int, token: str) -> None:
 
 def test_control_endpoint_needs_the_token(new_dir: Path, shared: SharedServer) -> None:
     shared.up(new_dir, countries="alb", schema="slim")
-    proc = _start(new_dir, "--rate", "5")
-    try:
+    with traffic_process(new_dir, "--rate", "5"):
         state = json.loads((new_dir / control.STATE_FILE).read_text())
         assert (new_dir / control.STATE_FILE).stat().st_mode & 0o777 == 0o600
         for token in ("", "wrong", state["token"][:-1]):
@@ -154,18 +193,16 @@ def test_control_endpoint_needs_the_token(new_dir: Path, shared: SharedServer) -
         assert control.send(new_dir, "status")["rate"] == 5
         _post_rate(state["port"], state["token"])
         assert control.send(new_dir, "status")["rate"] == 10000
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
+    # `stop` sent SIGTERM: the traffic has removed its state file.
     assert not (new_dir / control.STATE_FILE).exists()
 
 
 def test_ctrl_c_stops_cleanly_with_nothing_half_written(new_dir: Path, shared: SharedServer) -> None:
     config = shared.up(new_dir, countries="alb,arg", schema="full")
-    proc = _start(new_dir, "--rate", "300")
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=20)
+    with traffic_process(new_dir, "--rate", "300") as proc:
+        wait_for(lambda: _total(config) >= 300, what="300 rows written")
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     inserted = int(stdout.rsplit("inserted ", 1)[1].split(",", 1)[0])
     assert inserted > 100
@@ -181,6 +218,7 @@ def test_the_achieved_rate_is_over_the_last_ten_seconds(new_dir: Path, shared: S
     writer = threading.Thread(target=traffic.run, args=(stop,))
     writer.start()
     try:
+        # These sleeps are the spans under test, timed by the clock the rate uses: not waits for anything.
         time.sleep(3.0)
         writing = traffic.achieved_rate()  # since the start: the window is not full yet
         assert writing > 150
@@ -195,8 +233,9 @@ def test_the_achieved_rate_is_over_the_last_ten_seconds(new_dir: Path, shared: S
         writer.join()
 
 
-def test_the_control_endpoint_empties_only_its_sources(new_dir: Path, shared: SharedServer) -> None:
-    config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=30)
+def test_the_control_endpoint_empties_only_its_sources(new_dir: Path, bring_up: BringUp) -> None:
+    # Its own embedded cluster: `empty` truncates only those (a --dsn server's are refused).
+    config = bring_up(new_dir, countries="alb,arg", schema="slim", rows_per_country=30)
     with control.ControlEndpoint(Traffic(config, rate=0), new_dir):
         assert control.running_pid(new_dir) == os.getpid()
         assert control.send(new_dir, "empty", {"country": "ALB"}) == {"emptied": ["alb"]}
@@ -240,8 +279,7 @@ def test_demo_writes_its_traffic_from_a_child_process(scratch: Path) -> None:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.loads(response.read()) == {"emptied": ["alb"]}
-        time.sleep(1.5)
-        assert control.send(data_dir, "status")["inserted"] > 0
+        wait_for(lambda: control.send(data_dir, "status")["inserted"] > 0, what="the demo's traffic writing")
     assert control.running_pid(data_dir) is None  # stopped with the server, and its state file gone
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)

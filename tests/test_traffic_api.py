@@ -16,12 +16,12 @@ from pisa_pulse.api.direct import DirectSnapshots
 from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
 from pisa_pulse.sources import control
 from pisa_pulse.sources.traffic import Traffic
-from tests.conftest import SharedServer
+from tests.conftest import LOCAL, BringUp, SharedServer
 
 
 def test_without_the_switch_there_are_no_traffic_routes(new_dir: Path, shared: SharedServer) -> None:
     config = shared.up(new_dir, countries="alb", schema="slim", rows_per_country=10)
-    with TestClient(create_app(DirectSnapshots(config.sources))) as client:
+    with TestClient(create_app(DirectSnapshots(config.sources)), base_url=LOCAL) as client:
         for method in ("GET", "POST"):
             assert client.request(method, "/api/traffic").status_code in (404, 405)
         assert client.post("/api/traffic/empty", json={"country": "alb"}).status_code in (404, 405)
@@ -32,14 +32,15 @@ def test_without_the_switch_there_are_no_traffic_routes(new_dir: Path, shared: S
         assert cur.fetchone()[0] == 10
 
 
-def test_with_the_switch_every_change_needs_the_token(new_dir: Path, shared: SharedServer) -> None:
-    config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=50)
+def test_with_the_switch_every_change_needs_the_token(new_dir: Path, bring_up: BringUp) -> None:
+    # Its own embedded cluster: `empty` truncates only those (a --dsn server's are refused).
+    config = bring_up(new_dir, countries="alb,arg", schema="slim", rows_per_country=50)
     token = new_token(new_dir)
     assert (new_dir / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
     traffic = Traffic(config, rate=50)
     stop = threading.Event()
     app = create_app(DirectSnapshots(config.sources), traffic_routes=traffic_routes(new_dir, token))
-    with control.ControlEndpoint(traffic, new_dir), TestClient(app) as client:
+    with control.ControlEndpoint(traffic, new_dir), TestClient(app, base_url=LOCAL) as client:
         writer = threading.Thread(target=traffic.run, args=(stop,))
         writer.start()
         try:
@@ -87,7 +88,7 @@ def test_empty_rejects_bad_bodies(new_dir: Path, shared: SharedServer, body: byt
     config = shared.up(new_dir, countries="alb", schema="slim", rows_per_country=5)
     token = new_token(new_dir)
     app = create_app(DirectSnapshots(config.sources), traffic_routes=traffic_routes(new_dir, token))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         response = client.post(
             "/api/traffic/empty", content=body, headers={"Authorization": f"Bearer {token}"}
         )
@@ -98,7 +99,7 @@ def test_empty_without_running_traffic_is_unavailable(new_dir: Path, shared: Sha
     config = shared.up(new_dir, countries="alb", schema="slim", rows_per_country=5)
     token = new_token(new_dir)
     app = create_app(DirectSnapshots(config.sources), traffic_routes=traffic_routes(new_dir, token))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         response = client.post(
             "/api/traffic/empty", json={"country": "alb"}, headers={"Authorization": f"Bearer {token}"}
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,6 @@ from rich.table import Table
 
 from pisa_pulse.capture.contract import SOURCE_MODES
 from pisa_pulse.sources import config as cfg
-from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.terminal import on_stop_signals, out, report_while
 
@@ -80,7 +80,7 @@ def cmd_pipeline(data_dir: Path, args: argparse.Namespace) -> int:
     from pisa_pulse.engine.pipeline import Pipeline  # see the module docstring
 
     config = cfg.load(data_dir)
-    sources = [Source(s.name, s.dsn, args.mode or s.mode) for s in config.sources]
+    sources = [replace(s, mode=args.mode or s.mode) for s in config.sources]
     pipeline = Pipeline(sources, data_dir, slot_prefix=args.slot_prefix)
     stop = threading.Event()
     if args.duration is not None:
