@@ -176,19 +176,22 @@ def test_restart_resumes_from_the_checkpoint(
         assert all(r.copies == 0 for r in pipeline.statuses())
 
 
+def wait_checkpointed(data_dir: Path, sources: int) -> None:
+    """Wait until a pipeline of `data_dir` (another process) has checkpointed every source once."""
+    store = CheckpointStore(checkpoint_path(data_dir))
+    try:
+        wait_for(lambda: len(store.positions()) == sources, timeout=90, what="every source checkpointed")
+    finally:
+        store.close()
+
+
 def test_sigkill_while_traffic_runs(five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer) -> None:
     env = {**os.environ, cfg.DATA_DIR_ENV: str(new_dir)}
     with traffic_running(five) as traffic:
         command = [sys.executable, "-m", "pisa_pulse", "pipeline", "--slot-prefix", shared.slot_prefix]
         proc = subprocess.Popen(command, env=env)
         try:
-            store = CheckpointStore(checkpoint_path(new_dir))
-            wait_for(
-                lambda: len(store.positions()) == len(five.sources),
-                timeout=90,
-                what="every source copied and checkpointed once",
-            )
-            store.close()
+            wait_checkpointed(new_dir, len(five.sources))
             traffic_made(traffic, 600)  # streamed and checkpointed for a while
             proc.kill()  # the fault under test: no chance to checkpoint or close
         finally:

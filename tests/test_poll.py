@@ -22,15 +22,14 @@ import pytest
 
 from pisa_pulse.capture.contract import SourceStatus
 from pisa_pulse.capture.preflight import check_source
-from pisa_pulse.engine.checkpoint import CheckpointStore
-from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
+from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.schema import CHART_COLUMNS
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import SharedServer, stop, wait_for
-from tests.test_pipeline import assert_exact, running, traffic_made
+from tests.test_pipeline import assert_exact, running, traffic_made, wait_checkpointed
 
 COUNTRIES = "alb,arg,aus,aut,bel"
 READER = "reader"
@@ -182,13 +181,7 @@ def test_sigkill_and_restart_count_nothing_twice(five: cfg.SourcesConfig, new_di
     ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env={**os.environ})
     try:
-        store = CheckpointStore(checkpoint_path(readers_dir))
-        wait_for(
-            lambda: len(store.positions()) == len(five.sources),
-            timeout=90,
-            what="every source copied and checkpointed",
-        )
-        store.close()
+        wait_checkpointed(readers_dir, len(five.sources))
         traffic(five, 800)  # polled and checkpointed while it runs ...
         proc.kill()  # the fault under test: no chance to checkpoint or close
     finally:

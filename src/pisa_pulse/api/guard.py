@@ -102,7 +102,7 @@ class Guard:
                 message["headers"] = [*message.get("headers", []), *self.headers]
             await send(message)
 
-        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
         if self.allowed is not None and host_name(host) not in self.allowed:
             self.on_rejected()
             shown = host[:100] or "(none)"
