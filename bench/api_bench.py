@@ -111,19 +111,15 @@ def parse_wrk(text: str) -> dict[str, Any]:
     }
 
 
-def serve_command(
-    data_dir: Path, config: cfg.SourcesConfig, mode: str, max_connections: int = 1000
-) -> list[str]:
+def serve_command(data_dir: Path, config: cfg.SourcesConfig, mode: str) -> list[str]:
     """`pisa-pulse serve` over the data dir's sources in `mode`, through a settings file.
 
     The file lists the embedded cluster's sources as a real deployment would list its servers, with
-    the capture mode and `[server] max_connections` (a thousand simulated dashboards hold a thousand
-    connections, the default limit).
+    the capture mode; the server keeps its default limits.
     """
     settings = data_dir.parent / f"{mode}.toml"
     body = {
         "capture": {"mode": mode},
-        "server": {"max_connections": max_connections},
         "sources": [{"name": s.name, "dsn": s.dsn} for s in config.sources],
     }
     fd = os.open(settings, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

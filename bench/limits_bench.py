@@ -254,6 +254,7 @@ def serve_static() -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
+    from pisa_pulse.api.connections import server_config
     from pisa_pulse.api.settings import ServerSettings
     from pisa_pulse.cli_serve import listening_socket
 
@@ -261,14 +262,7 @@ def serve_static() -> None:
         return Response(STATIC_BODY, media_type="application/json")
 
     sock = listening_socket("127.0.0.1", 0)
-    config = uvicorn.Config(
-        Starlette(routes=[Route("/", static)]),
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-        limit_concurrency=ServerSettings().max_connections,
-    )
+    config = server_config(Starlette(routes=[Route("/", static)]), ServerSettings())
     host, port = sock.getsockname()[:2]
     print(f"serving static bytes at http://{host}:{port}/ (limits bench)", flush=True)
     uvicorn.Server(config).run(sockets=[sock])

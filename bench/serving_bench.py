@@ -33,7 +33,6 @@ from sources_bench import scratch_dir, total_rows
 TRAFFIC = 100.0
 CROWDS = (10, 100, 1_000)
 DIRECT_CROWDS = (10,)
-MAX_CONNECTIONS = 5_000
 
 
 def serving(students: int, seconds: float, crowds: tuple[int, ...] = CROWDS) -> list[dict[str, Any]]:
@@ -47,7 +46,7 @@ def serving(students: int, seconds: float, crowds: tuple[int, ...] = CROWDS) -> 
         traffic = None
         try:
             for mode, mode_crowds in (("replication", crowds), ("direct", DIRECT_CROWDS)):
-                command = serve_command(data_dir, config, mode, MAX_CONNECTIONS)
+                command = serve_command(data_dir, config, mode)
                 with ServeProcess(command, data_dir.parent / f"serve-{mode}.log") as server:
                     server.wait_ready(mode, held)
                     if traffic is None:  # once every row is held, so that readiness is exact

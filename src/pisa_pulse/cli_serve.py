@@ -13,6 +13,7 @@ import uvicorn
 
 from pisa_pulse.api import settings as api_settings
 from pisa_pulse.api.app import create_app
+from pisa_pulse.api.connections import server_config
 from pisa_pulse.api.snapshots import LiveSnapshots, Snapshots
 from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
 from pisa_pulse.capture.contract import MODES
@@ -134,17 +135,7 @@ def run_server(settings: api_settings.Settings, traffic_control: Path | None = N
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     routes = traffic_routes(traffic_control, new_token(traffic_control)) if traffic_control else None
     app = create_app(snapshots_for(settings), traffic_routes=routes, settings=settings)
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        log_config=None,  # uvicorn's loggers reach ours (terminal.setup_logging): one format, scrubbed
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-        # Bounded: past this many open connections (or requests in progress) a request is answered
-        # 503 at once, so a flood of pollers degrades service instead of exhausting the process.
-        limit_concurrency=settings.server.max_connections,
-    )
+    config = server_config(app, settings.server)
     server = uvicorn.Server(config)
     out.print(
         f"serving {len(settings.sources)} sources ({settings.mode}) at {url} (API: {url}api/openapi.json)"

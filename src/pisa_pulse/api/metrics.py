@@ -20,6 +20,8 @@ Measured as they happen:
     pisa_pulse_snapshot_build_seconds            copying the aggregates for the API (histogram)
     pisa_pulse_http_request_duration_seconds{route,status}   every request (histogram)
     pisa_pulse_rejected_hosts_total              requests refused for their Host header (api/guard.py)
+    pisa_pulse_http_dropped_connections_total{reason}   connections closed by a limit (api/connections.py):
+                                                 request_timeout, head_too_large, max_connections
 
 `route` is the route's path template with the chart name filled in (`/api/charts/escs`), so its
 values are bounded; anything unrouted is `other`.
@@ -39,6 +41,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pisa_pulse.api.charts import BY_NAME
+from pisa_pulse.api.connections import DROP_REASONS, DROPPED
 from pisa_pulse.capture.contract import HEALTHY
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -99,12 +102,27 @@ class _Sources(Collector):
             )
 
 
+class _Dropped(Collector):
+    """Connections the HTTP protocol closed, by reason (counted there, per process)."""
+
+    def collect(self) -> Iterator[Metric]:
+        dropped = CounterMetricFamily(
+            "pisa_pulse_http_dropped_connections",
+            "Connections closed by a limit of the HTTP server",
+            labels=["reason"],
+        )
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], DROPPED[reason])
+        yield dropped
+
+
 class Metrics:
     """One registry per app: the source collector, the snapshot and request histograms."""
 
     def __init__(self, status: Status, age: Callable[[], float | None], capture: Capture) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_Sources(status, age, capture))
+        self.registry.register(_Dropped())
         self.snapshot_build = Histogram(
             "pisa_pulse_snapshot_build_seconds",
             "Copying the aggregates for the API",

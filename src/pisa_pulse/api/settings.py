@@ -105,12 +105,31 @@ SETTINGS: tuple[Setting, ...] = (
         "server.port", "integer", 8000, "HTTP port; 0 picks a free one", least=0, most=65535, option="--port"
     ),
     Setting(
-        "server.max_connections",
+        "server.max_requests",
         "integer",
         1000,
-        "past this many open connections, requests get 503 at once",
+        "past this many requests in progress, a new one gets 503 at once (open connections that have "
+        "not sent a whole request do not count)",
         least=1,
         most=100_000,
+    ),
+    Setting(
+        "server.max_connections",
+        "integer",
+        10_000,
+        "past this many open connections, a new one is closed at once; serve raises its open-file "
+        "limit to fit them",
+        least=16,
+        most=1_000_000,
+    ),
+    Setting(
+        "server.request_timeout",
+        "seconds",
+        10.0,
+        "a client has this long to send a whole request (line, headers, body) from connecting or from "
+        "the request's first byte; past it the connection is closed",
+        least=0.5,
+        most=3600,
     ),
     Setting(
         "server.allowed_hosts",
@@ -212,7 +231,9 @@ class ServerSettings:
 
     host: str = _default("server.host")
     port: int = _default("server.port")
+    max_requests: int = _default("server.max_requests")
     max_connections: int = _default("server.max_connections")
+    request_timeout: float = _default("server.request_timeout")
     allowed_hosts: tuple[str, ...] = _default("server.allowed_hosts")
     chart_origins: tuple[str, ...] = _default("server.chart_origins")
     metrics_token_env: str | None = None
@@ -251,7 +272,9 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
     server = ServerSettings(
         host=host or _value(server_raw, "server.host"),
         port=_value({"port": port} if port is not None else server_raw, "server.port"),
+        max_requests=_value(server_raw, "server.max_requests"),
         max_connections=_value(server_raw, "server.max_connections"),
+        request_timeout=_value(server_raw, "server.request_timeout"),
         allowed_hosts=_value(server_raw, "server.allowed_hosts"),
         chart_origins=_origins(_value(server_raw, "server.chart_origins")),
         **_metrics_token(server_raw),
@@ -288,7 +311,9 @@ def effective(settings: Settings) -> dict[str, Any]:
     values: dict[str, Any] = {
         "server.host": settings.server.host,
         "server.port": settings.server.port,
+        "server.max_requests": settings.server.max_requests,
         "server.max_connections": settings.server.max_connections,
+        "server.request_timeout": settings.server.request_timeout,
         "server.allowed_hosts": list(settings.server.allowed_hosts),
         "server.chart_origins": list(settings.server.chart_origins),
         "server.metrics_token_env": settings.server.metrics_token_env,
