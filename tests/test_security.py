@@ -16,9 +16,11 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
+from pisa_pulse.api import settings as api_settings
 from pisa_pulse.api.traffic import TOKEN_FILE
 from tests.conftest import SharedServer, stop, wait_for
 
@@ -89,3 +91,56 @@ def test_passwords_and_tokens_never_show(new_dir: Path, shared: SharedServer, tm
     assert "reconnecting" in seen[0] and "source=alb" in seen[-1]  # the failure is reported ...
     for text in seen:
         assert PASSWORD not in text and token not in text  # ... without the secrets
+
+
+# Each shape a password takes in a source's settings, with the wrong password for a real server, so
+# that the source fails and says why, in every place a user or a log collector sees.
+WRONG = {
+    "alb": ("postgresql://pisa:Wrong-user-info-1@{host}/{db}alb?connect_timeout=3", "Wrong-user-info-1"),
+    "arg": ("postgresql://:Wrong-no-user-2@{host}/{db}arg?connect_timeout=3", "Wrong-no-user-2"),
+    "aut": ("postgresql://pisa:p%40ss%3AWrong-3@{host}/{db}aut?connect_timeout=3", "p@ss:Wrong-3"),
+    "bel": ("postgresql://pisa@{host}/{db}bel?password=Wrong-query-4&connect_timeout=3", "Wrong-query-4"),
+    "bra": (
+        "postgresql://pisa@{host}/{db}bra?sslmode=disable&password=Wrong-mid-5&connect_timeout=3",
+        "Wrong-mid-5",
+    ),
+    "can": ("postgresql://pisa@{host}/{db}can?connect_timeout=3", "Wrong-env-6"),  # from password_env
+}
+
+
+@pytest.mark.parametrize("mode", ["replication", "poll", "direct"])
+def test_no_password_shape_shows_anywhere(
+    shared: SharedServer, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [f'[capture]\nmode = "{mode}"\nstate_dir = "state"\n']
+    for name, (dsn, _) in WRONG.items():
+        lines.append(f'[[sources]]\nname = "{name}"\n')
+        lines.append(f'dsn = "{dsn.format(host=f"127.0.0.1:{shared.port}", db=shared.prefix)}"\n')
+    lines.append('password_env = "CAN_PW"\n')
+    settings = tmp_path / "settings.toml"
+    settings.write_text("".join(lines))
+    secrets = [password for _, password in WRONG.values()]
+    secrets += [quote(s, safe="") for s in secrets if quote(s, safe="") != s]  # as a URL writes them
+    log = tmp_path / "serve.log"
+    with serving_logged(["--config", str(settings)], {"CAN_PW": "Wrong-env-6"}, log) as url:
+
+        def failures() -> int:
+            return fetch(url + "api/status")[1].count("password authentication failed")
+
+        if mode == "direct":  # direct mode meets its sources when a chart is asked for
+            fetch(url + "api/charts/escs")
+        wait_for(
+            lambda: failures() >= len(WRONG),
+            what="every source's failed password in /api/status",
+            detail=lambda: fetch(url + "api/status")[1],
+        )
+        seen = {
+            path: fetch(url + path)[1] for path in ("api/status", "metrics", "api/health", "api/charts/escs")
+        }
+    seen["the log (debug level, tracebacks included)"] = log.read_text()
+    monkeypatch.setenv("CAN_PW", "Wrong-env-6")
+    loaded = api_settings.load(settings)
+    seen["repr and str of the settings"] = f"{loaded!r} {loaded} {loaded.sources}"
+    for where, text in seen.items():
+        for secret in secrets:
+            assert secret not in text, f"a password in {where}"
