@@ -210,7 +210,7 @@ def static_http(seconds: float) -> dict[str, Any]:
     log = Path(tempfile.gettempdir()) / f"limits-bench-static-{os.getpid()}.log"
     try:
         with ServeProcess(command, log) as server:
-            _wait_static(server)
+            wait_static(server)
             wrk0 = _children_cpu_s()
             figures = wrk_load(server, server.url, STATIC_CONNECTIONS, seconds)
             wrk_cpu = _children_cpu_s() - wrk0
@@ -230,7 +230,7 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _wait_static(server: ServeProcess, timeout: float = 60.0) -> None:
+def wait_static(server: ServeProcess, timeout: float = 60.0) -> None:
     """Until the static server prints its URL and answers it."""
     deadline = time.monotonic() + timeout
     while not server.url:
@@ -246,8 +246,10 @@ def _wait_static(server: ServeProcess, timeout: float = 60.0) -> None:
             raise RuntimeError("the static server answered another body")
 
 
-def serve_static() -> None:
-    """The child of `static_http`: the minimal app on a free port of 127.0.0.1, configured as `serve`."""
+def serve_static(stack: str = "hardened") -> None:
+    """The child of `static_http`: the minimal app on a free port of 127.0.0.1, configured as `serve`
+    (`stack` "hardened"), or as uvicorn's own protocol with the one cap `serve` had before issue 14
+    ("uvicorn", for clients_bench)."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -262,7 +264,19 @@ def serve_static() -> None:
         return Response(STATIC_BODY, media_type="application/json")
 
     sock = listening_socket("127.0.0.1", 0)
-    config = server_config(Starlette(routes=[Route("/", static)]), ServerSettings())
+    app = Starlette(routes=[Route("/", static)])
+    if stack == "hardened":
+        config = server_config(app, ServerSettings())
+    else:
+        config = uvicorn.Config(
+            app,
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            limit_concurrency=1000,
+        )
     host, port = sock.getsockname()[:2]
     print(f"serving static bytes at http://{host}:{port}/ (limits bench)", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
@@ -410,8 +424,15 @@ def main() -> None:
     parser.add_argument(
         "--serve-static", action="store_true", help="serve the static answer (for static_http)"
     )
-    if parser.parse_args().serve_static:
-        serve_static()
+    parser.add_argument(
+        "--stack",
+        choices=("hardened", "uvicorn"),
+        default="hardened",
+        help="serve's HTTP stack or uvicorn's own",
+    )
+    args = parser.parse_args()
+    if args.serve_static:
+        serve_static(args.stack)
     else:
         parser.error("run the limits through bench/run.py --suite limits")
 

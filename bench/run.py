@@ -38,6 +38,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.browser, s
 
 import api_bench
 import capture_bench
+import clients_bench
 import dashboard_bench
 import e2e_bench
 import limits_bench
@@ -163,6 +164,11 @@ def run_limits(p: dict[str, Any], r: dict[str, Any]) -> None:
     }
 
 
+def run_clients(p: dict[str, Any], r: dict[str, Any]) -> None:
+    print(f"slow clients: wrk alone and beside {clients_bench.STALLED:,} stalled connections ...", flush=True)
+    r["clients"] = clients_bench.clients(p["seconds"])
+
+
 def run_dashboard(p: dict[str, Any], r: dict[str, Any]) -> None:
     minutes, sample_s = p["page"]
     print(f"dashboard left open for {minutes} minutes ...", flush=True)
@@ -196,6 +202,7 @@ SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "serving": run_serving,
     "poll": run_poll,
     "limits": run_limits,
+    "clients": run_clients,
     "dashboard": run_dashboard,
     "soak": run_soak,
     "rate": run_rate,
@@ -239,7 +246,7 @@ def measure(
     profile: str, suites: tuple[str, ...], path: Path, codes: tuple[Path, ...] = (CHECKOUT,)
 ) -> dict[str, Any]:
     """Run the suites of a profile, saving the result to `path` after each (a crash keeps the rest)."""
-    if "serving" in suites or "limits" in suites:
+    if {"serving", "limits", "clients"} & set(suites):
         api_bench.require_wrk()  # before anything runs: fail in one line, not after the other suites
     result: dict[str, Any] = {
         "profile": profile,

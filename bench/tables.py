@@ -192,6 +192,24 @@ def _limits(result: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
+    "clients": (
+        "clients",
+        "| HTTP stack (static 1 KiB answer, wrk 32 connections) | requests/s | p99 ms | server CPU (cores) | "
+        "beside 1,500 stalled connections: requests/s | p99 ms | non-2xx | stalled ones closed | "
+        "after (p50 s) | after (max s) |",
+        lambda c: _cells(
+            c["stack"],
+            c["alone"]["requests_per_s"],
+            c["alone"]["p99_ms"],
+            c["alone"].get("server_cpu_cores"),
+            c["stalled"]["requests_per_s"],
+            c["stalled"]["p99_ms"],
+            c["stalled"]["non_2xx"],
+            f"{c['stalled_closed']:,} of {c['stalled_connections']:,}",
+            c["stalled_closed_p50_s"],
+            c["stalled_closed_max_s"],
+        ),
+    ),
     "seeding": (
         "seeding",
         "| seeding (20 countries) | students | seconds | students/s |",

@@ -58,6 +58,10 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
     assert cases == {("sql", "chart"), ("sql", "all"), ("stream", "chart"), ("stream", "all")}
     assert all(c["changes_per_s"] > 0 for c in limits["pgoutput_decode"]["cases"])
     assert result["dashboard"][0]["max_requests_per_chart_per_s"] > 0
+    stacks = {c["stack"]: c for c in result["clients"]}
+    assert set(stacks) == {"uvicorn", "hardened"}
+    assert all(c["alone"]["requests_per_s"] > 0 for c in stacks.values())
+    assert stacks["hardened"]["stalled_closed"] == stacks["hardened"]["stalled_connections"]
     assert result["poll_freshness"][0]["markers"] > 0
 
 
