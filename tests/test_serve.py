@@ -42,7 +42,10 @@ def wait_streaming(base: str, timeout: float = 90) -> None:
 
 
 def as_of(headers: dict[str, str]) -> float:
-    return datetime.fromisoformat(headers["x-data-as-of"].replace("Z", "+00:00")).timestamp()
+    """X-Data-As-Of in Unix seconds; 0 while it is `unknown` (a capture process that has just started
+    says when its data is from once every source has reported since)."""
+    sent = headers["x-data-as-of"]
+    return 0.0 if sent == "unknown" else datetime.fromisoformat(sent.replace("Z", "+00:00")).timestamp()
 
 
 @pytest.fixture
