@@ -20,7 +20,9 @@ Decisions where the contract is silent, one place:
   with rows, by code, when none are asked). A country whose rows hold no valid value for a chart's
   index shows `null` there: a number would be invented.
 - Means are rounded for display (BELONG and ESCS to 4 decimals, the codebook's precision; scores to
-  1 decimal); DURECEC years and learning hours are integers (hours = round(mean TMINS / 60)).
+  1 decimal), half away from zero from the exact integer sums, as PostgreSQL's round(numeric) does
+  (a float's round() would settle ties by the binary value: 0.00015 to 0.0001); DURECEC years and
+  learning hours are integers (hours = round(mean TMINS / 60)), rounded the same way.
 - Time labels are UTC. Submissions-over-time covers the last `hours` hours (default 12, or 1 with
   `bucket=minute`) with one point per hour (or minute) ending now, zeros included, counting the rows
   that arrived then and are still there; rows present before capture started have no arrival time
@@ -98,10 +100,6 @@ def countries_of(agg: Aggregates, wanted: Sequence[str] | None) -> list[str]:
     return [c for c in wanted if c in COUNTRY_INDEX and c in have]
 
 
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
 def submissions(agg: Aggregates) -> dict[str, Any]:
     """Chart 1."""
     return {"count": agg.count()}
@@ -128,7 +126,7 @@ def early_education_and_belonging(agg: Aggregates, countries: Sequence[str]) -> 
                 "data": [
                     {
                         "x": agg.early_education_years(c),
-                        "y": _round(agg.mean(c, "belong"), 4),
+                        "y": agg.mean(c, "belong", 4),
                         "submissions": agg.rows(c),
                     }
                 ],
@@ -140,7 +138,7 @@ def early_education_and_belonging(agg: Aggregates, countries: Sequence[str]) -> 
 
 def escs(agg: Aggregates, countries: Sequence[str]) -> dict[str, Any]:
     """Chart 4."""
-    return {"datasets": [{"id": c, "value": _round(agg.mean(c, "escs"), 4)} for c in countries]}
+    return {"datasets": [{"id": c, "value": agg.mean(c, "escs", 4)} for c in countries]}
 
 
 def learning_hours_per_week(agg: Aggregates, countries: Sequence[str]) -> dict[str, Any]:
@@ -154,9 +152,9 @@ def performance(agg: Aggregates, countries: Sequence[str]) -> dict[str, Any]:
         "datasets": [
             {
                 "id": c,
-                "reading": _round(agg.mean_score(c, "read"), 1),
-                "mathematics": _round(agg.mean_score(c, "math"), 1),
-                "science": _round(agg.mean_score(c, "scie"), 1),
+                "reading": agg.mean_score(c, "read", 1),
+                "mathematics": agg.mean_score(c, "math", 1),
+                "science": agg.mean_score(c, "scie", 1),
                 "submissions": agg.rows(c),
             }
             for c in countries

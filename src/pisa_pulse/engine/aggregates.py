@@ -69,6 +69,12 @@ def _round_half_away(numerator: int, denominator: int) -> int:
     return -quotient if numerator < 0 else quotient
 
 
+def _round_decimals(numerator: int, denominator: int, digits: int) -> float:
+    """numerator / denominator rounded to `digits` decimals half away from zero, exactly."""
+    unit: int = 10**digits
+    return _round_half_away(numerator * unit, denominator) / unit
+
+
 Exported = dict[int, tuple[list[int], dict[int, int]]]  # country index -> (sums, rows per minute)
 
 
@@ -278,20 +284,22 @@ class Aggregates:
             return 0, 0, scale
         return tally.sums[1 + 2 * k], tally.sums[2 + 2 * k], scale
 
-    def mean(self, country: str, index: str) -> float | None:
-        """A country's mean of one index (durecec, belong, escs, tmins) over valid values, or None."""
+    def mean(self, country: str, index: str, digits: int) -> float | None:
+        """A country's mean of one index (durecec, belong, escs, tmins) over valid values, rounded to
+        `digits` decimals half away from zero, exactly (from the integer sums), or None."""
         valid, total, scale = self._index_sums(country, index)
-        return total / (valid * scale) if valid else None
+        return _round_decimals(total, valid * scale, digits) if valid else None
 
-    def mean_score(self, country: str, domain: str) -> float | None:
-        """A country's weighted mean score in a domain (math, read, scie), or None without valid pairs."""
+    def mean_score(self, country: str, domain: str, digits: int) -> float | None:
+        """A country's weighted mean score in a domain (math, read, scie), rounded as `mean` rounds, or
+        None without valid pairs."""
         d = DOMAINS.index(domain)
         tally = self._tally(country)
         if tally is None or not tally.sums[_FIRST_DOMAIN_SUM + 2 * d]:
             return None
         pv_scale = column_rules()[FIRST_PV - FIRST_VALUE + 10 * d].scale
         weights, scores = tally.sums[_FIRST_DOMAIN_SUM + 2 * d], tally.sums[_FIRST_DOMAIN_SUM + 2 * d + 1]
-        return scores / (weights * pv_scale)
+        return _round_decimals(scores, weights * pv_scale, digits)
 
     def early_education_years(self, country: str) -> int | None:
         """Chart 3's x: the mean DURECEC rounded half away from zero to an integer, or None."""
