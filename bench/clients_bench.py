@@ -7,11 +7,13 @@ each in a child process, one after the other in the same run:
   1,000 on open connections and requests in progress together, no request deadline, no head bound);
 - `hardened`: `serve`'s configuration now (`connections.server_config`, default settings).
 
-For each: wrk on 32 keep-alive connections (what a request costs); then the same wrk while 1,500
-connections hold half a request (sent at once, then nothing), started just before it and inside the
-10 s request deadline, so they stall for the whole run (what a normal client gets then: answers,
-503s, latency); then how long the stalled connections stay open (EOF seen by the client, up to
-`STALL_WATCH_S` after they were opened).
+They take turns, ABBA (`uvicorn`, `hardened`, `hardened`, `uvicorn`) when the profile asks for two
+rounds, so that drift in the machine's speed during the run falls on both alike. For each: wrk on 32
+keep-alive connections (what a request costs); then the same wrk while 1,500 connections hold half a
+request (sent at once, then nothing), started just before it and inside the 10 s request deadline,
+so they stall for the whole run (what a normal client gets then: answers, 503s, latency); then how
+long the stalled connections stay open (EOF seen by the client, up to `STALL_WATCH_S` after they
+were opened).
 
     python bench/run.py --suite clients [--profile smoke|quick|full]
 """
@@ -37,11 +39,13 @@ WRK_MAX_S = 6.0  # wrk under the stall runs inside the deadline, so that every s
 STACKS = ("uvicorn", "hardened")
 
 
-def clients(seconds: float) -> list[dict[str, Any]]:
-    """One row per stack: wrk alone, wrk beside 1,500 stalled connections, how long those stayed."""
+def clients(seconds: float, rounds: int = 1) -> list[dict[str, Any]]:
+    """One row per stack and round (ABBA): wrk alone, wrk beside 1,500 stalled connections, how long
+    those stayed."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, STALLED + 1024)), hard))
-    return [_stack(stack, seconds) for stack in STACKS]
+    order = [stack for i in range(rounds) for stack in (STACKS if i % 2 == 0 else STACKS[::-1])]
+    return [_stack(stack, seconds) for stack in order]
 
 
 def _stack(stack: str, seconds: float) -> dict[str, Any]:

@@ -64,6 +64,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": (500.0,),
         "scale_sizes": (2_000,),
         "decode_changes": 2_000,
+        "clients_rounds": 1,
         "soak": (0.5, 10, 2_000),
         "page": (0.25, 5.0),
         # rate: demo minutes, warm-up s, sample s, demo options; students, rate, minutes of the big case
@@ -79,6 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": (500.0, 1_000.0, 2_000.0),
         "scale_sizes": (20_000, 60_000),
         "decode_changes": 50_000,
+        "clients_rounds": 2,
         "soak": (5.0, 200, 60_000),
         "page": (2.0, 15.0),
         "rate": (2.0, 30.0, 10.0, [], 60_000, 1_000.0, 1.0),
@@ -93,6 +95,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": (250.0, 1_000.0, 2_000.0, 4_000.0, 8_000.0),
         "scale_sizes": (60_000, 600_000, 2_400_000),
         "decode_changes": 200_000,
+        "clients_rounds": 2,
         "soak": (30.0, 200, 60_000),  # minutes, dashboards, students, at 1,000 operations/s
         "page": (10.0, 30.0),  # the dashboard left open: minutes, seconds between samples
         "rate": (10.0, 30.0, 10.0, [], 600_000, 1_000.0, 2.0),  # `make demo` as is; 600,000 at 1,000/s
@@ -166,7 +169,7 @@ def run_limits(p: dict[str, Any], r: dict[str, Any]) -> None:
 
 def run_clients(p: dict[str, Any], r: dict[str, Any]) -> None:
     print(f"slow clients: wrk alone and beside {clients_bench.STALLED:,} stalled connections ...", flush=True)
-    r["clients"] = clients_bench.clients(p["seconds"])
+    r["clients"] = clients_bench.clients(p["seconds"], p["clients_rounds"])
 
 
 def run_dashboard(p: dict[str, Any], r: dict[str, Any]) -> None:
