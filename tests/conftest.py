@@ -47,16 +47,17 @@ from psycopg2 import sql
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import databases, lifecycle
 from pisa_pulse.sources.cluster import EmbeddedCluster
+from tests.nats_cluster import NatsCluster, running_cluster
 
 # -- tests with and without servers -----------------------------------------------------------------
 
 NO_SERVER_ENV = "PISA_PULSE_TESTS_NO_SERVER"
-SERVER_FIXTURES = {"scratch"}  # every fixture that starts PostgreSQL depends on it
+SERVER_FIXTURES = {"scratch", "nats_cluster"}  # every fixture that starts PostgreSQL depends on scratch
 SERVER_MARKERS = {"faults", "bench"}
 # Child processes that are, start or need servers: pisa-pulse commands, PostgreSQL's tools, browsers,
 # wrk, and bench/run.py (the benchmarks bring up their own sources).
 SERVER_COMMANDS = {"serve", "demo", "pipeline", "traffic", "sources", "check", "bench"}
-SERVER_PROGRAMS = {"initdb", "pg_ctl", "postgres", "postmaster", "chromium", "wrk", "run.py"}
+SERVER_PROGRAMS = {"initdb", "pg_ctl", "postgres", "postmaster", "nats-server", "chromium", "wrk", "run.py"}
 _refused: list[str] = []  # what a test started under NO_SERVER_ENV (threads cannot fail a test)
 
 
@@ -162,6 +163,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # -- clusters -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """The session's NATS JetStream cluster: three `nats-server` nodes on 127.0.0.1 (tests/nats_cluster.py),
+    stopped (every process reaped) at the session's end.
+
+    Every test that needs NATS shares it and keeps to buckets of its own (unique names); a test that
+    kills a node restarts it before it ends, so the next test finds all three running. The servers'
+    logs stay in pytest's temporary folder (`.../nats0/n1/server.log`) for a failing test to be read.
+    """
+    with running_cluster(tmp_path_factory.mktemp("nats"), size=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
