@@ -14,8 +14,10 @@ still counts a peer offline (an R3 bucket then fails with "no suitable peers for
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -23,10 +25,15 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import nats
+import pytest
+from nats.aio.client import Client
 
 CLUSTER_NAME = "pisa-pulse"
 LOG_TAIL = 4000  # characters of each node's log shown when a wait fails
@@ -334,3 +341,55 @@ def running_cluster(root: Path, size: int = 3, timeout: float = 60) -> Iterator[
         yield cluster
     finally:
         cluster.stop()
+
+
+# -- clients -------------------------------------------------------------------------------------------
+
+WAIT = 60.0  # seconds for anything the cluster does: an expiry, an election, a catch-up
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+async def _client_error(error: Exception) -> None:
+    # One line each: nats-py's default logs a traceback for every refused reconnect to a killed node.
+    logger.debug("nats client: %r", error)
+
+
+@asynccontextmanager
+async def connected(*urls: str) -> AsyncIterator[Client]:
+    """A client of `urls`, tried in this order, that reconnects without end until the block ends."""
+    client = await asyncio.wait_for(  # it would retry a dead server for ever
+        nats.connect(
+            servers=list(urls),
+            dont_randomize=True,
+            connect_timeout=10,
+            reconnect_time_wait=0.2,
+            max_reconnect_attempts=-1,
+            error_cb=_client_error,
+        ),
+        WAIT,
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], what: str, timeout: float = WAIT) -> T:
+    """Await `probe()` until it returns something truthy, and return that; past `timeout` seconds, fail
+    the test naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not (value := await probe()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def until(condition: Callable[[], T], what: str, timeout: float = WAIT) -> T:
+    """`eventually` for a plain function (one that reads what a watcher task collects)."""
+
+    async def probe() -> T:
+        return condition()
+
+    return await eventually(probe, what, timeout)

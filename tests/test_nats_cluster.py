@@ -33,8 +33,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import nats
@@ -45,7 +44,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import WAIT, NatsCluster, connected, eventually, until
 
 pytestmark = pytest.mark.server
 
@@ -55,7 +54,6 @@ logger = logging.getLogger(__name__)
 JS_TIMEOUT = 30.0  # seconds for one JetStream API call
 # A put during an election may get no answer at all (rather than "no responders"): retry it sooner.
 PUT_TIMEOUT = 5.0
-WAIT = 60.0  # seconds for anything the cluster does: an expiry, an election, a catch-up
 TTL = 2  # seconds; nats-py sends TTLs as whole seconds
 PURGE = "PURGE"  # a watched entry's operation when a key was purged or expired with a marker
 
@@ -65,51 +63,6 @@ T = TypeVar("T")
 def bucket_name(what: str) -> str:
     """A bucket name no other test (or earlier run) uses."""
     return f"{what}_{uuid.uuid4().hex[:8]}"
-
-
-async def _client_error(error: Exception) -> None:
-    # One line each: nats-py's default logs a traceback for every refused reconnect to a killed node.
-    logger.debug("nats client: %r", error)
-
-
-@asynccontextmanager
-async def connected(*urls: str) -> AsyncIterator[Client]:
-    """A client of `urls`, tried in this order, that reconnects without end until the block ends."""
-    client = await asyncio.wait_for(  # it would retry a dead server for ever
-        nats.connect(
-            servers=list(urls),
-            dont_randomize=True,
-            connect_timeout=10,
-            reconnect_time_wait=0.2,
-            max_reconnect_attempts=-1,
-            error_cb=_client_error,
-        ),
-        WAIT,
-    )
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], what: str, timeout: float = WAIT) -> T:
-    """Await `probe()` until it returns something truthy, and return that; past `timeout` seconds, fail
-    the test naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not (value := await probe()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.05)
-    return value
-
-
-async def until(condition: Callable[[], T], what: str, timeout: float = WAIT) -> T:
-    """`eventually` for a plain function (one that reads what a watcher task collects)."""
-
-    async def probe() -> T:
-        return condition()
-
-    return await eventually(probe, what, timeout)
 
 
 async def gone(kv: KeyValue, key: str) -> bool:
