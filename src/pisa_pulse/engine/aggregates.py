@@ -185,6 +185,17 @@ class Aggregates:
                 else:
                     tally.minutes.pop(minute, None)
 
+    def minutes_of_hour(self, hour: int) -> dict[int, dict[int, int]]:
+        """Per country, its rows per arrival minute within `hour` (minutes since the epoch // 60; -1:
+        the initial copy's minute -1)."""
+        first, last = (-1, -1) if hour == -1 else (hour * 60, hour * 60 + 59)
+        result: dict[int, dict[int, int]] = {}
+        for country, tally in self._tallies.items():
+            inside = {m: n for m, n in tally.minutes.items() if first <= m <= last}
+            if inside:
+                result[country] = inside
+        return result
+
     def copy(self) -> Aggregates:
         """An independent copy."""
         return Aggregates().merge(self)

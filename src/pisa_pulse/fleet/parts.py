@@ -1,0 +1,117 @@
+"""What a worker publishes of a source, and how a replica puts it back together.
+
+Each source is published as values of JetStream key-value keys (bucket `PARTS`), each the state of
+its piece, never a delta, so that a reader needs only the latest value of each key and a repeat
+changes nothing:
+
+- `sums.<source>`: every country's sums (`Aggregates.export`), the source position they reflect, the
+  Unix time up to which its changes are in (`as_of`) and the hours that hold rows (a reader uses only
+  those hours' keys: after a fresh copy, hours the new owner no longer has drop out at once);
+- `minutes.<source>.<hour>`: every country's rows per arrival minute within that hour (hours since the
+  epoch; `-1` for the rows of the initial copy). Only the hours a batch touched are written, so the
+  bytes follow the changes, not the days of history.
+
+Every value carries the schema version (`SCHEMA`; a reader refuses a newer one, so workers and
+replicas upgrade one by one: replicas first) and the epoch of the lease it was written under
+(`leases.Lease.epoch`). A reader keeps, per source, only values of the highest epoch it has seen: a
+worker that paused past its lease and wrote on waking cannot take a source back from its successor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pisa_pulse.engine.aggregates import Aggregates, Exported
+from pisa_pulse.errors import PisaPulseError
+
+PARTS = "pisa_pulse_parts"
+SCHEMA = 1
+
+
+def sums_key(source: str) -> str:
+    return f"sums.{source}"
+
+
+def hour_key(source: str, hour: int) -> str:
+    return f"minutes.{source}.{hour}"
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps({"schema": SCHEMA, **body}, separators=(",", ":")).encode()
+
+
+def sums_value(epoch: int, as_of: float, position: str | None, part: Aggregates, exported: Exported) -> bytes:
+    """The value of `sums.<source>`: the countries' sums of `exported` (its minutes are left out) and
+    the hours of `part` that hold rows."""
+    countries = {str(c): sums for c, (sums, _) in exported.items()}
+    hours = sorted(part.hourly())
+    return _encode(
+        {"epoch": epoch, "as_of": as_of, "position": position, "hours": hours, "countries": countries}
+    )
+
+
+def hour_value(epoch: int, minutes: dict[int, dict[int, int]]) -> bytes:
+    """The value of `minutes.<source>.<hour>`: `Aggregates.minutes_of_hour` of that hour."""
+    countries = {str(c): {str(m): n for m, n in counts.items()} for c, counts in minutes.items()}
+    return _encode({"epoch": epoch, "countries": countries})
+
+
+def touched_hours(exported: Exported) -> set[int]:
+    """The hours whose minutes an export (not `full`) names."""
+    return {-1 if minute == -1 else minute // 60 for _, minutes in exported.values() for minute in minutes}
+
+
+def decode(key: str, value: bytes) -> dict[str, Any]:
+    """A published value, checked for its schema version."""
+    body: dict[str, Any] = json.loads(value)
+    if body.get("schema", 0) > SCHEMA:
+        raise PisaPulseError(
+            f"{key} was published with schema {body.get('schema')}, newer than this version's {SCHEMA}",
+            "upgrade this process (replicas before workers)",
+        )
+    return body
+
+
+@dataclass
+class SourceView:
+    """A replica's view of one source: the latest values of its keys, of its highest epoch."""
+
+    epoch: int = -1
+    as_of: float = 0.0
+    position: str | None = None
+    sums: dict[int, list[int]] = field(default_factory=dict)
+    listed: frozenset[int] = frozenset()  # the hours that hold rows, as the sums value says
+    hours: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)  # hour -> country -> minutes
+
+    def take(self, key: str, value: bytes) -> bool:
+        """Apply one key's new value; False when it comes from an older epoch (and is dropped)."""
+        body = decode(key, value)
+        epoch = int(body["epoch"])
+        if epoch < self.epoch:
+            return False
+        if epoch > self.epoch:  # a new owner: what an older one wrote is superseded key by key
+            self.epoch = epoch
+        countries = body["countries"]
+        if key.startswith("sums."):
+            self.as_of, self.position = float(body["as_of"]), body["position"]
+            self.listed = frozenset(body["hours"])
+            self.sums = {int(c): list(sums) for c, sums in countries.items()}
+        else:
+            hour = int(key.rsplit(".", 1)[1])
+            self.hours[hour] = {
+                int(c): {int(m): n for m, n in counts.items()} for c, counts in countries.items()
+            }
+        return True
+
+    def aggregates(self) -> Aggregates:
+        """This source's part, as the worker holds it."""
+        minutes: dict[int, dict[int, int]] = {c: {} for c in self.sums}
+        for hour in self.listed & self.hours.keys():
+            for country, counts in self.hours[hour].items():
+                if country in minutes:
+                    minutes[country].update(counts)
+        part = Aggregates()
+        part.absorb({c: (sums, minutes[c]) for c, sums in self.sums.items()}, full=True)
+        return part
