@@ -55,14 +55,16 @@ class Lease:
 
 
 async def bucket(js: JetStreamContext, name: str, replicas: int, max_age_s: int) -> KeyValue:
-    """The key-value bucket `name`, created with this configuration if it does not exist yet."""
+    """The key-value bucket `name`, created with this configuration if it does not exist yet (an age
+    limit of 0: none; otherwise expiry leaves a marker watchers see)."""
     try:
         return await js.key_value(name)
     except NotFoundError:
         pass
+    age = max_age_s or None
     try:
         return await js.create_key_value(
-            bucket=name, replicas=replicas, ttl=max_age_s, limit_marker_ttl=max_age_s, history=1
+            bucket=name, replicas=replicas, history=1, ttl=age, limit_marker_ttl=age
         )
     except BadRequestError:  # another worker created it meanwhile
         return await js.key_value(name)

@@ -1,0 +1,123 @@
+"""The parts on NATS: a worker's writes of a source, and a replica's view of every source.
+
+- `PartsPublisher.publish` writes what `parts` encodes for one source: the hours a batch touched,
+  then the sums (which list the hours that hold rows). A write that meets an election
+  (`NoStreamResponseError`, no responders: nothing stored) or no answer is retried; the values are
+  states, so a write that did land twice changes nothing.
+- `PartsView` follows the bucket's stream with an ordered push consumer of its own: the last value of
+  every key first, then every new one, in order. It sets the consumer's idle heartbeat itself
+  (`HEARTBEAT_S`): nats-py's `kv.watch()` keeps its 5 s heartbeat and resumed only 20 s after the
+  SIGKILL of the node its consumer was on (tests/test_nats_cluster.py), too slow for a failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext, api
+from nats.js.errors import NoStreamResponseError
+from nats.js.kv import KeyValue
+
+from pisa_pulse.engine.aggregates import Aggregates, Exported
+from pisa_pulse.fleet import parts
+from pisa_pulse.fleet.leases import bucket
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0  # the replica's consumer: a lost one is recreated after two missed heartbeats
+WRITE_TIMEOUT_S = 5.0
+WRITE_DEADLINE_S = 60.0  # retrying a write through elections (measured: 4.4-7.5 s each)
+DELETED = ("DEL", "PURGE")
+
+
+async def parts_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
+    """The parts bucket (no age limit: a source's state stays until it is replaced)."""
+    return await bucket(js, parts.PARTS, replicas, 0)
+
+
+class PartsPublisher:
+    """One source's writes into the parts bucket (see the module docstring)."""
+
+    def __init__(self, kv: KeyValue, source: str) -> None:
+        self.kv = kv
+        self.source = source
+        self.bytes_written = 0
+        self.messages_written = 0
+
+    async def publish(
+        self, epoch: int, as_of: float, position: str | None, part: Aggregates, exported: Exported, full: bool
+    ) -> None:
+        """Write one export of the source's part (`full`: every hour that holds rows)."""
+        hours = part.hourly().keys() if full else parts.touched_hours(exported)
+        for hour in sorted(hours):
+            await self._put(
+                parts.hour_key(self.source, hour), parts.hour_value(epoch, part.minutes_of_hour(hour))
+            )
+        await self._put(parts.sums_key(self.source), parts.sums_value(epoch, as_of, position, part, exported))
+
+    async def _put(self, key: str, value: bytes) -> None:
+        deadline = time.monotonic() + WRITE_DEADLINE_S
+        while True:
+            try:
+                await asyncio.wait_for(self.kv.put(key, value), WRITE_TIMEOUT_S)
+                break
+            except (TimeoutError, NoStreamResponseError, NatsTimeout):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not write {key} to NATS for {WRITE_DEADLINE_S:g} s") from None
+                log.debug("write of %s retried: the bucket is electing a leader", key)
+                await asyncio.sleep(0.25)
+        self.bytes_written += len(value)
+        self.messages_written += 1
+
+
+class PartsView:
+    """Every source's published part, as a replica follows them (see the module docstring)."""
+
+    def __init__(self, js: JetStreamContext, on_change: Callable[[], None] = lambda: None) -> None:
+        self.js = js
+        self.on_change = on_change
+        self.sources: dict[str, parts.SourceView] = {}
+        self.version = 0  # bumps with every value taken
+        self._prefix = f"$KV.{parts.PARTS}."
+        self._subscription: object | None = None
+
+    async def start(self) -> None:
+        """Subscribe: the last value of every key, then every new one."""
+        self._subscription = await self.js.subscribe(
+            self._prefix + ">",
+            cb=self._take,
+            ordered_consumer=True,
+            idle_heartbeat=HEARTBEAT_S,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        )
+
+    async def _take(self, msg: Msg) -> None:
+        key = msg.subject.removeprefix(self._prefix)
+        source = key.split(".")[1]
+        view = self.sources.setdefault(source, parts.SourceView())
+        operation = (msg.headers or {}).get("KV-Operation")
+        if operation in DELETED:
+            if key.startswith("sums."):
+                self.sources.pop(source, None)  # a source removed from the settings
+            else:
+                view.hours.pop(int(key.rsplit(".", 1)[1]), None)
+        elif not view.take(key, msg.data):
+            return  # an older owner's write
+        self.version += 1
+        self.on_change()
+
+    def aggregates(self) -> Aggregates:
+        """Every source's part merged."""
+        total = Aggregates()
+        for view in self.sources.values():
+            total.merge(view.aggregates())
+        return total
+
+    def as_of(self) -> float:
+        """Unix time up to which every source's changes are in (0: a source has not said yet)."""
+        return min((view.as_of for view in self.sources.values()), default=0.0)
