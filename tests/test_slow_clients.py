@@ -205,36 +205,37 @@ def test_connections_past_max_connections_are_closed_at_once(tmp_path: Path) -> 
 
 def test_requests_past_max_requests_get_503_and_only_those(tmp_path: Path) -> None:
     # A source that accepts connections and never answers: each chart request in direct mode waits on
-    # it (until its connect_timeout), in progress all that time.
-    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:
-        dsn = f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/alb?connect_timeout=10"
+    # it, in progress, until the test closes it (its connect_timeout is longer than any wait here).
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)
+    try:
+        dsn = f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/alb?connect_timeout=300"
         settings = direct_settings(tmp_path, "max_requests = 2\n", dsn)
         with serving("--config", str(settings)) as server:
-            waiting: list[bytes] = []
+            answers: list[bytes] = []
             threads = [
-                threading.Thread(target=lambda: waiting.append(get(server.url + "api/charts/escs", 60)[1]))
-                for _ in range(2)
+                threading.Thread(target=lambda: answers.append(get(server.url + "api/charts/escs", 120)[1]))
+                for _ in range(3)
             ]
             for thread in threads:
                 thread.start()
             try:
-                # Once both wait on the source, a third request is one too many, even on a route that
-                # would not wait, for as long as they are in progress.
-                def busy() -> bytes | None:
-                    status, body = get(server.url + "api", 10)
-                    return body if status == 503 else None
-
-                body = wait_for(busy, what="a 503 while two requests are in progress")
-                assert (
-                    body is not None
-                    and "too many requests in progress" in json.loads(body)["error"]["message"]
-                )
+                # Three at once: two are let in and wait on the source, the third is one too many.
+                wait_for(lambda: answers, what="one of three requests answered while two wait")
+                [refused] = answers
+                assert "too many requests in progress" in json.loads(refused)["error"]["message"]
+                # ... and so is any other request, even on a route that would not wait, while they do.
+                status, body = get(server.url + "api")
+                assert status == 503 and b"too many requests in progress" in body
+                assert len(answers) == 1  # the two are still waiting
             finally:
+                silent.close()  # the source goes away: the two waiting requests end
                 for thread in threads:
-                    thread.join(60)
+                    thread.join(120)
             # The two in progress ran to their end (the source's failure), not into the cap.
-            assert len(waiting) == 2 and not any(b"too many requests" in body for body in waiting), waiting
-            assert get(server.url + "api")[0] == 200
+            assert len(answers) == 3 and sum(b"too many requests" in body for body in answers) == 1, answers
+            wait_for(lambda: get(server.url + "api")[0] == 200, what="serving again once they ended")
+    finally:
+        silent.close()
 
 
 def direct_settings(

@@ -51,6 +51,7 @@ DROPPED: collections.Counter[str] = collections.Counter()
 
 BUSY = error_response(503, "too many requests in progress; retry in a second")
 BUSY.headers["Retry-After"] = "1"
+BUSY.headers["X-Content-Type-Options"] = "nosniff"
 
 
 class _HeadTooLarge(Exception):
@@ -64,10 +65,6 @@ class Limits:
     request_timeout: float
     max_requests: int
     max_connections: int
-
-    @classmethod
-    def of(cls, server: ServerSettings) -> Limits:
-        return cls(server.request_timeout, server.max_requests, server.max_connections)
 
 
 class HardenedProtocol(HttpToolsProtocol):
@@ -124,7 +121,7 @@ class HardenedProtocol(HttpToolsProtocol):
         response = error_response(status, message)
         head = [f"HTTP/1.1 {status} {'Request Header Fields Too Large' if status == 431 else 'Bad Request'}"]
         head += [f"{name}: {value}" for name, value in response.headers.items()]
-        head.append("connection: close")
+        head += ["x-content-type-options: nosniff", "connection: close"]
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
         self.linger()
 
@@ -228,8 +225,7 @@ def raise_open_files(max_connections: int) -> int:
 
 def server_config(app: ASGIApp, server: ServerSettings, **options: Any) -> uvicorn.Config:
     """The uvicorn configuration `serve` (and the benchmarks' static ceiling) run with."""
-    limits = Limits.of(server)
-    limits = Limits(limits.request_timeout, limits.max_requests, raise_open_files(limits.max_connections))
+    limits = Limits(server.request_timeout, server.max_requests, raise_open_files(server.max_connections))
     return uvicorn.Config(
         app,
         http=protocol_for(limits),
