@@ -49,9 +49,9 @@ async def write_batches(kv: KeyValue, sources: list[Source], batches: int, epoch
     for n in range(batches):
         for s in sources:
             s.batch(MINUTE - 200 + 7 * (first + n))
-            await PartsPublisher(kv, s.name).publish(
-                epoch, float(n), f"0/{n}", s.part, s.part.export(full=first + n == 0), full=first + n == 0
-            )
+            full = first + n == 0
+            hours = s.part.hourly().keys() if full else parts.touched_hours(s.part.export())
+            await PartsPublisher(kv, s.name).publish(epoch, float(n), f"0/{n}", s.part, hours)
 
 
 def test_a_replica_follows_the_parts_through_the_loss_of_its_node(nats_cluster: NatsCluster) -> None:

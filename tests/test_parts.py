@@ -41,7 +41,7 @@ class Worker:
             (parts.hour_key("alb", h), parts.hour_value(self.epoch, self.part.minutes_of_hour(h)))
             for h in hours
         ]
-        writes.append((parts.sums_key("alb"), parts.sums_value(self.epoch, NOW, "0/1", self.part, exported)))
+        writes.append((parts.sums_key("alb"), parts.sums_value(self.epoch, NOW, "0/1", self.part)))
         for key, value in writes:
             self.kv[key] = value
             self.written.append((key, value))

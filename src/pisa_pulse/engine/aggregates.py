@@ -185,6 +185,10 @@ class Aggregates:
                 else:
                     tally.minutes.pop(minute, None)
 
+    def export_sums(self) -> Exported:
+        """Every country's sums, without minutes (and without resetting what `export` reports)."""
+        return {c: (list(t.sums), {}) for c, t in self._tallies.items()}
+
     def minutes_of_hour(self, hour: int) -> dict[int, dict[int, int]]:
         """Per country, its rows per arrival minute within `hour` (minutes since the epoch // 60; -1:
         the initial copy's minute -1)."""

@@ -4,7 +4,9 @@
 - `leases`: who captures what, in JetStream key-value buckets, fenced by revision and epoch.
 - `parts`: what a worker publishes of a source (state, never deltas; the bytes follow the changes),
   and how an API replica puts it back together, dropping what an older owner wrote.
+- `bus`: those values written to NATS (retried through elections) and a replica's view of them.
+- `worker`: one leased source captured by the engine's pipeline and published under its epoch.
 
-Still to come (issue 15): the worker command (capture of the leased sources through the capture
-contract, checkpoints in JetStream), the API replica (`api`), and docs/deploy.md.
+Still to come (issue 15): the worker command (leases driving `SourceWorker`s, checkpoints in
+JetStream), the API replica (`api`), and docs/deploy.md.
 """

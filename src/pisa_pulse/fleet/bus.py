@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -23,7 +23,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NoStreamResponseError
 from nats.js.kv import KeyValue
 
-from pisa_pulse.engine.aggregates import Aggregates, Exported
+from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.fleet import parts
 from pisa_pulse.fleet.leases import bucket
 
@@ -50,15 +50,15 @@ class PartsPublisher:
         self.messages_written = 0
 
     async def publish(
-        self, epoch: int, as_of: float, position: str | None, part: Aggregates, exported: Exported, full: bool
+        self, epoch: int, as_of: float, position: str | None, part: Aggregates, hours: Iterable[int]
     ) -> None:
-        """Write one export of the source's part (`full`: every hour that holds rows)."""
-        hours = part.hourly().keys() if full else parts.touched_hours(exported)
+        """Write the source's `part`: the minutes of `hours` (those a batch touched, or all), then its
+        sums."""
         for hour in sorted(hours):
             await self._put(
                 parts.hour_key(self.source, hour), parts.hour_value(epoch, part.minutes_of_hour(hour))
             )
-        await self._put(parts.sums_key(self.source), parts.sums_value(epoch, as_of, position, part, exported))
+        await self._put(parts.sums_key(self.source), parts.sums_value(epoch, as_of, position, part))
 
     async def _put(self, key: str, value: bytes) -> None:
         deadline = time.monotonic() + WRITE_DEADLINE_S

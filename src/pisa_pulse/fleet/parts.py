@@ -42,10 +42,9 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps({"schema": SCHEMA, **body}, separators=(",", ":")).encode()
 
 
-def sums_value(epoch: int, as_of: float, position: str | None, part: Aggregates, exported: Exported) -> bytes:
-    """The value of `sums.<source>`: the countries' sums of `exported` (its minutes are left out) and
-    the hours of `part` that hold rows."""
-    countries = {str(c): sums for c, (sums, _) in exported.items()}
+def sums_value(epoch: int, as_of: float, position: str | None, part: Aggregates) -> bytes:
+    """The value of `sums.<source>`: the countries' sums of `part` and the hours that hold rows."""
+    countries = {str(c): sums for c, (sums, _) in part.export_sums().items()}
     hours = sorted(part.hourly())
     return _encode(
         {"epoch": epoch, "as_of": as_of, "position": position, "hours": hours, "countries": countries}
