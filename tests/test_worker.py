@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from pisa_pulse.engine.aggregates import Aggregates
-from pisa_pulse.fleet import bus, parts
+from pisa_pulse.fleet import bus, leases, parts
 from pisa_pulse.fleet.bus import PartsView
-from pisa_pulse.fleet.worker import SourceWorker
+from pisa_pulse.fleet.leases import LeaseBook
+from pisa_pulse.fleet.worker import SourceWorker, Worker
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import SharedServer
 from tests.nats_cluster import NatsCluster, connected, until
@@ -25,6 +26,7 @@ from tests.test_pipeline import traffic_made
 pytestmark = pytest.mark.server
 
 ROWS = 200
+LEASE_S = 2  # short, for the test: expiry is what the takeover waits for
 
 
 def test_a_source_under_traffic_reaches_a_replica_exactly(
@@ -67,5 +69,65 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 await js.delete_key_value(parts.PARTS)
+
+    asyncio.run(scenario())
+
+
+def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
+    nats_cluster: NatsCluster, shared: SharedServer, new_dir: Path, tmp_path: Path
+) -> None:
+    config = shared.up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=100)
+    names = [s.name for s in config.sources]
+
+    async def scenario() -> None:
+        parts.PARTS = f"parts_{uuid.uuid4().hex[:8]}"
+        suffix = uuid.uuid4().hex[:8]
+        saved = (leases.WORKERS, leases.LEASES)
+        leases.WORKERS, leases.LEASES = f"workers_{suffix}", f"leases_{suffix}"
+        async with connected(*nats_cluster.urls) as client:
+            js = client.jetstream(timeout=30)
+            kv = await bus.parts_bucket(js, replicas=3)
+            view = PartsView(js)
+            await view.start()
+            workers = {}
+            for name in ("a", "b"):  # two machines: each its own state dir
+                book = await LeaseBook.open(js, f"worker-{name}", replicas=3, lease_s=LEASE_S)
+                workers[name] = Worker(
+                    book, config.sources, tmp_path / name, kv, LEASE_S, slot_prefix=shared.slot_prefix
+                )
+            stops = {name: asyncio.Event() for name in workers}
+            tasks = {name: asyncio.create_task(w.run(stops[name])) for name, w in workers.items()}
+            try:
+
+                def split() -> list[int]:
+                    return sorted(len(w.running) for w in workers.values())
+
+                await until(lambda: split() == [1, 2], "the three sources split 2 and 1")
+                await until(lambda: view.aggregates().count() == 300, "every source's rows at the replica")
+                crashed = max(workers, key=lambda n: len(workers[n].running))
+                survivor = next(n for n in workers if n != crashed)
+                old = {s: workers[crashed].book.held[s].epoch for s in workers[crashed].running}
+                tasks[crashed].cancel()  # a crash: its leases are left to expire
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tasks[crashed]
+                await until(
+                    lambda: sorted(workers[survivor].running) == names,
+                    "the survivor capturing every source",
+                    timeout=120,
+                )
+                for source, epoch in old.items():
+                    await until(
+                        lambda s=source, e=epoch: view.sources[s].epoch > e, f"{source} under a new epoch"
+                    )
+                await until(lambda: view.aggregates().count() == 300, "every row once at the replica")
+            finally:
+                for stop in stops.values():
+                    stop.set()
+                for task in tasks.values():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                for bucket in (parts.PARTS, leases.WORKERS, leases.LEASES):
+                    await js.delete_key_value(bucket)
+                leases.WORKERS, leases.LEASES = saved
 
     asyncio.run(scenario())

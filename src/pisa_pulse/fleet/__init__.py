@@ -5,8 +5,9 @@
 - `parts`: what a worker publishes of a source (state, never deltas; the bytes follow the changes),
   and how an API replica puts it back together, dropping what an older owner wrote.
 - `bus`: those values written to NATS (retried through elections) and a replica's view of them.
-- `worker`: one leased source captured by the engine's pipeline and published under its epoch.
+- `worker`: one leased source captured by the engine's pipeline and published under its epoch
+  (`SourceWorker`), and a worker whose leases decide which sources it captures (`Worker`).
 
-Still to come (issue 15): the worker command (leases driving `SourceWorker`s, checkpoints in
-JetStream), the API replica (`api`), and docs/deploy.md.
+Still to come (issue 15): the `worker` and `api` commands, checkpoints in JetStream (a new owner
+makes a fresh copy until then), per-source status, and docs/deploy.md.
 """

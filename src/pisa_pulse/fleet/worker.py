@@ -11,9 +11,12 @@ changes the sums (with their as_of) go every `BEAT_S`, so replicas see an idle s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from nats.js.kv import KeyValue
 
@@ -21,6 +24,7 @@ from pisa_pulse.capture.contract import Position
 from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.fleet import parts
 from pisa_pulse.fleet.bus import PartsPublisher
+from pisa_pulse.fleet.leases import LeaseBook
 from pisa_pulse.sources.config import Source
 
 COALESCE_S = 0.02  # least time between two writes of a source's changes
@@ -95,3 +99,60 @@ class SourceWorker:
         await self.publisher.publish(
             self.epoch, as_of, position_text(self.pipeline.position(name)), part, hours
         )
+
+
+class Worker:
+    """A capture worker: leases (`LeaseBook`) decide which sources it captures, one `SourceWorker`
+    each, started under the lease's epoch and cancelled when the lease goes.
+
+    Every `lease_s / 3` seconds it renews what it holds, then moves one step towards the plan. A new
+    owner of a source starts from its own checkpoint (none yet on another machine: a fresh copy, whose
+    slot drop ends the walsender an old owner may still hold). `run(stop)` hands every lease over when
+    `stop` is set (SIGTERM); cancelled instead (a crash), it lets the leases expire.
+    """
+
+    def __init__(
+        self,
+        book: LeaseBook,
+        sources: Sequence[Source],
+        state_dir: Path,
+        kv: KeyValue,
+        lease_s: float,
+        **capture: Any,
+    ) -> None:
+        self.book = book
+        self.sources = {s.name: s for s in sources}
+        self.state_dir = state_dir
+        self.kv = kv
+        self.lease_s = lease_s
+        self.capture = capture
+        self.running: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                await self.book.renew_all()
+                await self.book.rebalance(list(self.sources))
+                await self._follow_leases()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.lease_s / 3)
+        finally:
+            await self._cancel(list(self.running))
+        await self.book.leave()
+
+    async def _follow_leases(self) -> None:
+        held = self.book.held
+        await self._cancel([name for name in self.running if name not in held])
+        for name in sorted(set(held) - set(self.running)):
+            source_worker = SourceWorker(
+                self.sources[name], self.state_dir, self.kv, held[name].epoch, **self.capture
+            )
+            self.running[name] = asyncio.create_task(source_worker.run(), name=f"source-{name}")
+
+    async def _cancel(self, names: list[str]) -> None:
+        tasks = [self.running.pop(name) for name in names]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
