@@ -42,7 +42,9 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
         async with connected(*nats_cluster.urls) as writer, connected(*nats_cluster.urls[::-1]) as reader:
             js = writer.jetstream(timeout=30)
             kv = await bus.parts_bucket(js, replicas=3)
-            worker = SourceWorker(config.sources[0], tmp_path, kv, epoch=7, slot_prefix=shared.slot_prefix)
+            worker = SourceWorker(
+                config.sources[0], tmp_path, kv, epoch=7, worker="w1", slot_prefix=shared.slot_prefix
+            )
             task = asyncio.create_task(worker.run())
             try:
 
@@ -63,6 +65,8 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
                     "the replica equal to the worker, past the end of the traffic",
                 )
                 assert view.sources["alb"].epoch == 7 and part().count() != ROWS  # the traffic changed it
+                await until(lambda: view.sources["alb"].status.get("rows") == part().count(), "the status")
+                assert view.sources["alb"].status["state"] == "streaming"
             finally:
                 stop_traffic.set()
                 task.cancel()
@@ -120,6 +124,10 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
                         lambda s=source, e=epoch: view.sources[s].epoch > e, f"{source} under a new epoch"
                     )
                 await until(lambda: view.aggregates().count() == 300, "every row once at the replica")
+                await until(
+                    lambda: {v.status.get("worker") for v in view.sources.values()} == {f"worker-{survivor}"},
+                    "every source's status from the survivor",
+                )
             finally:
                 for stop in stops.values():
                     stop.set()

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -59,6 +60,10 @@ class PartsPublisher:
                 parts.hour_key(self.source, hour), parts.hour_value(epoch, part.minutes_of_hour(hour))
             )
         await self._put(parts.sums_key(self.source), parts.sums_value(epoch, as_of, position, part))
+
+    async def publish_status(self, epoch: int, worker: str, status: dict[str, Any]) -> None:
+        """Write the source's capture status."""
+        await self._put(parts.status_key(self.source), parts.status_value(epoch, worker, status))
 
     async def _put(self, key: str, value: bytes) -> None:
         deadline = time.monotonic() + WRITE_DEADLINE_S
@@ -104,8 +109,10 @@ class PartsView:
         if operation in DELETED:
             if key.startswith("sums."):
                 self.sources.pop(source, None)  # a source removed from the settings
-            else:
+            elif key.startswith("minutes."):
                 view.hours.pop(int(key.rsplit(".", 1)[1]), None)
+            else:
+                view.status = {}
         elif not view.take(key, msg.data):
             return  # an older owner's write
         self.version += 1

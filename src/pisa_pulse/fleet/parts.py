@@ -10,6 +10,8 @@ changes nothing:
 - `minutes.<source>.<hour>`: every country's rows per arrival minute within that hour (hours since the
   epoch; `-1` for the rows of the initial copy). Only the hours a batch touched are written, so the
   bytes follow the changes, not the days of history.
+- `status.<source>`: the source's capture status as `serve` reports it (state, lag, rows, invalid
+  values), with the worker that holds it, about once a second.
 
 Every value carries the schema version (`SCHEMA`; a reader refuses a newer one, so workers and
 replicas upgrade one by one: replicas first) and the epoch of the lease it was written under
@@ -51,6 +53,15 @@ def sums_value(epoch: int, as_of: float, position: str | None, part: Aggregates)
     )
 
 
+def status_key(source: str) -> str:
+    return f"status.{source}"
+
+
+def status_value(epoch: int, worker: str, status: dict[str, Any]) -> bytes:
+    """The value of `status.<source>`: its capture status and the worker that reports it."""
+    return _encode({"epoch": epoch, "worker": worker, "status": status})
+
+
 def hour_value(epoch: int, minutes: dict[int, dict[int, int]]) -> bytes:
     """The value of `minutes.<source>.<hour>`: `Aggregates.minutes_of_hour` of that hour."""
     countries = {str(c): {str(m): n for m, n in counts.items()} for c, counts in minutes.items()}
@@ -83,6 +94,7 @@ class SourceView:
     sums: dict[int, list[int]] = field(default_factory=dict)
     listed: frozenset[int] = frozenset()  # the hours that hold rows, as the sums value says
     hours: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)  # hour -> country -> minutes
+    status: dict[str, Any] = field(default_factory=dict)  # the capture status, with its worker
 
     def take(self, key: str, value: bytes) -> bool:
         """Apply one key's new value; False when it comes from an older epoch (and is dropped)."""
@@ -92,6 +104,9 @@ class SourceView:
             return False
         if epoch > self.epoch:  # a new owner: what an older one wrote is superseded key by key
             self.epoch = epoch
+        if key.startswith("status."):
+            self.status = {**body["status"], "worker": body["worker"], "epoch": epoch}
+            return True
         countries = body["countries"]
         if key.startswith("sums."):
             self.as_of, self.position = float(body["as_of"]), body["position"]

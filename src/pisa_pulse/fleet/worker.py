@@ -29,6 +29,7 @@ from pisa_pulse.sources.config import Source
 
 COALESCE_S = 0.02  # least time between two writes of a source's changes
 BEAT_S = 0.5  # between writes of an idle source's sums (its freshness)
+STATUS_S = 1.0  # between writes of a source's capture status
 
 
 def position_text(position: Position | None) -> str | None:
@@ -45,12 +46,14 @@ class SourceWorker:
         state_dir: Path,
         kv: KeyValue,
         epoch: int,
+        worker: str = "",
         slot_prefix: str = "pisa_pulse",
         poll_interval: float = 0.25,
         reconcile_interval: float = 30.0,
     ) -> None:
         self.source = source
         self.epoch = epoch
+        self.worker = worker
         self.publisher = PartsPublisher(kv, source.name)
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -75,11 +78,14 @@ class SourceWorker:
         """Capture and publish until cancelled; then stop capture (it checkpoints first)."""
         self._thread.start()
         try:
-            full = True
+            full, reported = True, 0.0
             while True:
                 self._changed.clear()
                 await self._publish(full)
                 full, sent = False, time.monotonic()
+                if sent - reported >= STATUS_S:
+                    await self.publisher.publish_status(self.epoch, self.worker, self.pipeline.status()[0])
+                    reported = sent
                 try:
                     await asyncio.wait_for(self._changed.wait(), BEAT_S)
                     await asyncio.sleep(max(0.0, COALESCE_S - (time.monotonic() - sent)))
@@ -145,7 +151,12 @@ class Worker:
         await self._cancel([name for name in self.running if name not in held])
         for name in sorted(set(held) - set(self.running)):
             source_worker = SourceWorker(
-                self.sources[name], self.state_dir, self.kv, held[name].epoch, **self.capture
+                self.sources[name],
+                self.state_dir,
+                self.kv,
+                held[name].epoch,
+                self.book.worker,
+                **self.capture,
             )
             self.running[name] = asyncio.create_task(source_worker.run(), name=f"source-{name}")
 
