@@ -12,7 +12,7 @@ from nats.js.kv import KeyValue
 
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.ledger import Ledger
-from pisa_pulse.fleet import bus, parts
+from pisa_pulse.fleet import bus, leases, parts
 from pisa_pulse.fleet.bus import PartsPublisher, PartsView
 from tests.nats_cluster import NatsCluster, connected, until
 from tests.test_parts import MINUTE, bodies, row
@@ -50,22 +50,22 @@ async def write_batches(kv: KeyValue, sources: list[Source], batches: int, epoch
         for s in sources:
             s.batch(MINUTE - 200 + 7 * (first + n))
             full = first + n == 0
-            hours = s.part.hourly().keys() if full else parts.touched_hours(s.part.export())
+            hours = parts.hours_to_write(s.part, s.part.export(full), full)
             await PartsPublisher(kv, s.name).publish(epoch, float(n), f"0/{n}", s.part, hours)
 
 
 def test_a_replica_follows_the_parts_through_the_loss_of_its_node(nats_cluster: NatsCluster) -> None:
     async def scenario() -> None:
-        parts.PARTS = f"parts_{uuid.uuid4().hex[:8]}"
+        prefix = f"t{uuid.uuid4().hex[:8]}"
         sources = [Source("alb", 1), Source("arg", 2), Source("aus", 3)]
         # The writer on the last node, the replica on the first: the one that dies.
         urls = nats_cluster.urls
         async with connected(*urls[::-1]) as writer, connected(*urls) as reader:
             js = writer.jetstream(timeout=30)
-            kv = await bus.parts_bucket(js, replicas=3)
+            kv = await bus.parts_bucket(js, replicas=3, prefix=prefix)
             try:
                 await write_batches(kv, sources, 10, epoch=4, first=0)
-                view = PartsView(reader.jetstream(timeout=30))
+                view = PartsView(reader.jetstream(timeout=30), prefix)
                 await view.start()  # joins late: the last value of every key first
                 await until(
                     lambda: bodies(view.aggregates()) == bodies(merged(sources)), "the replica caught up"
@@ -84,6 +84,6 @@ def test_a_replica_follows_the_parts_through_the_loss_of_its_node(nats_cluster: 
                 finally:
                     await asyncio.to_thread(nats_cluster.restart, victim)
             finally:
-                await js.delete_key_value(parts.PARTS)
+                await js.delete_key_value(leases.bucket_name(prefix, parts.PARTS))
 
     asyncio.run(scenario())

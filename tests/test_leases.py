@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from nats.js import JetStreamContext
 
 from pisa_pulse.fleet import leases
 from pisa_pulse.fleet.leases import LeaseBook
@@ -23,27 +22,28 @@ SOURCES = ["alb", "arg", "aus", "aut", "bel"]
 LEASE_S = 2  # short, for the test: expiry is what it waits for
 
 
-def run(cluster: NatsCluster, scenario: Callable[[JetStreamContext], Awaitable[None]]) -> None:
-    """`scenario` with buckets of its own (names no other test uses), deleted after."""
+Opener = Callable[[str], Awaitable[LeaseBook]]
+
+
+def run(cluster: NatsCluster, scenario: Callable[[Opener], Awaitable[None]]) -> None:
+    """`scenario`, given a way to open a worker's book, on buckets of its own (a prefix no other test
+    uses), deleted after."""
 
     async def main() -> None:
         async with connected(*cluster.urls) as client:
             js = client.jetstream(timeout=30)
-            suffix = uuid.uuid4().hex[:8]
-            names = (leases.WORKERS, leases.LEASES)
-            leases.WORKERS, leases.LEASES = f"workers_{suffix}", f"leases_{suffix}"
+            prefix = f"t{uuid.uuid4().hex[:8]}"
             try:
-                await scenario(js)
+
+                async def book(worker: str) -> LeaseBook:
+                    return await LeaseBook.open(js, worker, replicas=3, lease_s=LEASE_S, prefix=prefix)
+
+                await scenario(book)
             finally:
-                for bucket in (leases.WORKERS, leases.LEASES):
-                    await js.delete_key_value(bucket)
-                leases.WORKERS, leases.LEASES = names
+                for what in (leases.WORKERS, leases.LEASES):
+                    await js.delete_key_value(leases.bucket_name(prefix, what))
 
     asyncio.run(main())
-
-
-async def book(js: JetStreamContext, worker: str) -> LeaseBook:
-    return await LeaseBook.open(js, worker, replicas=3, lease_s=LEASE_S)
 
 
 async def step(*books: LeaseBook) -> None:
@@ -69,8 +69,8 @@ async def settled(books: tuple[LeaseBook, ...], expected: list[int]) -> None:
 
 
 def test_two_workers_share_and_the_survivor_takes_over_fenced(nats_cluster: NatsCluster) -> None:
-    async def scenario(js: JetStreamContext) -> None:
-        a, b = await book(js, "worker-a"), await book(js, "worker-b")
+    async def scenario(book: Opener) -> None:
+        a, b = await book("worker-a"), await book("worker-b")
         await settled((a, b), [3, 2])
         held_by_a = dict(a.held)
         # a pauses past its lease (nobody drives it): b ends up with every source.
@@ -95,11 +95,11 @@ async def step_and_count(b: LeaseBook, wanted: int) -> bool:
 def test_a_joining_worker_takes_only_its_share_and_a_leaving_one_hands_over_at_once(
     nats_cluster: NatsCluster,
 ) -> None:
-    async def scenario(js: JetStreamContext) -> None:
-        a, b = await book(js, "worker-a"), await book(js, "worker-b")
+    async def scenario(book: Opener) -> None:
+        a, b = await book("worker-a"), await book("worker-b")
         await settled((a, b), [3, 2])
         before = {**{s: "a" for s in a.held}, **{s: "b" for s in b.held}}
-        c = await book(js, "worker-c")
+        c = await book("worker-c")
         await settled((a, b, c), [2, 2, 1])
         after = {**{s: "a" for s in a.held}, **{s: "b" for s in b.held}, **{s: "c" for s in c.held}}
         assert sum(1 for s in SOURCES if before[s] != after[s]) == 1  # the fewest moves: one

@@ -36,7 +36,7 @@ class Worker:
 
     def publish(self, full: bool = False) -> None:
         exported = self.part.export(full)
-        hours = self.part.hourly().keys() if full else parts.touched_hours(exported)
+        hours = parts.hours_to_write(self.part, exported, full)
         writes = [
             (parts.hour_key("alb", h), parts.hour_value(self.epoch, self.part.minutes_of_hour(h)))
             for h in hours

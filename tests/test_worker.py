@@ -38,10 +38,10 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
     writing = threading.Thread(target=traffic.run, args=(stop_traffic,))
 
     async def scenario() -> None:
-        parts.PARTS = f"parts_{uuid.uuid4().hex[:8]}"
+        prefix = f"t{uuid.uuid4().hex[:8]}"
         async with connected(*nats_cluster.urls) as writer, connected(*nats_cluster.urls[::-1]) as reader:
             js = writer.jetstream(timeout=30)
-            kv = await bus.parts_bucket(js, replicas=3)
+            kv = await bus.parts_bucket(js, replicas=3, prefix=prefix)
             worker = SourceWorker(
                 config.sources[0], tmp_path, kv, epoch=7, worker="w1", slot_prefix=shared.slot_prefix
             )
@@ -53,7 +53,7 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
                         return worker.pipeline.held["alb"].part.copy()
 
                 await until(lambda: part().count() == ROWS, "the initial copy in the worker")
-                view = PartsView(reader.jetstream(timeout=30))
+                view = PartsView(reader.jetstream(timeout=30), prefix)
                 await view.start()
                 writing.start()
                 await asyncio.to_thread(traffic_made, traffic, 300)
@@ -72,7 +72,7 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                await js.delete_key_value(parts.PARTS)
+                await js.delete_key_value(leases.bucket_name(prefix, parts.PARTS))
 
     asyncio.run(scenario())
 
@@ -84,18 +84,15 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
     names = [s.name for s in config.sources]
 
     async def scenario() -> None:
-        parts.PARTS = f"parts_{uuid.uuid4().hex[:8]}"
-        suffix = uuid.uuid4().hex[:8]
-        saved = (leases.WORKERS, leases.LEASES)
-        leases.WORKERS, leases.LEASES = f"workers_{suffix}", f"leases_{suffix}"
+        prefix = f"t{uuid.uuid4().hex[:8]}"
         async with connected(*nats_cluster.urls) as client:
             js = client.jetstream(timeout=30)
-            kv = await bus.parts_bucket(js, replicas=3)
-            view = PartsView(js)
+            kv = await bus.parts_bucket(js, replicas=3, prefix=prefix)
+            view = PartsView(js, prefix)
             await view.start()
             workers = {}
             for name in ("a", "b"):  # two machines: each its own state dir
-                book = await LeaseBook.open(js, f"worker-{name}", replicas=3, lease_s=LEASE_S)
+                book = await LeaseBook.open(js, f"worker-{name}", replicas=3, lease_s=LEASE_S, prefix=prefix)
                 workers[name] = Worker(
                     book, config.sources, tmp_path / name, kv, LEASE_S, slot_prefix=shared.slot_prefix
                 )
@@ -134,8 +131,7 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
                 for task in tasks.values():
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-                for bucket in (parts.PARTS, leases.WORKERS, leases.LEASES):
-                    await js.delete_key_value(bucket)
-                leases.WORKERS, leases.LEASES = saved
+                for what in (parts.PARTS, leases.WORKERS, leases.LEASES):
+                    await js.delete_key_value(leases.bucket_name(prefix, what))
 
     asyncio.run(scenario())

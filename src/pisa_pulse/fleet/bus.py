@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.fleet import parts
-from pisa_pulse.fleet.leases import bucket
+from pisa_pulse.fleet.leases import PREFIX, bucket, bucket_name
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ WRITE_DEADLINE_S = 60.0  # retrying a write through elections (measured: 4.4-7.5
 DELETED = ("DEL", "PURGE")
 
 
-async def parts_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
+async def parts_bucket(js: JetStreamContext, replicas: int, prefix: str = PREFIX) -> KeyValue:
     """The parts bucket (no age limit: a source's state stays until it is replaced)."""
-    return await bucket(js, parts.PARTS, replicas, 0)
+    return await bucket(js, bucket_name(prefix, parts.PARTS), replicas, 0)
 
 
 class PartsPublisher:
@@ -83,12 +83,14 @@ class PartsPublisher:
 class PartsView:
     """Every source's published part, as a replica follows them (see the module docstring)."""
 
-    def __init__(self, js: JetStreamContext, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, js: JetStreamContext, prefix: str = PREFIX, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self.js = js
         self.on_change = on_change
         self.sources: dict[str, parts.SourceView] = {}
         self.version = 0  # bumps with every value taken
-        self._prefix = f"$KV.{parts.PARTS}."
+        self._prefix = f"$KV.{bucket_name(prefix, parts.PARTS)}."
         self._subscription: object | None = None
 
     async def start(self) -> None:

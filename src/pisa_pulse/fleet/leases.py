@@ -2,9 +2,9 @@
 
 Two buckets, replicated as the cluster allows (`replicas`):
 
-- `WORKERS` (`pisa_pulse_workers`): one key per live worker, renewed every `lease_s / 3` seconds;
+- `<prefix>_workers` (`WORKERS`): one key per live worker, renewed every `lease_s / 3` seconds;
   the bucket's age limit (`lease_s`) removes the key of a worker that stopped renewing.
-- `LEASES` (`pisa_pulse_leases`): one key per leased source, `{"worker": ID, "epoch": E}`, with the
+- `<prefix>_leases` (`LEASES`): one key per leased source, `{"worker": ID, "epoch": E}`, with the
   same age limit. A worker takes a free source with `create` (which fails if anyone holds it) and
   renews it with `update(last=revision)`, which fails once anyone else has written the key: a worker
   that paused past its lease finds out at its next renewal, and never writes over its successor.
@@ -39,8 +39,9 @@ from pisa_pulse.fleet.assign import plan
 
 log = logging.getLogger(__name__)
 
-WORKERS = "pisa_pulse_workers"
-LEASES = "pisa_pulse_leases"
+PREFIX = "pisa_pulse"  # every bucket's name starts with it, so one NATS account can hold several deployments
+WORKERS = "workers"
+LEASES = "leases"
 LEASE_S = 6  # whole seconds (JetStream's age limits are): several, so a loaded 2-core machine does not flap
 
 
@@ -52,6 +53,11 @@ class Lease:
     worker: str
     epoch: int
     revision: int
+
+
+def bucket_name(prefix: str, what: str) -> str:
+    """The name of one of a deployment's buckets (`pisa_pulse_leases`)."""
+    return f"{prefix}_{what}"
 
 
 async def bucket(js: JetStreamContext, name: str, replicas: int, max_age_s: int) -> KeyValue:
@@ -89,11 +95,11 @@ class LeaseBook:
 
     @classmethod
     async def open(
-        cls, js: JetStreamContext, worker: str, replicas: int, lease_s: int = LEASE_S
+        cls, js: JetStreamContext, worker: str, replicas: int, lease_s: int = LEASE_S, prefix: str = PREFIX
     ) -> LeaseBook:
         """The buckets (created when missing) and an empty book for `worker`."""
-        workers = await bucket(js, WORKERS, replicas, lease_s)
-        leases = await bucket(js, LEASES, replicas, lease_s)
+        workers = await bucket(js, bucket_name(prefix, WORKERS), replicas, lease_s)
+        leases = await bucket(js, bucket_name(prefix, LEASES), replicas, lease_s)
         return cls(workers, leases, worker)
 
     async def heartbeat(self) -> None:

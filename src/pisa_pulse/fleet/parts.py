@@ -1,6 +1,6 @@
 """What a worker publishes of a source, and how a replica puts it back together.
 
-Each source is published as values of JetStream key-value keys (bucket `PARTS`), each the state of
+Each source is published as values of JetStream key-value keys (bucket `<prefix>_parts`), each the state of
 its piece, never a delta, so that a reader needs only the latest value of each key and a repeat
 changes nothing:
 
@@ -28,7 +28,7 @@ from typing import Any
 from pisa_pulse.engine.aggregates import Aggregates, Exported
 from pisa_pulse.errors import PisaPulseError
 
-PARTS = "pisa_pulse_parts"
+PARTS = "parts"
 SCHEMA = 1
 
 
@@ -68,8 +68,11 @@ def hour_value(epoch: int, minutes: dict[int, dict[int, int]]) -> bytes:
     return _encode({"epoch": epoch, "countries": countries})
 
 
-def touched_hours(exported: Exported) -> set[int]:
-    """The hours whose minutes an export (not `full`) names."""
+def hours_to_write(part: Aggregates, exported: Exported, full: bool) -> set[int]:
+    """The hours whose minutes to write: every hour of `part` that holds rows when `full`, else those
+    an export (not `full`) names as touched."""
+    if full:
+        return set(part.hourly())
     return {-1 if minute == -1 else minute // 60 for _, minutes in exported.values() for minute in minutes}
 
 

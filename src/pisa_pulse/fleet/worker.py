@@ -101,7 +101,7 @@ class SourceWorker:
         exported = self.pipeline.take_parts(full).get(name, {})  # what changed since the last time
         with self.pipeline.lock:  # then the part as of one moment, at least as new
             part = self.pipeline.held[name].part.copy()
-        hours = part.hourly().keys() if full else parts.touched_hours(exported)
+        hours = parts.hours_to_write(part, exported, full)
         await self.publisher.publish(
             self.epoch, as_of, position_text(self.pipeline.position(name)), part, hours
         )
