@@ -72,8 +72,9 @@ def api_bodies(base: str, asked: str | None) -> tuple[Bodies, list[float]]:
         query = f"?countries={asked}" if asked is not None and name in oracle.PER_COUNTRY else ""
         body, headers = get(f"{base}api/charts/{name}{query}")
         bodies[name] = body
-        stamp = headers.get("x-data-as-of")
-        as_of.append(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else 0.0)
+        stamp = headers.get("x-data-as-of", "unknown")  # unknown: a source has not said yet
+        known = stamp != "unknown"
+        as_of.append(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if known else 0.0)
     return bodies, as_of
 
 

@@ -11,12 +11,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from pisa_pulse.engine.aggregates import Aggregates
-from pisa_pulse.fleet import bus, leases, parts
+from pisa_pulse.fleet import checkpoints, leases, parts
 from pisa_pulse.fleet.bus import PartsView
 from pisa_pulse.fleet.leases import LeaseBook
-from pisa_pulse.fleet.worker import SourceWorker, Worker
+from pisa_pulse.fleet.worker import SourceWorker, Stores, Worker
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import SharedServer
 from tests.nats_cluster import NatsCluster, connected, until
@@ -24,6 +26,18 @@ from tests.test_parts import bodies
 from tests.test_pipeline import traffic_made
 
 pytestmark = pytest.mark.server
+
+
+async def delete_stores(js: JetStreamContext, prefix: str) -> None:
+    """Remove every bucket and stream a test made under `prefix` (the cluster is shared)."""
+    for what in (parts.PARTS, leases.WORKERS, leases.LEASES):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_key_value(leases.bucket_name(prefix, what))
+    with contextlib.suppress(NotFoundError):
+        await js.delete_stream(leases.bucket_name(prefix, checkpoints.CHECKPOINTS))
+    with contextlib.suppress(NotFoundError):
+        await js.delete_object_store(leases.bucket_name(prefix, checkpoints.SNAPSHOTS))
+
 
 ROWS = 200
 LEASE_S = 2  # short, for the test: expiry is what the takeover waits for
@@ -41,16 +55,19 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
         prefix = f"t{uuid.uuid4().hex[:8]}"
         async with connected(*nats_cluster.urls) as writer, connected(*nats_cluster.urls[::-1]) as reader:
             js = writer.jetstream(timeout=30)
-            kv = await bus.parts_bucket(js, replicas=3, prefix=prefix)
+            stores = await Stores.open(js, replicas=3, prefix=prefix)
             worker = SourceWorker(
-                config.sources[0], tmp_path, kv, epoch=7, worker="w1", slot_prefix=shared.slot_prefix
+                config.sources[0], tmp_path, stores, epoch=7, worker="w1", slot_prefix=shared.slot_prefix
             )
             task = asyncio.create_task(worker.run())
             try:
 
                 def part() -> Aggregates:
-                    with worker.pipeline.lock:
-                        return worker.pipeline.held["alb"].part.copy()
+                    pipeline = worker.pipeline
+                    if pipeline is None:
+                        return Aggregates()
+                    with pipeline.lock:
+                        return pipeline.held["alb"].part.copy()
 
                 await until(lambda: part().count() == ROWS, "the initial copy in the worker")
                 view = PartsView(reader.jetstream(timeout=30), prefix)
@@ -72,7 +89,7 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                await js.delete_key_value(leases.bucket_name(prefix, parts.PARTS))
+                await delete_stores(js, prefix)
 
     asyncio.run(scenario())
 
@@ -87,14 +104,14 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
         prefix = f"t{uuid.uuid4().hex[:8]}"
         async with connected(*nats_cluster.urls) as client:
             js = client.jetstream(timeout=30)
-            kv = await bus.parts_bucket(js, replicas=3, prefix=prefix)
+            stores = await Stores.open(js, replicas=3, prefix=prefix)
             view = PartsView(js, prefix)
             await view.start()
             workers = {}
             for name in ("a", "b"):  # two machines: each its own state dir
                 book = await LeaseBook.open(js, f"worker-{name}", replicas=3, lease_s=LEASE_S, prefix=prefix)
                 workers[name] = Worker(
-                    book, config.sources, tmp_path / name, kv, LEASE_S, slot_prefix=shared.slot_prefix
+                    book, config.sources, tmp_path / name, stores, LEASE_S, slot_prefix=shared.slot_prefix
                 )
             stops = {name: asyncio.Event() for name in workers}
             tasks = {name: asyncio.create_task(w.run(stops[name])) for name, w in workers.items()}
@@ -131,7 +148,6 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
                 for task in tasks.values():
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-                for what in (parts.PARTS, leases.WORKERS, leases.LEASES):
-                    await js.delete_key_value(leases.bucket_name(prefix, what))
+                await delete_stores(js, prefix)
 
     asyncio.run(scenario())

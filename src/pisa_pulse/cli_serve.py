@@ -47,11 +47,13 @@ def add_command(
     )
 
 
-def http_options(parser: argparse.ArgumentParser) -> None:
-    """--host and --port, shared by serve and demo (help and defaults from the settings table), and
-    --allow-remote-control."""
+def http_options(parser: argparse.ArgumentParser, traffic_controls: bool = True) -> None:
+    """--host and --port, shared by serve, demo and api (help and defaults from the settings table),
+    and --allow-remote-control where there are traffic controls."""
     _setting_option(parser, "server.host")
     _setting_option(parser, "server.port", type=int)
+    if not traffic_controls:
+        return
     parser.add_argument(
         "--allow-remote-control",
         action="store_true",

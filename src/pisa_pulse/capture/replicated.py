@@ -30,6 +30,7 @@ import re
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -54,7 +55,7 @@ from pisa_pulse.capture.polled import PolledSource
 from pisa_pulse.capture.preflight import check_table, replication_blockers
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources.config import Source, database_of, first_line
-from pisa_pulse.sources.databases import connected
+from pisa_pulse.sources.databases import Connection, connected
 from pisa_pulse.sources.schema import CHART_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class ReplicatedSource:
     loop: ReplicationLoop
     poll_interval: float = 0.25  # for an auto source that turns out to need polling
     reconcile_interval: float = 30.0
+    claim: Callable[[], bool] | None = None  # may we end another backend's hold on the slot? (None: never)
     position: Position | None = None  # handed over; None until copied or started from a position
     state: State = State.CONNECTING
     reason: str = ""
@@ -320,6 +322,8 @@ class ReplicatedSource:
                     cur.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
                     db_oid = (cur.fetchone() or (0,))[0]
                 slot = replication.slot_info(conn, self.slot)
+                if slot is not None and slot.active_pid is not None and self.claim is not None:
+                    self._take_slot(conn, slot.active_pid)
                 stream = replication.ReplicationStream(self.source, self.slot)
                 identity = f"{stream.system_id()}:{db_oid}"
                 # A slot confirmed past our position is fine: we never confirm beyond the checkpoint,
@@ -347,6 +351,18 @@ class ReplicatedSource:
         self._confirmed = 0
         self.heard_at = time.time()
         log.info("streaming source=%s lsn=%s", self.name, replication.lsn_text(self.position.lsn))
+
+    def _take_slot(self, conn: Connection, pid: int) -> None:
+        """Another backend streams from the slot: a former owner's walsender (a worker that paused past
+        its lease holds it until `wal_sender_timeout`). End it if `claim` says this process owns the
+        source now (a lease check in the fleet), else wait for the next try."""
+        assert self.claim is not None
+        if not self.claim():
+            raise PisaPulseError(
+                f"slot {self.slot} is held by backend {pid} and this process does not own {self.name}",
+                "nothing to do: it retries, and stops when its lease is gone",
+            )
+        replication.end_holder(conn, self.slot, pid)
 
     def _copy(self, stream: replication.ReplicationStream, identity: str, why: str) -> None:
         """Create the slot and copy through its snapshot, in batches the engine reconciles at the end."""

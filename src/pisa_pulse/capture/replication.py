@@ -65,22 +65,32 @@ def ensure_publication(conn: Connection, columns: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class SlotInfo:
-    """What the server says of a slot: its WAL status ('lost' once invalidated) and confirmed position."""
+    """What the server says of a slot: its WAL status ('lost' once invalidated), confirmed position and
+    the backend streaming from it (None: nobody)."""
 
     wal_status: str
     confirmed_flush: int
+    active_pid: int | None = None
 
 
 def slot_info(conn: Connection, slot: str) -> SlotInfo | None:
     """The slot in this database, or None when it does not exist."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT coalesce(wal_status, 'reserved'), coalesce(confirmed_flush_lsn, '0/0')::text "
-            "FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
+            "SELECT coalesce(wal_status, 'reserved'), coalesce(confirmed_flush_lsn, '0/0')::text, "
+            "active_pid FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
             (slot,),
         )
         row = cur.fetchone()
-    return None if row is None else SlotInfo(str(row[0]), parse_lsn(row[1]))
+    return None if row is None else SlotInfo(str(row[0]), parse_lsn(row[1]), row[2])
+
+
+def end_holder(conn: Connection, slot: str, pid: int) -> None:
+    """End backend `pid`, which streams from `slot` (a former owner's walsender), and wait until the
+    slot is free."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+    log.info("ended the slot's former holder slot=%s pid=%d", slot, pid)
 
 
 def drop_slot(conn: Connection, slot: str, timeout: float = 10.0) -> None:

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pisa_pulse.capture.contract import Batch, BatchKind, CapturedSource, Position, SourceStatus
 from pisa_pulse.capture.sources import captured_sources
@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 def checkpoint_path(data_dir: Path) -> Path:
     """Where the pipeline keeps its checkpoint in a data dir."""
     return data_dir / "pipeline" / "checkpoint.sqlite3"
+
+
+class Mirror(Protocol):
+    """A second home for the checkpoint (fleet/checkpoints.py), told of each source's fresh copy and of
+    each checkpoint after the local one and before the position is confirmed; it raises to stop the
+    pipeline (the position is then not confirmed)."""
+
+    def forget(self, name: str) -> None: ...
+    def save(self, name: str, changes: SourceChanges, store: CheckpointStore) -> None: ...
 
 
 @dataclass
@@ -64,8 +73,13 @@ class Pipeline:
         poll_interval: float = 0.25,
         reconcile_interval: float = 30.0,
         on_change: Callable[[], None] | None = None,
+        mirror: Mirror | None = None,
+        claim: Callable[[str], bool] | None = None,
     ) -> None:
+        """`mirror`: where checkpoints also go; `claim(name)`: whether this process may end another's
+        hold on a source's slot (capture/replicated.py; None: it never does)."""
         self.checkpoint_interval = checkpoint_interval
+        self.mirror = mirror
         self.store = CheckpointStore(checkpoint_path(data_dir))
         self.version = 0  # bumps whenever the aggregates change
         self.latencies_ms: deque[float] = deque(maxlen=100_000)  # commit -> applied, per transaction
@@ -74,7 +88,7 @@ class Pipeline:
         self._on_change = on_change
         self._dirty: set[str] = set()  # sources whose part changed since `take_parts`
         saved = self.store.positions()
-        captures = captured_sources(sources, slot_prefix, poll_interval, reconcile_interval)
+        captures = captured_sources(sources, slot_prefix, poll_interval, reconcile_interval, claim)
         self.held: dict[str, Held] = {}
         for src, capture in zip(sources, captures, strict=True):
             part = Aggregates()
@@ -111,6 +125,8 @@ class Pipeline:
             # Durably, before the source makes a new slot: a crash during the copy leads to another copy.
             with self._store_lock:
                 self.store.forget(name)
+                if self.mirror is not None:
+                    self.mirror.forget(name)
                 with self.lock:
                     h.position = h.checkpointed = None
                     h.copy_seen = set()
@@ -152,6 +168,9 @@ class Pipeline:
                     if h.position is not None and h.copy_seen is None and due:
                         changes[name] = SourceChanges(h.position, list(h.ledger.take_changes()))
             written = self.store.save(changes) if changes else 0
+            if self.mirror is not None:
+                for name, ch in changes.items():
+                    self.mirror.save(name, ch, self.store)
         for name, ch in changes.items():
             h = self.held[name]
             h.checkpointed = ch.position

@@ -5,9 +5,10 @@
 - `parts`: what a worker publishes of a source (state, never deltas; the bytes follow the changes),
   and how an API replica puts it back together, dropping what an older owner wrote.
 - `bus`: those values written to NATS (retried through elections) and a replica's view of them.
+- `checkpoints`: each source's ledger and position in JetStream (a log that follows the changes, and
+  a snapshot it is compacted into), fenced by the log's sequence, so any worker can resume a source.
 - `worker`: one leased source captured by the engine's pipeline and published under its epoch
   (`SourceWorker`), and a worker whose leases decide which sources it captures (`Worker`).
-
-Still to come (issue 15): the `worker` and `api` commands, checkpoints in JetStream (a new owner
-makes a fresh copy until then), per-source status, and docs/deploy.md.
+- `replica`: an API replica's snapshots, merged from the published parts.
+- `connect`: the NATS connection of the `worker`, `api` and `fleet` commands (cli_fleet.py).
 """

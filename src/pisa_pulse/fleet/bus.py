@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from pisa_pulse.engine.aggregates import Aggregates
@@ -34,6 +34,21 @@ HEARTBEAT_S = 1.0  # the replica's consumer: a lost one is recreated after two m
 WRITE_TIMEOUT_S = 5.0
 WRITE_DEADLINE_S = 60.0  # retrying a write through elections (measured: 4.4-7.5 s each)
 DELETED = ("DEL", "PURGE")
+T = TypeVar("T")
+
+
+async def retried(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()`, repeated while the stream elects a leader (nothing stored) or does not answer,
+    for up to `WRITE_DEADLINE_S`."""
+    deadline = time.monotonic() + WRITE_DEADLINE_S
+    while True:
+        try:
+            return await asyncio.wait_for(attempt(), WRITE_TIMEOUT_S)
+        except (TimeoutError, NoStreamResponseError, NatsTimeout):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not {what} on NATS for {WRITE_DEADLINE_S:g} s") from None
+            log.debug("retrying to %s: the stream is electing a leader", what)
+            await asyncio.sleep(0.25)
 
 
 async def parts_bucket(js: JetStreamContext, replicas: int, prefix: str = PREFIX) -> KeyValue:
@@ -66,16 +81,7 @@ class PartsPublisher:
         await self._put(parts.status_key(self.source), parts.status_value(epoch, worker, status))
 
     async def _put(self, key: str, value: bytes) -> None:
-        deadline = time.monotonic() + WRITE_DEADLINE_S
-        while True:
-            try:
-                await asyncio.wait_for(self.kv.put(key, value), WRITE_TIMEOUT_S)
-                break
-            except (TimeoutError, NoStreamResponseError, NatsTimeout):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not write {key} to NATS for {WRITE_DEADLINE_S:g} s") from None
-                log.debug("write of %s retried: the bucket is electing a leader", key)
-                await asyncio.sleep(0.25)
+        await retried(f"write {key}", lambda: self.kv.put(key, value))
         self.bytes_written += len(value)
         self.messages_written += 1
 
@@ -91,7 +97,9 @@ class PartsView:
         self.sources: dict[str, parts.SourceView] = {}
         self.version = 0  # bumps with every value taken
         self._prefix = f"$KV.{bucket_name(prefix, parts.PARTS)}."
+        self._bucket = bucket_name(prefix, parts.PARTS)
         self._subscription: object | None = None
+        self._caught_up = asyncio.Event()  # every value stored when it started has been taken
 
     async def start(self) -> None:
         """Subscribe: the last value of every key, then every new one."""
@@ -103,7 +111,20 @@ class PartsView:
             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
         )
 
+    async def caught_up(self, timeout: float = 10.0) -> None:
+        """Wait until the values stored when the view started have all been taken (an empty or
+        missing bucket: at once)."""
+        try:
+            info = await self.js.stream_info(f"KV_{self._bucket}")
+            if not info.state.messages:
+                return
+        except NotFoundError:
+            return
+        await asyncio.wait_for(self._caught_up.wait(), timeout)
+
     async def _take(self, msg: Msg) -> None:
+        if msg.metadata.num_pending == 0:
+            self._caught_up.set()
         key = msg.subject.removeprefix(self._prefix)
         source = key.split(".")[1]
         view = self.sources.setdefault(source, parts.SourceView())

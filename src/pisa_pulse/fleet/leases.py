@@ -154,6 +154,18 @@ class LeaseBook:
         self.held[lease.source] = renewed
         return renewed
 
+    async def holds(self, source: str) -> bool:
+        """Whether this worker holds `source`'s lease now, as NATS says (not as the book remembers)."""
+        lease = self.held.get(source)
+        if lease is None:
+            return False
+        try:
+            entry = await self.leases.get(source)
+        except KeyNotFoundError:
+            return False
+        current = _decode(source, entry.value, entry.revision or 0)
+        return current is not None and current.worker == self.worker and current.epoch == lease.epoch
+
     async def renew_all(self) -> None:
         """Heartbeat and renew every lease held."""
         await self.heartbeat()

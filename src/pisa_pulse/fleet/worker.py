@@ -12,20 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from pisa_pulse.capture.contract import Position
-from pisa_pulse.engine.pipeline import Pipeline
-from pisa_pulse.fleet import parts
-from pisa_pulse.fleet.bus import PartsPublisher
-from pisa_pulse.fleet.leases import LeaseBook
+from pisa_pulse.engine.checkpoint import CheckpointStore, SourceChanges
+from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
+from pisa_pulse.fleet import checkpoints, parts
+from pisa_pulse.fleet.bus import PartsPublisher, parts_bucket
+from pisa_pulse.fleet.leases import PREFIX, LeaseBook
 from pisa_pulse.sources.config import Source
+
+log = logging.getLogger(__name__)
 
 COALESCE_S = 0.02  # least time between two writes of a source's changes
 BEAT_S = 0.5  # between writes of an idle source's sums (its freshness)
@@ -37,54 +46,109 @@ def position_text(position: Position | None) -> str | None:
     return None if position is None else f"{position.identity}@{position.lsn}"
 
 
+@dataclass(frozen=True)
+class Stores:
+    """Where a worker writes on NATS: the parts bucket, the checkpoints' log and snapshots."""
+
+    js: JetStreamContext
+    parts: KeyValue
+    objects: ObjectStore
+    prefix: str = PREFIX
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, replicas: int, prefix: str = PREFIX) -> Stores:
+        """Every bucket and stream, created with `replicas` copies when missing."""
+        kv = await parts_bucket(js, replicas, prefix)
+        return cls(js, kv, await checkpoints.open_stores(js, replicas, prefix), prefix)
+
+
 class SourceWorker:
-    """Capture of one source, published under `epoch` (see the module docstring)."""
+    """Capture of one source, published under `epoch` (see the module docstring).
+
+    `run` first claims the source's checkpoint in JetStream (`checkpoints.SourceLog`) and writes what
+    it holds into the local state dir, so the pipeline resumes where the former owner stopped; where
+    there is none, or it has a gap, the pipeline copies the source afresh, and the status says why.
+    """
 
     def __init__(
         self,
         source: Source,
         state_dir: Path,
-        kv: KeyValue,
+        stores: Stores,
         epoch: int,
         worker: str = "",
-        slot_prefix: str = "pisa_pulse",
-        poll_interval: float = 0.25,
-        reconcile_interval: float = 30.0,
+        claim: Callable[[str], bool] | None = None,
+        **capture: Any,
     ) -> None:
         self.source = source
+        self.state_dir = state_dir / source.name
         self.epoch = epoch
         self.worker = worker
-        self.publisher = PartsPublisher(kv, source.name)
+        self.claim = claim
+        self.capture = capture
+        self.publisher = PartsPublisher(stores.parts, source.name)
+        self.log = checkpoints.SourceLog(
+            stores.js, stores.objects, source.name, epoch, stores.prefix, asyncio.get_running_loop()
+        )
+        self.resumed: dict[str, Any] = {}  # how it started: from a checkpoint, or copied afresh and why
+        self.pipeline: Pipeline | None = None
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self.pipeline = Pipeline(
-            [source],
-            state_dir / source.name,
-            slot_prefix=slot_prefix,
-            poll_interval=poll_interval,
-            reconcile_interval=reconcile_interval,
-            on_change=self._on_change,
-        )
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self.pipeline.run, args=(self._stop,), name=f"capture-{source.name}"
-        )
+        self._failure: BaseException | None = None
 
     def _on_change(self) -> None:
         """From the capture thread: a batch changed the part."""
         self._loop.call_soon_threadsafe(self._changed.set)
 
+    async def _resume(self) -> Pipeline:
+        """Claim the checkpoint, put it in the local state dir, and open the pipeline on it."""
+        restored = await self.log.claim()
+        if restored.position is not None:
+            self.resumed = {"from": "checkpoint", "rows": len(restored.rows), "log_sequence": restored.last}
+        else:
+            self.resumed = {"from": "copy", "why": restored.why}
+        log.info("resuming source=%s epoch=%d %s", self.source.name, self.epoch, self.resumed)
+
+        def local() -> Pipeline:
+            shutil.rmtree(self.state_dir, ignore_errors=True)  # JetStream's copy is the one that counts
+            if restored.position is not None:
+                store = CheckpointStore(checkpoint_path(self.state_dir))
+                store.save({self.source.name: SourceChanges(restored.position, restored.rows.items())})
+                store.close()
+            return Pipeline(
+                [self.source],
+                self.state_dir,
+                on_change=self._on_change,
+                mirror=self.log,
+                claim=self.claim,
+                **self.capture,
+            )
+
+        return await asyncio.to_thread(local)
+
     async def run(self) -> None:
-        """Capture and publish until cancelled; then stop capture (it checkpoints first)."""
-        self._thread.start()
+        """Resume, capture and publish until cancelled; then stop capture (it checkpoints first).
+        Raises when capture stops by itself (`checkpoints.Superseded`: another worker took over)."""
+        self.pipeline = pipeline = await self._resume()
+        thread = threading.Thread(target=self._capture, args=(pipeline,), name=f"capture-{self.source.name}")
+        thread.start()
         try:
             full, reported = True, 0.0
             while True:
+                if not thread.is_alive():
+                    raise self._failure or RuntimeError(f"capture of {self.source.name} stopped")
                 self._changed.clear()
-                await self._publish(full)
+                await self._publish(pipeline, full)
                 full, sent = False, time.monotonic()
                 if sent - reported >= STATUS_S:
-                    await self.publisher.publish_status(self.epoch, self.worker, self.pipeline.status()[0])
+                    status = {
+                        **pipeline.status()[0],
+                        "reported_at": time.time(),
+                        "resumed": self.resumed,
+                        "checkpoint": self.log.describe(),
+                    }
+                    await self.publisher.publish_status(self.epoch, self.worker, status)
                     reported = sent
                 try:
                     await asyncio.wait_for(self._changed.wait(), BEAT_S)
@@ -93,28 +157,33 @@ class SourceWorker:
                     pass
         finally:
             self._stop.set()
-            await asyncio.to_thread(self._thread.join)
+            await asyncio.to_thread(thread.join)
 
-    async def _publish(self, full: bool) -> None:
+    def _capture(self, pipeline: Pipeline) -> None:
+        try:
+            pipeline.run(self._stop)
+        except BaseException as exc:  # handed to `run`, which raises it in the worker's loop
+            self._failure = exc
+            self._loop.call_soon_threadsafe(self._changed.set)
+
+    async def _publish(self, pipeline: Pipeline, full: bool) -> None:
         name = self.source.name
-        as_of = self.pipeline.as_of()  # before the part: it holds at least everything up to it
-        exported = self.pipeline.take_parts(full).get(name, {})  # what changed since the last time
-        with self.pipeline.lock:  # then the part as of one moment, at least as new
-            part = self.pipeline.held[name].part.copy()
+        as_of = pipeline.as_of()  # before the part: it holds at least everything up to it
+        exported = pipeline.take_parts(full).get(name, {})  # what changed since the last time
+        with pipeline.lock:  # then the part as of one moment, at least as new
+            part = pipeline.held[name].part.copy()
         hours = parts.hours_to_write(part, exported, full)
-        await self.publisher.publish(
-            self.epoch, as_of, position_text(self.pipeline.position(name)), part, hours
-        )
+        await self.publisher.publish(self.epoch, as_of, position_text(pipeline.position(name)), part, hours)
 
 
 class Worker:
     """A capture worker: leases (`LeaseBook`) decide which sources it captures, one `SourceWorker`
     each, started under the lease's epoch and cancelled when the lease goes.
 
-    Every `lease_s / 3` seconds it renews what it holds, then moves one step towards the plan. A new
-    owner of a source starts from its own checkpoint (none yet on another machine: a fresh copy, whose
-    slot drop ends the walsender an old owner may still hold). `run(stop)` hands every lease over when
-    `stop` is set (SIGTERM); cancelled instead (a crash), it lets the leases expire.
+    Every `lease_s / 3` seconds it renews what it holds, then moves one step towards the plan. A
+    source whose capture stopped by itself (another worker took it over, or NATS refused its
+    checkpoint for a minute) is released, to be taken again from its checkpoint. `run(stop)` hands
+    every lease over when `stop` is set (SIGTERM); cancelled instead (a crash), it lets them expire.
     """
 
     def __init__(
@@ -122,22 +191,25 @@ class Worker:
         book: LeaseBook,
         sources: Sequence[Source],
         state_dir: Path,
-        kv: KeyValue,
+        stores: Stores,
         lease_s: float,
         **capture: Any,
     ) -> None:
         self.book = book
         self.sources = {s.name: s for s in sources}
         self.state_dir = state_dir
-        self.kv = kv
+        self.stores = stores
         self.lease_s = lease_s
         self.capture = capture
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.workers: dict[str, SourceWorker] = {}
+        self._loop = asyncio.get_running_loop()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
                 await self.book.renew_all()
+                await self._reap()
                 await self.book.rebalance(list(self.sources))
                 await self._follow_leases()
                 with contextlib.suppress(TimeoutError):
@@ -146,6 +218,25 @@ class Worker:
             await self._cancel(list(self.running))
         await self.book.leave()
 
+    def claim(self, name: str) -> bool:
+        """From a capture thread: whether this worker still holds `name`'s lease (asked of NATS)."""
+        future = asyncio.run_coroutine_threadsafe(self.book.holds(name), self._loop)
+        try:
+            return future.result(self.lease_s)
+        except (FutureTimeout, OSError, TimeoutError):
+            future.cancel()
+            return False
+
+    async def _reap(self) -> None:
+        """Release the sources whose capture ended by itself."""
+        for name, task in list(self.running.items()):
+            if task.done():
+                del self.running[name]
+                self.workers.pop(name, None)
+                failure = None if task.cancelled() else task.exception()
+                log.warning("capture of source=%s stopped: %s; letting it go", name, failure)
+                await self.book.release(name)
+
     async def _follow_leases(self) -> None:
         held = self.book.held
         await self._cancel([name for name in self.running if name not in held])
@@ -153,17 +244,19 @@ class Worker:
             source_worker = SourceWorker(
                 self.sources[name],
                 self.state_dir,
-                self.kv,
+                self.stores,
                 held[name].epoch,
                 self.book.worker,
+                self.claim,
                 **self.capture,
             )
+            self.workers[name] = source_worker
             self.running[name] = asyncio.create_task(source_worker.run(), name=f"source-{name}")
 
     async def _cancel(self, names: list[str]) -> None:
         tasks = [self.running.pop(name) for name in names]
+        for name in names:
+            self.workers.pop(name, None)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)  # a failure was logged by `_reap`, or moot
