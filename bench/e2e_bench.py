@@ -44,12 +44,7 @@ TIMEOUT_S = 30.0
 def freshness(mode: str, students: int, rate: float, seconds: float) -> dict[str, Any]:
     """Commit-to-visible latency over HTTP of marker rows in `mode`, with traffic at `rate` ops/s."""
     with scratch_dir() as data_dir:
-        config = _up(data_dir, "full", students // 20)
-        held = total_rows(config)
-        vacuum(config)
-        probe, others = config.sources[-1], config.sources[:-1]
-        traffic_dir = _traffic_dir(data_dir.parent / "traffic", config, others)
-        postmaster = postmaster_pid(config, data_dir)
+        config, held, probe, traffic_dir, postmaster = probed_sources(data_dir, students)
         with ServeProcess(serve_command(data_dir, config, mode), data_dir.parent / "serve.log") as server:
             server.wait_ready(mode, held)
             traffic = _traffic(traffic_dir, rate, seconds + 5)
@@ -72,6 +67,19 @@ def freshness(mode: str, students: int, rate: float, seconds: float) -> dict[str
     }
 
 
+def probed_sources(
+    data_dir: Path, students: int
+) -> tuple[cfg.SourcesConfig, int, cfg.Source, Path, int | None]:
+    """The 20 countries seeded and vacuumed; their config, rows, the probe's source (the last), a
+    traffic data dir of the others, and the cluster's postmaster pid."""
+    config = _up(data_dir, "full", students // 20)
+    held = total_rows(config)
+    vacuum(config)
+    probe, others = config.sources[-1], config.sources[:-1]
+    traffic_dir = _traffic_dir(data_dir.parent / "traffic", config, others)
+    return config, held, probe, traffic_dir, postmaster_pid(config, data_dir)
+
+
 def _traffic_dir(path: Path, config: cfg.SourcesConfig, sources: tuple[cfg.Source, ...]) -> Path:
     """A data dir whose sources config lists only `sources` (no cluster), for a `pisa-pulse traffic` run."""
     path.mkdir(parents=True)
@@ -79,13 +87,14 @@ def _traffic_dir(path: Path, config: cfg.SourcesConfig, sources: tuple[cfg.Sourc
     return path
 
 
-def _probe(url: str, dsn: str, country: str, seconds: float) -> tuple[list[float], int]:
-    """Markers for `seconds`; returns their commit-to-visible latencies (ms) and the reads made."""
+def _probe(url: str, dsn: str, country: str, seconds: float, seed: int = 11) -> tuple[list[float], int]:
+    """Markers for `seconds`; returns their commit-to-visible latencies (ms) and the reads made (`seed`:
+    of the markers' ids, another one for a second probe of the same sources)."""
     client = http.client.HTTPConnection(*host_port(url), timeout=TIMEOUT_S)
     reader = _CountReader(client, CHART + country.upper())
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
-    rng = random.Random(11)
+    rng = random.Random(seed)
     latencies: list[float] = []
     try:
         expected = reader.count()

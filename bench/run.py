@@ -41,6 +41,7 @@ import capture_bench
 import clients_bench
 import dashboard_bench
 import e2e_bench
+import fleet_bench
 import limits_bench
 import poll_bench
 import rate_bench
@@ -65,6 +66,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scale_sizes": (2_000,),
         "decode_changes": 2_000,
         "clients_rounds": 1,
+        "fleet_sizes": (2_000,),
         "soak": (0.5, 10, 2_000),
         "page": (0.25, 5.0),
         # rate: demo minutes, warm-up s, sample s, demo options; students, rate, minutes of the big case
@@ -81,6 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scale_sizes": (20_000, 60_000),
         "decode_changes": 50_000,
         "clients_rounds": 2,
+        "fleet_sizes": (60_000,),
         "soak": (5.0, 200, 60_000),
         "page": (2.0, 15.0),
         "rate": (2.0, 30.0, 10.0, [], 60_000, 1_000.0, 1.0),
@@ -96,6 +99,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scale_sizes": (60_000, 600_000, 2_400_000),
         "decode_changes": 200_000,
         "clients_rounds": 2,
+        "fleet_sizes": (60_000, 600_000),  # checkpoint bytes at both; the failover target at 600,000
         "soak": (30.0, 200, 60_000),  # minutes, dashboards, students, at 1,000 operations/s
         "page": (10.0, 30.0),  # the dashboard left open: minutes, seconds between samples
         "rate": (10.0, 30.0, 10.0, [], 600_000, 1_000.0, 2.0),  # `make demo` as is; 600,000 at 1,000/s
@@ -172,6 +176,16 @@ def run_clients(p: dict[str, Any], r: dict[str, Any]) -> None:
     r["clients"] = clients_bench.clients(p["seconds"], p["clients_rounds"])
 
 
+def run_fleet(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["fleet"] = []
+    for students in p["fleet_sizes"]:
+        print(
+            f"fleet: workers, NATS and replicas beside serve, {students:,} students, 1,000 ops/s ...",
+            flush=True,
+        )
+        r["fleet"].append(fleet_bench.fleet(students, RATE, p["seconds"]))
+
+
 def run_dashboard(p: dict[str, Any], r: dict[str, Any]) -> None:
     minutes, sample_s = p["page"]
     print(f"dashboard left open for {minutes} minutes ...", flush=True)
@@ -206,6 +220,7 @@ SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "poll": run_poll,
     "limits": run_limits,
     "clients": run_clients,
+    "fleet": run_fleet,
     "dashboard": run_dashboard,
     "soak": run_soak,
     "rate": run_rate,
@@ -249,7 +264,7 @@ def measure(
     profile: str, suites: tuple[str, ...], path: Path, codes: tuple[Path, ...] = (CHECKOUT,)
 ) -> dict[str, Any]:
     """Run the suites of a profile, saving the result to `path` after each (a crash keeps the rest)."""
-    if {"serving", "limits", "clients"} & set(suites):
+    if {"serving", "limits", "clients", "fleet"} & set(suites):
         api_bench.require_wrk()  # before anything runs: fail in one line, not after the other suites
     result: dict[str, Any] = {
         "profile": profile,

@@ -191,7 +191,48 @@ def _limits(result: dict[str, Any]) -> tuple[str, list[str]]:
     ]
 
 
+def _ratio(part: float | None, whole: float | None) -> str:
+    return "-" if not part or not whole else f"{part / whole:.2f}"
+
+
 TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
+    "fleet": (
+        "fleet",
+        "| students | commit to chart via workers, NATS, a replica: p50 ms | p99 ms | `serve`: p50 ms | "
+        "p99 ms | SIGKILL of a worker: sources moved | streaming again s | charts fresh again s | "
+        "restore s (slowest) | into NATS: bytes/s | messages/s | checkpoints bytes/min | parts bytes/min |",
+        lambda c: _cells(
+            c["students"],
+            c["fleet"]["p50_ms"],
+            c["fleet"]["p99_ms"],
+            c["serve"]["p50_ms"],
+            c["serve"]["p99_ms"],
+            c["failover"]["sources_moved"],
+            c["failover"]["streaming_again_s"],
+            c["failover"]["fresh_again_s"],
+            c["failover"]["restore_s_max"],
+            c["into_nats"]["bytes_per_s"],
+            c["into_nats"]["messages_per_s"],
+            c["into_nats"]["checkpoint_bytes_per_min"],
+            c["into_nats"]["parts_bytes_per_min"],
+        ),
+    ),
+    "fleet_serving": (
+        "fleet",
+        "| students | requests/s: static ceiling | `serve` | one replica | ratio to ceiling | two replicas "
+        "at once | ratio to ceiling | p99 ms: one replica | two |",
+        lambda c: _cells(
+            c["students"],
+            c["ceiling"]["requests_per_s"],
+            c["serve_one"]["requests_per_s"],
+            c["one_replica"]["requests_per_s"],
+            _ratio(c["one_replica"]["requests_per_s"], c["ceiling"]["requests_per_s"]),
+            c["two_replicas"]["requests_per_s"],
+            _ratio(c["two_replicas"]["requests_per_s"], c["ceiling"]["requests_per_s"]),
+            c["one_replica"]["p99_ms"],
+            c["two_replicas"]["p99_ms"],
+        ),
+    ),
     "clients": (
         "clients",
         "| HTTP stack (static 1 KiB answer, wrk 32 connections) | requests/s | p99 ms | server CPU (cores) | "

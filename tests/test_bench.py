@@ -65,6 +65,12 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
     assert all(c["alone"]["requests_per_s"] > 0 for c in stacks.values())
     assert stacks["hardened"]["stalled_closed"] == stacks["hardened"]["stalled_connections"]
     assert result["poll_freshness"][0]["markers"] > 0
+    [fleet] = result["fleet"]
+    assert fleet["fleet"]["markers"] > 0 and fleet["serve"]["markers"] > 0
+    assert fleet["failover"]["sources_moved"] > 0 and fleet["failover"]["streaming_again_s"] is not None
+    assert fleet["failover"]["restored_from"] == ["checkpoint"]
+    assert fleet["into_nats"]["bytes_per_s"] > 0 and fleet["into_nats"]["checkpoint_bytes_per_min"] > 0
+    assert fleet["one_replica"]["requests_per_s"] > 0 and fleet["two_replicas"]["requests_per_s"] > 0
 
 
 def test_markdown_has_every_table(smoke: tuple[dict, str, str]) -> None:

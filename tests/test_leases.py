@@ -7,6 +7,7 @@ can pause one (stop driving it) as SIGSTOP would pause a worker process.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -71,12 +72,17 @@ async def settled(books: tuple[LeaseBook, ...], expected: list[int]) -> None:
 def test_two_workers_share_and_the_survivor_takes_over_fenced(nats_cluster: NatsCluster) -> None:
     async def scenario(book: Opener) -> None:
         a, b = await book("worker-a"), await book("worker-b")
+        ended: list[float] = []
+        await b.watch_ends(lambda: ended.append(time.monotonic()))
         await settled((a, b), [3, 2])
+        assert not ended  # renewals are not ends
         held_by_a = dict(a.held)
+        paused = time.monotonic()
         # a pauses past its lease (nobody drives it): b ends up with every source.
         await eventually(
             lambda: step_and_count(b, 5), "worker-b holding every source after a's leases expired"
         )
+        assert ended and ended[0] > paused  # the expiry of a's keys woke b's watch
         for source, old in held_by_a.items():
             assert b.held[source].epoch > old.epoch  # a new epoch for each
             assert await a.renew(old) is None  # a wakes up: its renewal is refused ...

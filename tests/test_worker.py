@@ -8,20 +8,26 @@ import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from pisa_pulse.capture.replicated import slot_name
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.fleet import checkpoints, leases, parts
 from pisa_pulse.fleet.bus import PartsView
 from pisa_pulse.fleet.leases import LeaseBook
-from pisa_pulse.fleet.worker import SourceWorker, Stores, Worker
+from pisa_pulse.fleet.stores import Stores
+from pisa_pulse.fleet.worker import SourceWorker, Worker
+from pisa_pulse.sources.config import Source
+from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import SharedServer
-from tests.nats_cluster import NatsCluster, connected, until
+from tests.nats_cluster import NatsCluster, until
+from tests.nats_cluster import connected as connected_nats
 from tests.test_parts import bodies
 from tests.test_pipeline import traffic_made
 
@@ -53,7 +59,10 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
 
     async def scenario() -> None:
         prefix = f"t{uuid.uuid4().hex[:8]}"
-        async with connected(*nats_cluster.urls) as writer, connected(*nats_cluster.urls[::-1]) as reader:
+        async with (
+            connected_nats(*nats_cluster.urls) as writer,
+            connected_nats(*nats_cluster.urls[::-1]) as reader,
+        ):
             js = writer.jetstream(timeout=30)
             stores = await Stores.open(js, replicas=3, prefix=prefix)
             worker = SourceWorker(
@@ -102,7 +111,7 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
 
     async def scenario() -> None:
         prefix = f"t{uuid.uuid4().hex[:8]}"
-        async with connected(*nats_cluster.urls) as client:
+        async with connected_nats(*nats_cluster.urls) as client:
             js = client.jetstream(timeout=30)
             stores = await Stores.open(js, replicas=3, prefix=prefix)
             view = PartsView(js, prefix)
@@ -148,6 +157,58 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
                 for task in tasks.values():
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await delete_stores(js, prefix)
+
+    asyncio.run(scenario())
+
+
+def test_a_source_removed_from_the_settings_is_retired_with_its_slot(
+    nats_cluster: NatsCluster, shared: SharedServer, new_dir: Path, tmp_path: Path
+) -> None:
+    config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=50)
+    removed = config.sources[1]
+    slot = slot_name(shared.slot_prefix, removed)
+
+    def slots() -> set[str]:
+        with connected(removed.dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT slot_name FROM pg_replication_slots")
+            return {row[0] for row in cur.fetchall()}
+
+    async def run(sources: list[Source], until_true: Callable[[], bool], what: str, prefix: str) -> None:
+        async with connected_nats(*nats_cluster.urls) as client:
+            js = client.jetstream(timeout=30)
+            stores = await Stores.open(js, replicas=3, prefix=prefix)
+            book = await LeaseBook.open(js, "w", replicas=3, lease_s=LEASE_S, prefix=prefix)
+            worker = Worker(book, sources, tmp_path, stores, LEASE_S, slot_prefix=shared.slot_prefix)
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            try:
+                await until(until_true, what)
+            finally:
+                stop.set()
+                await task
+
+    async def scenario() -> None:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        async with connected_nats(*nats_cluster.urls) as client:
+            js = client.jetstream(timeout=30)
+            await Stores.open(js, replicas=3, prefix=prefix)  # the bucket the view follows
+            view = PartsView(js, prefix)
+            await view.start()
+            try:
+                await run(
+                    list(config.sources),
+                    lambda: set(view.sources) == {"alb", "arg"} and slot in slots(),
+                    "both sources published, each with its slot",
+                    prefix,
+                )
+                await run(
+                    [config.sources[0]],
+                    lambda: set(view.sources) == {"alb"} and slot not in slots(),
+                    "the removed source's slot dropped and its parts gone",
+                    prefix,
+                )
+            finally:
                 await delete_stores(js, prefix)
 
     asyncio.run(scenario())

@@ -99,7 +99,8 @@ def cmd_worker(data_dir: Path, args: argparse.Namespace) -> int:
 async def _run_worker(
     settings: api_settings.Settings, options: connect.NatsOptions, name: str, lease_s: int
 ) -> None:
-    from pisa_pulse.fleet.worker import Stores, Worker  # the pipeline: numpy and the database driver
+    from pisa_pulse.fleet.stores import Stores
+    from pisa_pulse.fleet.worker import Worker  # the pipeline: numpy and the database driver
 
     client = await connect.connect(options, f"pisa-pulse worker {name}")
     try:
@@ -153,7 +154,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     snapshots = FleetSnapshots(options, f"pisa-pulse api {socket.gethostname()}-{os.getpid()}")
     app = create_app(snapshots, settings=settings)
     server_ = uvicorn.Server(server_config(app, settings.server))
-    out.print(f"serving the charts of the workers on NATS (buckets {options.prefix}_*) at {url}")
+    out.print(
+        f"serving the charts of the workers on NATS (buckets {options.prefix}_*) at {url} "
+        f"(API: {url}api/openapi.json)"
+    )
     with on_stop_signals(lambda: None):  # uvicorn stops gracefully; exit 0 like the other commands
         server_.run(sockets=[sock])
     return 0

@@ -333,4 +333,9 @@ class SourceLog:
 
     def describe(self) -> dict[str, Any]:
         """What the status says of this source's checkpoint in JetStream."""
-        return {"log_sequence": self.last, "snapshot_bytes": self.snapshot_bytes}
+        return {
+            "log_sequence": self.last,
+            "snapshot_bytes": self.snapshot_bytes,
+            "bytes_written": self.bytes_written,  # log and snapshots, by this owner
+            "messages_written": self.messages_written,
+        }

@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from nats.js import JetStreamContext
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
 from nats.js.errors import (
     BadRequestError,
     KeyNotFoundError,
@@ -86,10 +87,19 @@ def _decode(source: str, value: bytes | None, revision: int) -> Lease | None:
 class LeaseBook:
     """One worker's view of the leases, and its moves (see the module docstring)."""
 
-    def __init__(self, workers: KeyValue, leases: KeyValue, worker: str) -> None:
+    def __init__(
+        self,
+        workers: KeyValue,
+        leases: KeyValue,
+        worker: str,
+        js: JetStreamContext | None = None,
+        prefix: str = PREFIX,
+    ) -> None:
         self.workers = workers
         self.leases = leases
         self.worker = worker
+        self.js = js
+        self.prefix = prefix
         self.held: dict[str, Lease] = {}
         self._alive_revision: int | None = None
 
@@ -100,7 +110,27 @@ class LeaseBook:
         """The buckets (created when missing) and an empty book for `worker`."""
         workers = await bucket(js, bucket_name(prefix, WORKERS), replicas, lease_s)
         leases = await bucket(js, bucket_name(prefix, LEASES), replicas, lease_s)
-        return cls(workers, leases, worker)
+        return cls(workers, leases, worker, js, prefix)
+
+    async def watch_ends(self, on_end: Callable[[], None]) -> None:
+        """Call `on_end()` whenever a worker's key or a lease ends: deleted (a hand-over) or expired (a
+        marker, operation PURGE), so the worker moves at once instead of at its next turn. Renewals,
+        every worker's every few seconds, do not call it."""
+        assert self.js is not None, "a LeaseBook made by open() watches"
+
+        async def seen(msg: Msg) -> None:
+            headers = msg.headers or {}
+            if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+                on_end()
+
+        for what in (WORKERS, LEASES):
+            await self.js.subscribe(
+                f"$KV.{bucket_name(self.prefix, what)}.>",
+                cb=seen,
+                ordered_consumer=True,
+                idle_heartbeat=1.0,
+                deliver_policy=api.DeliverPolicy.NEW,
+            )
 
     async def heartbeat(self) -> None:
         """Say this worker is alive (its key in WORKERS, renewed)."""
@@ -132,10 +162,22 @@ class LeaseBook:
 
     async def acquire(self, source: str) -> Lease | None:
         """Take `source` if nobody holds it (None: someone does)."""
+        value = json.dumps({"worker": self.worker}).encode()
         try:
-            revision = await self.leases.create(source, json.dumps({"worker": self.worker}).encode())
+            revision = await self.leases.create(source, value)
         except KeyWrongLastSequenceError:
-            return None
+            # nats-py's create takes over a deleted key, not an expired one: the server leaves a
+            # marker (no KV-Operation, an empty value) that it reads as a live value.
+            try:
+                entry = await self.leases.get(source)
+            except KeyNotFoundError:
+                return None  # deleted meanwhile: the next turn creates it
+            if entry.value:
+                return None
+            try:
+                revision = await self.leases.update(source, value, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                return None
         lease = Lease(source, self.worker, revision, revision)
         self.held[source] = lease
         log.info("leased source=%s epoch=%d", source, lease.epoch)

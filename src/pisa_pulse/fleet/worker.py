@@ -18,20 +18,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
+import nats.errors
 
 from pisa_pulse.capture.contract import Position
+from pisa_pulse.capture.replicated import slot_name
 from pisa_pulse.engine.checkpoint import CheckpointStore, SourceChanges
 from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
-from pisa_pulse.fleet import checkpoints, parts
-from pisa_pulse.fleet.bus import PartsPublisher, parts_bucket
-from pisa_pulse.fleet.leases import PREFIX, LeaseBook
+from pisa_pulse.fleet import checkpoints, parts, retire
+from pisa_pulse.fleet.bus import PartsPublisher
+from pisa_pulse.fleet.leases import LeaseBook
+from pisa_pulse.fleet.stores import Stores
 from pisa_pulse.sources.config import Source
 
 log = logging.getLogger(__name__)
@@ -44,22 +43,6 @@ STATUS_S = 1.0  # between writes of a source's capture status
 def position_text(position: Position | None) -> str | None:
     """A position as published: the server and database it belongs to, and the LSN."""
     return None if position is None else f"{position.identity}@{position.lsn}"
-
-
-@dataclass(frozen=True)
-class Stores:
-    """Where a worker writes on NATS: the parts bucket, the checkpoints' log and snapshots."""
-
-    js: JetStreamContext
-    parts: KeyValue
-    objects: ObjectStore
-    prefix: str = PREFIX
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, replicas: int, prefix: str = PREFIX) -> Stores:
-        """Every bucket and stream, created with `replicas` copies when missing."""
-        kv = await parts_bucket(js, replicas, prefix)
-        return cls(js, kv, await checkpoints.open_stores(js, replicas, prefix), prefix)
 
 
 class SourceWorker:
@@ -86,6 +69,7 @@ class SourceWorker:
         self.worker = worker
         self.claim = claim
         self.capture = capture
+        self.stores = stores
         self.publisher = PartsPublisher(stores.parts, source.name)
         self.log = checkpoints.SourceLog(
             stores.js, stores.objects, source.name, epoch, stores.prefix, asyncio.get_running_loop()
@@ -103,11 +87,16 @@ class SourceWorker:
 
     async def _resume(self) -> Pipeline:
         """Claim the checkpoint, put it in the local state dir, and open the pipeline on it."""
+        started, claimed_at = time.monotonic(), time.time()
         restored = await self.log.claim()
+        slot = slot_name(self.capture.get("slot_prefix", "pisa_pulse"), self.source)  # Pipeline's default
+        await retire.record(self.stores, self.source, slot)
         if restored.position is not None:
             self.resumed = {"from": "checkpoint", "rows": len(restored.rows), "log_sequence": restored.last}
         else:
             self.resumed = {"from": "copy", "why": restored.why}
+        self.resumed["read_bytes"] = restored.snapshot_bytes + restored.log_bytes
+        self.resumed["at"] = claimed_at
         log.info("resuming source=%s epoch=%d %s", self.source.name, self.epoch, self.resumed)
 
         def local() -> Pipeline:
@@ -125,7 +114,9 @@ class SourceWorker:
                 **self.capture,
             )
 
-        return await asyncio.to_thread(local)
+        pipeline = await asyncio.to_thread(local)
+        self.resumed["seconds"] = round(time.monotonic() - started, 3)  # claim, read, restore
+        return pipeline
 
     async def run(self) -> None:
         """Resume, capture and publish until cancelled; then stop capture (it checkpoints first).
@@ -147,6 +138,10 @@ class SourceWorker:
                         "reported_at": time.time(),
                         "resumed": self.resumed,
                         "checkpoint": self.log.describe(),
+                        "parts": {
+                            "bytes_written": self.publisher.bytes_written,
+                            "messages_written": self.publisher.messages_written,
+                        },
                     }
                     await self.publisher.publish_status(self.epoch, self.worker, status)
                     reported = sent
@@ -204,19 +199,48 @@ class Worker:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.workers: dict[str, SourceWorker] = {}
         self._loop = asyncio.get_running_loop()
+        self._retire_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
+        renewed = time.monotonic()
+        wake = asyncio.Event()  # a worker or a lease ended: move now, not at the next turn
+        with contextlib.suppress(nats.errors.Error, TimeoutError, AssertionError):
+            await self.book.watch_ends(wake.set)
         try:
             while not stop.is_set():
-                await self.book.renew_all()
-                await self._reap()
-                await self.book.rebalance(list(self.sources))
-                await self._follow_leases()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.lease_s / 3)
+                wake.clear()
+                try:
+                    await self.book.renew_all()
+                    renewed = time.monotonic()
+                    await self._reap()
+                    await self.book.rebalance(list(self.sources))
+                    await self._follow_leases()
+                    await self._retire_removed()
+                except (nats.errors.Error, TimeoutError) as exc:  # an election, a lost server: next turn
+                    log.warning("leases not renewed this turn (%s); trying again", type(exc).__name__)
+                    if time.monotonic() - renewed > self.lease_s:
+                        await self._let_go_unrenewed()
+                await _first(stop, wake, self.lease_s / 3)
         finally:
             await self._cancel(list(self.running))
-        await self.book.leave()
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self.book.leave()
+
+    async def _retire_removed(self) -> None:
+        """Every `retire.RETIRE_EVERY_S`: retire the published sources these settings no longer list."""
+        if time.monotonic() < self._retire_at:
+            return
+        self._retire_at = time.monotonic() + retire.RETIRE_EVERY_S
+        for name in sorted(await retire.removed(self.stores, set(self.sources))):
+            await retire.retire(self.stores, self.book, name)
+
+    async def _let_go_unrenewed(self) -> None:
+        """Not renewed for a whole lease: others may hold these sources now, so stop capturing them
+        (their checkpoints are fenced anyway; this also stops a polled source, which has no slot)."""
+        if self.running:
+            log.warning("no lease renewed for %g s: letting go of %s", self.lease_s, sorted(self.running))
+        await self._cancel(list(self.running))
+        self.book.held.clear()
 
     def claim(self, name: str) -> bool:
         """From a capture thread: whether this worker still holds `name`'s lease (asked of NATS)."""
@@ -240,7 +264,7 @@ class Worker:
     async def _follow_leases(self) -> None:
         held = self.book.held
         await self._cancel([name for name in self.running if name not in held])
-        for name in sorted(set(held) - set(self.running)):
+        for name in sorted(set(held) & set(self.sources) - set(self.running)):
             source_worker = SourceWorker(
                 self.sources[name],
                 self.state_dir,
@@ -260,3 +284,11 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # a failure was logged by `_reap`, or moot
+
+
+async def _first(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    """Until `stop` or `wake` is set, or `timeout` seconds."""
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
