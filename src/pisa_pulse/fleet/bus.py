@@ -70,11 +70,13 @@ class PartsPublisher:
     ) -> None:
         """Write the source's `part`: the minutes of `hours` (those a batch touched, or all), then its
         sums."""
-        for hour in sorted(hours):
-            await self._put(
-                parts.hour_key(self.source, hour), parts.hour_value(epoch, part.minutes_of_hour(hour))
-            )
-        await self._put(parts.sums_key(self.source), parts.sums_value(epoch, as_of, position, part))
+        writes = [
+            (parts.hour_key(self.source, hour), parts.hour_value(epoch, part.minutes_of_hour(hour)))
+            for hour in sorted(hours)
+        ]
+        writes.append((parts.sums_key(self.source), parts.sums_value(epoch, as_of, position, part)))
+        # Sent in this order on one connection, so stored and seen in it; their acks awaited together.
+        await asyncio.gather(*(self._put(key, value) for key, value in writes))
 
     async def publish_status(self, epoch: int, worker: str, status: dict[str, Any]) -> None:
         """Write the source's capture status."""
@@ -133,7 +135,7 @@ class PartsView:
             if key.startswith("sums."):
                 self.sources.pop(source, None)  # a source removed from the settings
             elif key.startswith("minutes."):
-                view.hours.pop(int(key.rsplit(".", 1)[1]), None)
+                view.drop_hour(int(key.rsplit(".", 1)[1]))
             else:
                 view.status = {}
         elif not view.take(key, msg.data):

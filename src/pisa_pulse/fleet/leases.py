@@ -31,7 +31,6 @@ from nats.js.errors import (
     BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
@@ -77,6 +76,16 @@ async def bucket(js: JetStreamContext, name: str, replicas: int, max_age_s: int)
         return await js.key_value(name)
 
 
+async def bucket_keys(js: JetStreamContext, bucket: str, pattern: str = ">") -> list[str]:
+    """The keys of bucket `bucket` matching `pattern` that have a message: a value, or a marker of a
+    delete, purge or expiry (read them to tell). One request, from the stream's subject counts:
+    nats-py's `kv.keys()` watches the bucket instead and, measured, now and then reports no keys at
+    all (NoKeysError), which would make a worker think its leases gone."""
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
+    return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
+
+
 def _decode(source: str, value: bytes | None, revision: int) -> Lease | None:
     if not value:
         return None
@@ -92,7 +101,7 @@ class LeaseBook:
         workers: KeyValue,
         leases: KeyValue,
         worker: str,
-        js: JetStreamContext | None = None,
+        js: JetStreamContext,
         prefix: str = PREFIX,
     ) -> None:
         self.workers = workers
@@ -116,7 +125,6 @@ class LeaseBook:
         """Call `on_end()` whenever a worker's key or a lease ends: deleted (a hand-over) or expired (a
         marker, operation PURGE), so the worker moves at once instead of at its next turn. Renewals,
         every worker's every few seconds, do not call it."""
-        assert self.js is not None, "a LeaseBook made by open() watches"
 
         async def seen(msg: Msg) -> None:
             headers = msg.headers or {}
@@ -138,17 +146,16 @@ class LeaseBook:
 
     async def live_workers(self) -> set[str]:
         """The workers whose key has not expired."""
-        try:
-            return set(await self.workers.keys())
-        except NoKeysError:
-            return set()
+        live = set()
+        for key in await bucket_keys(self.js, bucket_name(self.prefix, WORKERS)):
+            with contextlib.suppress(KeyNotFoundError):
+                if (await self.workers.get(key)).value:  # not an expiry marker
+                    live.add(key)
+        return live
 
     async def owners(self) -> dict[str, Lease]:
         """Every current lease, by source."""
-        try:
-            keys = await self.leases.keys()
-        except NoKeysError:
-            return {}
+        keys = await bucket_keys(self.js, bucket_name(self.prefix, LEASES))
         found = {}
         for key in keys:
             try:

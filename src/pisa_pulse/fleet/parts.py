@@ -98,6 +98,7 @@ class SourceView:
     listed: frozenset[int] = frozenset()  # the hours that hold rows, as the sums value says
     hours: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)  # hour -> country -> minutes
     status: dict[str, Any] = field(default_factory=dict)  # the capture status, with its worker
+    _built: Aggregates | None = field(default=None, repr=False)  # `aggregates()` until a value changes it
 
     def take(self, key: str, value: bytes) -> bool:
         """Apply one key's new value; False when it comes from an older epoch (and is dropped)."""
@@ -110,6 +111,7 @@ class SourceView:
         if key.startswith("status."):
             self.status = {**body["status"], "worker": body["worker"], "epoch": epoch}
             return True
+        self._built = None
         countries = body["countries"]
         if key.startswith("sums."):
             self.as_of, self.position = float(body["as_of"]), body["position"]
@@ -122,8 +124,18 @@ class SourceView:
             }
         return True
 
+    def drop_hour(self, hour: int) -> None:
+        """A deleted hour's minutes."""
+        self.hours.pop(hour, None)
+        self._built = None
+
     def aggregates(self) -> Aggregates:
-        """This source's part, as the worker holds it."""
+        """This source's part, as the worker holds it (built once per change: read, never modify it)."""
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def _build(self) -> Aggregates:
         minutes: dict[int, dict[int, int]] = {c: {} for c in self.sums}
         for hour in self.listed & self.hours.keys():
             for country, counts in self.hours[hour].items():

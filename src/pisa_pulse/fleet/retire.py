@@ -18,11 +18,12 @@ import contextlib
 import json
 import logging
 
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 
 from pisa_pulse.capture.contract import Mode
 from pisa_pulse.fleet import checkpoints
-from pisa_pulse.fleet.leases import LeaseBook
+from pisa_pulse.fleet.leases import LeaseBook, bucket_keys, bucket_name
+from pisa_pulse.fleet.parts import PARTS
 from pisa_pulse.fleet.stores import Stores
 from pisa_pulse.sources.config import Source
 
@@ -43,12 +44,14 @@ async def record(stores: Stores, source: Source, slot: str) -> None:
 
 async def removed(stores: Stores, configured: set[str]) -> set[str]:
     """Sources published on NATS that `configured` does not list."""
-    try:
-        keys = await stores.parts.keys()
-    except NotFoundError:
-        return set()
-    published = {key.split(".", 1)[1] for key in keys if key.startswith("sums.")}
-    return published - configured
+    found = set()
+    for key in await bucket_keys(stores.js, bucket_name(stores.prefix, PARTS), "sums.*"):
+        name = key.split(".", 1)[1]
+        if name not in configured:
+            with contextlib.suppress(KeyNotFoundError):  # purged: retired already
+                await stores.parts.get(key)
+                found.add(name)
+    return found
 
 
 async def retire(stores: Stores, book: LeaseBook, name: str) -> bool:
@@ -63,7 +66,11 @@ async def retire(stores: Stores, book: LeaseBook, name: str) -> bool:
         replicated = found.get("slot") and found.get("mode") != str(Mode.POLL)
         if replicated and not await asyncio.to_thread(_drop_slot, found["dsn"], found["slot"]):
             return False
-        keys = [k for k in await stores.parts.keys() if k.split(".")[1:2] == [name]]
+        bucket = bucket_name(stores.prefix, PARTS)
+        keys = [
+            *await bucket_keys(stores.js, bucket, f"*.{name}"),
+            *await bucket_keys(stores.js, bucket, f"minutes.{name}.*"),
+        ]
         for key in keys:
             await stores.parts.purge(key)
         with contextlib.suppress(NotFoundError):
