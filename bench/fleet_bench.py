@@ -38,6 +38,7 @@ from tests.nats_cluster import NatsCluster, running_cluster
 
 from api_bench import CONNECTIONS, ServeProcess, serve_command, wrk_load
 from capture_bench import CLI, _traffic, spread
+from cpu import process_cpu_s
 from e2e_bench import _probe, probed_sources
 from limits_bench import static_http
 from sources_bench import scratch_dir, total_rows
@@ -72,7 +73,8 @@ def fleet(students: int, rate: float, seconds: float) -> dict[str, Any]:
                     traffic = _traffic(traffic_dir, rate, 3 * seconds + FAILOVER_TIMEOUT_S)
                     try:
                         time.sleep(3)  # warm-up: the traffic reaches its rate
-                        result.update(_freshness_and_bytes(nats, r1, probe, seconds))
+                        pids = [w.pid for w in workers.values()]
+                        result.update(_freshness_and_bytes(nats, r1, pids, probe, seconds))
                         result["failover"] = _failover(r1, workers, probe.name)
                     finally:
                         traffic.terminate()
@@ -158,18 +160,29 @@ def _written(replica: ServeProcess) -> tuple[int, int]:
 
 
 def _freshness_and_bytes(
-    nats: NatsCluster, replica: ServeProcess, probe: Any, seconds: float
+    nats: NatsCluster, replica: ServeProcess, workers: list[int], probe: Any, seconds: float
 ) -> dict[str, Any]:
+    """The probe through the fleet, and meanwhile what went into NATS and the CPU each part used."""
+    nats_pids = [node.process.pid for node in nats.nodes.values() if node.process is not None]
+
+    def cpu_s() -> list[float]:
+        return [process_cpu_s(workers), process_cpu_s([replica.pid]), process_cpu_s(nats_pids)]
+
     bytes0, msgs0 = _counters(nats)
     checkpoint0, parts0 = _written(replica)
+    cpu0 = cpu_s()
     started = time.monotonic()
     latencies, _ = _probe(replica.url, probe.dsn, probe.name, seconds)
     time.sleep(2)  # the counters are published about once a second
     elapsed = time.monotonic() - started
+    workers_cpu, replica_cpu, nats_cpu = (
+        round((b - a) / elapsed, 2) for a, b in zip(cpu0, cpu_s(), strict=True)
+    )
     bytes1, msgs1 = _counters(nats)
     checkpoint1, parts1 = _written(replica)
     return {
         "fleet": {"markers": len(latencies), **spread(latencies)},
+        "cpu_cores": {"workers": workers_cpu, "replica": replica_cpu, "nats": nats_cpu},
         "into_nats": {
             "bytes_per_s": round((bytes1 - bytes0) / elapsed),
             "messages_per_s": round((msgs1 - msgs0) / elapsed),

@@ -34,7 +34,7 @@ import contextlib
 import json
 import logging
 import struct
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,7 @@ CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
 CHUNK_BYTES = 512 * 1024  # per message, under NATS's default 1 MiB payload limit
 COMPACT_MIN_BYTES = 1 << 20
+RESTORE_WAIT_S = 30.0  # for the next log message of a restore (an election may be under way)
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence
 _ROW = struct.Struct("<qi")
 
@@ -225,17 +226,13 @@ class SourceLog:
         if not through and not last:
             return restored  # never checkpointed: a fresh copy
         pending: list[bytes] = []
-        chain, at = through, through + 1
-        while at <= last:
-            msg = await self.js.get_msg(self.stream, at, self.subject, next=True)
-            headers = msg.headers or {}
-            seq = msg.seq or 0
+        chain = through
+        async for seq, headers, data in self._log(through + 1, last):
             if int(headers.get("Pisa-Prev", -1)) != chain:
                 restored.rows, restored.position = {}, None
                 restored.why = f"the checkpoint in JetStream has a gap before message {seq}"
                 return restored
-            chain, at = seq, seq + 1
-            data = msg.data or b""
+            chain = seq
             restored.log_bytes += len(data)
             kind = headers.get("Pisa-Kind", "")
             if kind == "reset":
@@ -254,6 +251,26 @@ class SourceLog:
             restored.rows = {}
             restored.why = "the checkpoint in JetStream has no position yet (a copy was under way)"
         return restored
+
+    async def _log(self, start: int, last: int) -> AsyncIterator[tuple[int, dict[str, str], bytes]]:
+        """The source's log messages from sequence `start` to `last`, streamed by an ordered consumer
+        (one request per message would make a restore as slow as the log is long)."""
+        if start > last:
+            return
+        subscription = await self.js.subscribe(
+            self.subject,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=start),
+        )
+        try:
+            seq = 0
+            while seq < last:
+                msg = await subscription.next_msg(timeout=RESTORE_WAIT_S)
+                seq = msg.metadata.sequence.stream
+                yield seq, dict(msg.headers or {}), msg.data or b""
+        finally:
+            await subscription.unsubscribe()
 
     # -- the pipeline's mirror (its thread) -------------------------------------------------------
 
