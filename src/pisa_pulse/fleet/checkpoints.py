@@ -280,28 +280,32 @@ class SourceLog:
 
     def save(self, name: str, changes: SourceChanges, store: CheckpointStore) -> None:
         """One checkpoint of the source (already in the local `store`): its rows, then compaction when
-        due. Raises `Superseded` when another worker has written the log since."""
-        self._blocking(self._save(changes, store))
+        due. Raises `Superseded` when another worker has written the log since.
+
+        The rows are packed here, in the pipeline's thread, and only the writes run on the event
+        loop: packing a copy's hundred thousand rows there would hold up the worker's lease renewals."""
+        bodies = list(pack_rows(changes.rows)) or [b""]
+        self._blocking(self._save(bodies, changes.position))
+        if self.since_snapshot > max(self.snapshot_bytes, self.compact_min_bytes):
+            # The local store holds exactly the state as of the log's last message.
+            data = b"".join(pack_rows(store.rows(self.source)))
+            self._blocking(self._compact(changes.position, data))
 
     def _blocking(self, work: Awaitable[None]) -> None:
         assert self.loop is not None, "a SourceLog used as a mirror needs the event loop"
         asyncio.run_coroutine_threadsafe(work, self.loop).result()  # type: ignore[arg-type]
 
-    async def _save(self, changes: SourceChanges, store: CheckpointStore) -> None:
-        bodies = list(pack_rows(changes.rows)) or [b""]
+    async def _save(self, bodies: list[bytes], position: Position) -> None:
         for i, body in enumerate(bodies):
             final = i == len(bodies) - 1
             headers = {"Pisa-Kind": "rows", "Pisa-Final": "1" if final else "0"}
             if final:
-                headers["Pisa-Position"] = position_header(changes.position)
+                headers["Pisa-Position"] = position_header(position)
             await self._write(headers, body)
-        if self.since_snapshot > max(self.snapshot_bytes, self.compact_min_bytes):
-            await self._compact(changes.position, store)
 
-    async def _compact(self, position: Position, store: CheckpointStore) -> None:
-        """Rewrite the snapshot as of the log's last message (the local store holds exactly that state),
-        then purge the log before it (keeping it: the chain goes on from its sequence)."""
-        data = b"".join(pack_rows(store.rows(self.source)))
+    async def _compact(self, position: Position, data: bytes) -> None:
+        """Rewrite the snapshot as `data`, the state as of the log's last message, then purge the log
+        before it (keeping it: the chain goes on from its sequence)."""
         meta = {
             "schema": SCHEMA,
             "through": self.last,

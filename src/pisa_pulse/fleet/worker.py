@@ -25,6 +25,7 @@ import nats.errors
 
 from pisa_pulse.capture.contract import Position
 from pisa_pulse.capture.replicated import slot_name
+from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore, SourceChanges
 from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
 from pisa_pulse.fleet import checkpoints, parts, retire
@@ -162,13 +163,20 @@ class SourceWorker:
             self._loop.call_soon_threadsafe(self._changed.set)
 
     async def _publish(self, pipeline: Pipeline, full: bool) -> None:
+        # Off the event loop: the pipeline's lock may be held by a capture thread applying a batch of
+        # a copy, and the loop also renews the worker's leases.
+        as_of, part, hours = await asyncio.to_thread(self._taken, pipeline, full)
+        position = position_text(pipeline.position(self.source.name))
+        await self.publisher.publish(self.epoch, as_of, position, part, hours)
+
+    def _taken(self, pipeline: Pipeline, full: bool) -> tuple[float, Aggregates, set[int]]:
+        """The part to publish, the time its changes are in up to, and the hours to write."""
         name = self.source.name
         as_of = pipeline.as_of()  # before the part: it holds at least everything up to it
         exported = pipeline.take_parts(full).get(name, {})  # what changed since the last time
         with pipeline.lock:  # then the part as of one moment, at least as new
             part = pipeline.held[name].part.copy()
-        hours = parts.hours_to_write(part, exported, full)
-        await self.publisher.publish(self.epoch, as_of, position_text(pipeline.position(name)), part, hours)
+        return as_of, part, parts.hours_to_write(part, exported, full)
 
 
 class Worker:
