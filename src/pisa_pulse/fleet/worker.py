@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 COALESCE_S = 0.02  # least time between two writes of a source's changes
 BEAT_S = 0.5  # between writes of an idle source's sums (its freshness)
 STATUS_S = 1.0  # between writes of a source's capture status
+COPIES_AT_ONCE = 2  # per worker: restores, and fresh copies until they stream (see `Worker`)
+CAUGHT_UP = {"streaming", "polling"}
 
 
 def position_text(position: Position | None) -> str | None:
@@ -62,9 +64,11 @@ class SourceWorker:
         epoch: int,
         worker: str = "",
         claim: Callable[[str], bool] | None = None,
+        copies: asyncio.Semaphore | None = None,
         **capture: Any,
     ) -> None:
         self.source = source
+        self.copies = copies  # shared by a worker's sources (see `Worker`)
         self.state_dir = state_dir / source.name
         self.epoch = epoch
         self.worker = worker
@@ -122,7 +126,12 @@ class SourceWorker:
     async def run(self) -> None:
         """Resume, capture and publish until cancelled; then stop capture (it checkpoints first).
         Raises when capture stops by itself (`checkpoints.Superseded`: another worker took over)."""
-        self.pipeline = pipeline = await self._resume()
+        copying = self.copies if self.copies is not None else asyncio.Semaphore(1)
+        async with copying:  # a restore, and a fresh copy until it streams, a few at a time
+            self.pipeline = pipeline = await self._resume()
+        copy = self.resumed["from"] == "copy"
+        if copy:
+            await copying.acquire()
         thread = threading.Thread(target=self._capture, args=(pipeline,), name=f"capture-{self.source.name}")
         thread.start()
         try:
@@ -130,6 +139,9 @@ class SourceWorker:
             while True:
                 if not thread.is_alive():
                     raise self._failure or RuntimeError(f"capture of {self.source.name} stopped")
+                if copy and pipeline.statuses()[0].state in CAUGHT_UP:
+                    copying.release()
+                    copy = False
                 self._changed.clear()
                 await self._publish(pipeline, full)
                 full, sent = False, time.monotonic()
@@ -152,6 +164,8 @@ class SourceWorker:
                 except TimeoutError:
                     pass
         finally:
+            if copy:
+                copying.release()
             self._stop.set()
             await asyncio.to_thread(thread.join)
 
@@ -183,7 +197,11 @@ class Worker:
     """A capture worker: leases (`LeaseBook`) decide which sources it captures, one `SourceWorker`
     each, started under the lease's epoch and cancelled when the lease goes.
 
-    Every `lease_s / 3` seconds it renews what it holds, then moves one step towards the plan. A
+    Every `lease_s / 3` seconds it renews what it holds, then moves one step towards the plan. Its
+    sources restore, and copy afresh until they stream, `COPIES_AT_ONCE` at a time: twenty copies of
+    30,000 students at once in one process starved the event loop of the GIL past the lease
+    (measured: every lease lost within 10 s of a 600,000-student start), and sources moved back and
+    forth. A
     source whose capture stopped by itself (another worker took it over, or NATS refused its
     checkpoint for a minute) is released, to be taken again from its checkpoint. `run(stop)` hands
     every lease over when `stop` is set (SIGTERM); cancelled instead (a crash), it lets them expire.
@@ -208,6 +226,7 @@ class Worker:
         self.workers: dict[str, SourceWorker] = {}
         self._loop = asyncio.get_running_loop()
         self._retire_at = 0.0
+        self._copies = asyncio.Semaphore(COPIES_AT_ONCE)
 
     async def run(self, stop: asyncio.Event) -> None:
         renewed = time.monotonic()
@@ -280,6 +299,7 @@ class Worker:
                 held[name].epoch,
                 self.book.worker,
                 self.claim,
+                self._copies,
                 **self.capture,
             )
             self.workers[name] = source_worker
