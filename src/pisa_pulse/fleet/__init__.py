@@ -9,6 +9,8 @@
   a snapshot it is compacted into), fenced by the log's sequence, so any worker can resume a source.
 - `worker`: one leased source captured by the engine's pipeline and published under its epoch
   (`SourceWorker`), and a worker whose leases decide which sources it captures (`Worker`).
+- `stores`: the buckets a worker writes; `retire`: sources removed from the settings, their slot
+  dropped and their state deleted.
 - `replica`: an API replica's snapshots, merged from the published parts.
 - `connect`: the NATS connection of the `worker`, `api` and `fleet` commands (cli_fleet.py).
 """
