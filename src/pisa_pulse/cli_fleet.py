@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -20,19 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from rich.table import Table
 
 from pisa_pulse.api import settings as api_settings
-from pisa_pulse.api.app import create_app
-from pisa_pulse.api.connections import server_config
-from pisa_pulse.cli_serve import http_options, listening_socket, load_settings
+from pisa_pulse.cli_serve import http_options, load_settings, run_server
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.fleet import connect
 from pisa_pulse.fleet.bus import PartsView
 from pisa_pulse.fleet.leases import LEASE_S, LeaseBook
 from pisa_pulse.fleet.replica import FleetSnapshots, source_statuses
-from pisa_pulse.terminal import on_stop_signals, out
+from pisa_pulse.terminal import out
 
 LEASE_CHOICES = range(2, 61)
 
@@ -138,28 +136,19 @@ async def _run_worker(
 
 def cmd_api(args: argparse.Namespace) -> int:
     """`api`: serve until Ctrl+C or SIGTERM."""
-
     options = connect.options_from(args)
     if args.config is not None:
         settings = api_settings.load(args.config, args.host, args.port)
     else:
-        server = api_settings.ServerSettings()
-        server = api_settings.ServerSettings(
-            host=args.host or server.host, port=server.port if args.port is None else args.port
+        defaults = api_settings.ServerSettings()
+        server = dataclasses.replace(
+            defaults, host=args.host or defaults.host, port=defaults.port if args.port is None else args.port
         )
         settings = api_settings.Settings(sources=(), mode="fleet", state_dir=Path("."), server=server)
-    sock = listening_socket(settings.server.host, settings.server.port)
-    host, port = sock.getsockname()[:2]
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     snapshots = FleetSnapshots(options, f"pisa-pulse api {socket.gethostname()}-{os.getpid()}")
-    app = create_app(snapshots, settings=settings)
-    server_ = uvicorn.Server(server_config(app, settings.server))
-    out.print(
-        f"serving the charts of the workers on NATS (buckets {options.prefix}_*) at {url} "
-        f"(API: {url}api/openapi.json)"
+    run_server(
+        settings, snapshots=snapshots, what=f"the charts of the workers on NATS (buckets {options.prefix}_*)"
     )
-    with on_stop_signals(lambda: None):  # uvicorn stops gracefully; exit 0 like the other commands
-        server_.run(sockets=[sock])
     return 0
 
 

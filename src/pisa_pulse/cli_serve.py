@@ -130,18 +130,24 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_server(settings: api_settings.Settings, traffic_control: Path | None = None) -> None:
-    """Serve until Ctrl+C or SIGTERM; `traffic_control`: the data dir whose traffic the API may steer."""
+def run_server(
+    settings: api_settings.Settings,
+    traffic_control: Path | None = None,
+    snapshots: Snapshots | None = None,
+    what: str = "",
+) -> None:
+    """Serve until Ctrl+C or SIGTERM; `traffic_control`: the data dir whose traffic the API may steer;
+    `snapshots` (and `what` they are, for the banner): those the settings call for when None."""
     sock = listening_socket(settings.server.host, settings.server.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     routes = traffic_routes(traffic_control, new_token(traffic_control)) if traffic_control else None
-    app = create_app(snapshots_for(settings), traffic_routes=routes, settings=settings)
+    if snapshots is None:
+        snapshots, what = snapshots_for(settings), f"{len(settings.sources)} sources ({settings.mode})"
+    app = create_app(snapshots, traffic_routes=routes, settings=settings)
     config = server_config(app, settings.server)
     server = uvicorn.Server(config)
-    out.print(
-        f"serving {len(settings.sources)} sources ({settings.mode}) at {url} (API: {url}api/openapi.json)"
-    )
+    out.print(f"serving {what} at {url} (API: {url}api/openapi.json)")
     if traffic_control:
         out.print(
             f"traffic controls on: paste the token in {traffic_control / TOKEN_FILE} into the dashboard's "

@@ -76,13 +76,13 @@ class SourceWorker:
         self.capture = capture
         self.stores = stores
         self.publisher = PartsPublisher(stores.parts, source.name)
+        self._loop = asyncio.get_running_loop()
         self.log = checkpoints.SourceLog(
-            stores.js, stores.objects, source.name, epoch, stores.prefix, asyncio.get_running_loop()
+            stores.js, stores.objects, source.name, epoch, stores.prefix, self._loop
         )
         self.resumed: dict[str, Any] = {}  # how it started: from a checkpoint, or copied afresh and why
         self.pipeline: Pipeline | None = None
         self._changed = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
         self._stop = threading.Event()
         self._failure: BaseException | None = None
 
