@@ -23,7 +23,7 @@ from typing import Any
 
 import nats.errors
 
-from pisa_pulse.capture.contract import Position
+from pisa_pulse.capture.contract import Position, State
 from pisa_pulse.capture.replicated import slot_name
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.checkpoint import CheckpointStore, SourceChanges
@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 COALESCE_S = 0.02  # least time between two writes of a source's changes
 BEAT_S = 0.5  # between writes of an idle source's sums (its freshness)
 STATUS_S = 1.0  # between writes of a source's capture status
-COPIES_AT_ONCE = 2  # per worker: restores, and fresh copies until they stream (see `Worker`)
-CAUGHT_UP = {"streaming", "polling"}
+COPIES_AT_ONCE = 2  # per worker: restores, and fresh copies until they stream or fail (see `Worker`)
+COPY_STATES = {State.CONNECTING, State.COPYING}  # a copy holds its slot while in these (not if it fails)
 
 
 def position_text(position: Position | None) -> str | None:
@@ -139,7 +139,7 @@ class SourceWorker:
             while True:
                 if not thread.is_alive():
                     raise self._failure or RuntimeError(f"capture of {self.source.name} stopped")
-                if copy and pipeline.statuses()[0].state in CAUGHT_UP:
+                if copy and pipeline.statuses()[0].state not in COPY_STATES:
                     copying.release()
                     copy = False
                 self._changed.clear()
@@ -198,7 +198,7 @@ class Worker:
     each, started under the lease's epoch and cancelled when the lease goes.
 
     Every `lease_s / 3` seconds it renews what it holds, then moves one step towards the plan. Its
-    sources restore, and copy afresh until they stream, `COPIES_AT_ONCE` at a time: twenty copies of
+    sources restore, and copy afresh until they stream or fail, `COPIES_AT_ONCE` at a time: twenty copies of
     30,000 students at once in one process starved the event loop of the GIL past the lease
     (measured: every lease lost within 10 s of a 600,000-student start), and sources moved back and
     forth. A
