@@ -202,8 +202,9 @@ class Worker:
     copies of 30,000 students at once in one process starved the event loop of the GIL past the
     lease (measured: every lease lost within 10 s of a 600,000-student start), and sources moved
     back and forth. A source whose capture stopped by itself (another worker took it over, or NATS
-    refused its checkpoint for a minute) is released, to be taken again from its checkpoint. `run(stop)` hands
-    every lease over when `stop` is set (SIGTERM); cancelled instead (a crash), it lets them expire.
+    refused its checkpoint for a minute) is released, to be taken again from its checkpoint.
+    `run(stop)` hands every lease over when `stop` is set (SIGTERM); cancelled instead (a crash), it
+    lets them expire.
     """
 
     def __init__(
