@@ -108,3 +108,22 @@ def test_bad_option_values_are_rejected_by_the_parser(capsys: pytest.CaptureFixt
             main(argv)
         assert exit_info.value.code == 2
         assert "error:" in capsys.readouterr().err
+
+
+def test_fleet_options_are_checked_before_connecting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    nats = ["--nats", "nats://127.0.0.1:4222"]
+    cases = [
+        (["fleet", "status", "--nats", "http://user:s3cret-pw@127.0.0.1:4222"], "is not a NATS URL"),
+        (["fleet", "status", "--nats", " , "], "names no server"),
+        (["api", *nats, "--nats-creds", str(tmp_path / "missing.creds")], "--nats-creds"),
+        (["fleet", "status", *nats, "--nats-prefix", "a.b"], "is not a bucket name"),
+    ]
+    for argv, problem in cases:
+        err = _error(capsys, argv)
+        assert problem in err and "s3cret-pw" not in err, err
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[[sources]]\nname = 'alb'\ndsn = 'postgresql://a@127.0.0.1:1/alb'\n")
+    err = _error(capsys, ["worker", *nats, "--config", str(settings), "--name", "w 1!"])
+    assert "is not a usable worker name" in err
