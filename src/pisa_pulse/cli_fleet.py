@@ -27,7 +27,7 @@ from pisa_pulse.api import settings as api_settings
 from pisa_pulse.cli_serve import http_options, load_settings, run_server
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.fleet import connect
-from pisa_pulse.fleet.bus import PartsView
+from pisa_pulse.fleet.bus import PartsView, retried
 from pisa_pulse.fleet.leases import LEASE_S, LeaseBook
 from pisa_pulse.fleet.replica import FleetSnapshots, source_statuses
 from pisa_pulse.terminal import out
@@ -104,8 +104,11 @@ async def _run_worker(
     try:
         js = client.jetstream(timeout=10)
         replicas = connect.replicas_for(client, options)
-        stores = await Stores.open(js, replicas, options.prefix)
-        book = await LeaseBook.open(js, name, replicas, lease_s, options.prefix)
+        # Retried like every write: a cluster just started, or electing, may not answer at first.
+        stores = await retried("open the buckets", lambda: Stores.open(js, replicas, options.prefix), 30)
+        book = await retried(
+            "open the lease buckets", lambda: LeaseBook.open(js, name, replicas, lease_s, options.prefix), 30
+        )
         state_dir = settings.state_dir / "workers" / name  # a scratch copy: JetStream holds the checkpoints
         worker = Worker(
             book,

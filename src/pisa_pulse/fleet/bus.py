@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
 from nats.js.errors import NoStreamResponseError, NotFoundError
@@ -37,14 +38,14 @@ DELETED = ("DEL", "PURGE")
 T = TypeVar("T")
 
 
-async def retried(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+async def retried(what: str, attempt: Callable[[], Awaitable[T]], timeout: float = WRITE_TIMEOUT_S) -> T:
     """`attempt()`, repeated while the stream elects a leader (nothing stored) or does not answer,
     for up to `WRITE_DEADLINE_S`."""
     deadline = time.monotonic() + WRITE_DEADLINE_S
     while True:
         try:
-            return await asyncio.wait_for(attempt(), WRITE_TIMEOUT_S)
-        except (TimeoutError, NoStreamResponseError, NatsTimeout):
+            return await asyncio.wait_for(attempt(), timeout)
+        except (TimeoutError, NoStreamResponseError, NatsTimeout, NoRespondersError):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not {what} on NATS for {WRITE_DEADLINE_S:g} s") from None
             log.debug("retrying to %s: the stream is electing a leader", what)
