@@ -87,9 +87,17 @@ def _traffic_dir(path: Path, config: cfg.SourcesConfig, sources: tuple[cfg.Sourc
     return path
 
 
-def _probe(url: str, dsn: str, country: str, seconds: float, seed: int = 11) -> tuple[list[float], int]:
+def _probe(
+    url: str,
+    dsn: str,
+    country: str,
+    seconds: float,
+    seed: int = 11,
+    commits: list[tuple[float, int]] | None = None,
+) -> tuple[list[float], int]:
     """Markers for `seconds`; returns their commit-to-visible latencies (ms) and the reads made (`seed`:
-    of the markers' ids, another one for a second probe of the same sources)."""
+    of the markers' ids, another one for a second probe of the same sources). `commits` gets each
+    marker's commit time (`time.perf_counter`) and the country's row count it makes."""
     client = http.client.HTTPConnection(*host_port(url), timeout=TIMEOUT_S)
     reader = _CountReader(client, CHART + country.upper())
     conn = psycopg2.connect(dsn)
@@ -107,6 +115,8 @@ def _probe(url: str, dsn: str, country: str, seconds: float, seed: int = 11) -> 
                 )
             committed = time.perf_counter()
             expected += 1
+            if commits is not None:
+                commits.append((committed, expected))
             while reader.count() < expected:
                 if time.perf_counter() - committed > TIMEOUT_S:
                     raise TimeoutError(f"a marker in {country} was not visible after {TIMEOUT_S:.0f} s")

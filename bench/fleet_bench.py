@@ -23,6 +23,7 @@ see the same database; the benchmark says so in its table.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -31,16 +32,22 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.nats_cluster import NatsCluster, running_cluster
+from nats.aio.msg import Msg
+from nats.js import api
+from tests.nats_cluster import NatsCluster, connected, running_cluster
 
 from api_bench import CONNECTIONS, ServeProcess, serve_command, wrk_load
-from capture_bench import CLI, _traffic, spread
+from capture_bench import CLI, _percentile, _traffic, spread
 from cpu import process_cpu_s
 from e2e_bench import _probe, probed_sources
 from limits_bench import static_http
+from pisa_pulse.engine.values import COUNTRY_INDEX
+from pisa_pulse.fleet import parts
+from pisa_pulse.fleet.leases import PREFIX
 from sources_bench import scratch_dir, total_rows
 
 PROBE_CHART = "/api/charts/escs?countries=ALB,ARG,AUS"
@@ -70,6 +77,7 @@ def fleet(students: int, rate: float, seconds: float) -> dict[str, Any]:
                     r1.wait_ready("replication", held)
                     r2.wait_ready("replication", held)
                     result["ready_s"] = _ready_seconds(r1)
+                    _until_checkpointed(r1)
                     traffic = _traffic(traffic_dir, rate, 3 * seconds + FAILOVER_TIMEOUT_S)
                     try:
                         time.sleep(3)  # warm-up: the traffic reaches its rate
@@ -134,6 +142,18 @@ def _status(replica: ServeProcess) -> dict[str, Any]:
         return body
 
 
+def _until_checkpointed(replica: ServeProcess) -> None:
+    """Until every source's first checkpoint after its copy is in JetStream (a snapshot at 600,000
+    students), so the bytes measured are those of the changes, not the start's."""
+    deadline = time.monotonic() + FAILOVER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        sources = _status(replica)["sources"]
+        if sources and all(s.get("checkpoint", {}).get("lsn") is not None for s in sources):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"not every source checkpointed within {FAILOVER_TIMEOUT_S:g} s of its copy")
+
+
 def _ready_seconds(replica: ServeProcess) -> float:
     """The slowest source's start (claim, read, restore or copy) as its worker reported it."""
     return float(max(s.get("resumed", {}).get("seconds", 0.0) for s in _status(replica)["sources"]))
@@ -172,7 +192,9 @@ def _freshness_and_bytes(
     checkpoint0, parts0 = _written(replica)
     cpu0 = cpu_s()
     started = time.monotonic()
-    latencies, _ = _probe(replica.url, probe.dsn, probe.name, seconds)
+    commits: list[tuple[float, int]] = []
+    with PartsTap(nats.urls, probe.name) as tap:
+        latencies, _ = _probe(replica.url, probe.dsn, probe.name, seconds, commits=commits)
     time.sleep(2)  # the counters are published about once a second
     elapsed = time.monotonic() - started
     workers_cpu, replica_cpu, nats_cpu = (
@@ -182,6 +204,7 @@ def _freshness_and_bytes(
     checkpoint1, parts1 = _written(replica)
     return {
         "fleet": {"markers": len(latencies), **spread(latencies)},
+        "stages": tap.stages(commits, latencies),
         "cpu_cores": {"workers": workers_cpu, "replica": replica_cpu, "nats": nats_cpu},
         "into_nats": {
             "bytes_per_s": round((bytes1 - bytes0) / elapsed),
@@ -190,6 +213,76 @@ def _freshness_and_bytes(
             "parts_bytes_per_min": round((parts1 - parts0) / elapsed * 60),
         },
     }
+
+
+class PartsTap:
+    """Where a marker's time goes: a NATS client of the benchmark's own hears the probe source's
+    `sums` values twice, as published (a core subscription: the worker's write, before JetStream
+    stores it) and as a replica hears them (an ordered consumer: stored on a quorum, then delivered),
+    each with the probe country's row count. A marker's stages are then commit -> published (the
+    worker), published -> delivered (JetStream), delivered -> answered (the replica and HTTP)."""
+
+    def __init__(self, urls: list[str], source: str) -> None:
+        self.urls, self.source = urls, source
+        self.heard: dict[str, list[tuple[float, int]]] = {"published": [], "delivered": []}
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._listen()), name="parts-tap")
+
+    def __enter__(self) -> PartsTap:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("the benchmark's NATS client did not subscribe within 30 s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    async def _listen(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        subject = f"$KV.{PREFIX}_{parts.PARTS}.{parts.sums_key(self.source)}"
+        country = str(COUNTRY_INDEX[self.source.upper()])
+
+        def hearing(stage: str) -> Callable[[Msg], Awaitable[None]]:
+            async def heard(msg: Msg) -> None:
+                rows = json.loads(msg.data)["countries"].get(country, [0])[0]
+                self.heard[stage].append((time.perf_counter(), rows))
+
+            return heard
+
+        async with connected(*self.urls) as client:
+            await client.subscribe(subject, cb=hearing("published"))
+            js = client.jetstream(timeout=10)
+            await js.subscribe(
+                subject, cb=hearing("delivered"), ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW
+            )
+            await client.flush()
+            self._ready.set()
+            await self._stop.wait()
+
+    def stages(self, commits: list[tuple[float, int]], latencies: list[float]) -> dict[str, Any]:
+        """p50 and p99 of each stage over the markers heard at both places (ms)."""
+        by_stage: dict[str, list[float]] = {"worker": [], "jetstream": [], "replica": []}
+        for (committed, rows), latency in zip(commits, latencies, strict=False):
+            published = _first_with(self.heard["published"], committed, rows)
+            delivered = _first_with(self.heard["delivered"], committed, rows)
+            if published is None or delivered is None:
+                continue
+            by_stage["worker"].append((published - committed) * 1000)
+            by_stage["jetstream"].append((delivered - published) * 1000)
+            by_stage["replica"].append(latency - (delivered - committed) * 1000)
+        return {
+            stage: {"p50_ms": _percentile(ms, 0.5), "p99_ms": _percentile(ms, 0.99)} if ms else {}
+            for stage, ms in by_stage.items()
+        }
+
+
+def _first_with(heard: list[tuple[float, int]], after: float, rows: int) -> float | None:
+    """When a value with at least `rows` rows was first heard after `after`."""
+    return next((at for at, count in heard if at > after and count >= rows), None)
 
 
 def _failover(

@@ -217,6 +217,20 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
             c["into_nats"]["parts_bytes_per_min"],
         ),
     ),
+    "fleet_stages": (
+        "fleet",
+        "| students | commit -> published by the worker: p50 ms | p99 ms | published -> delivered by "
+        "JetStream: p50 ms | p99 ms | delivered -> answered by the replica: p50 ms | p99 ms |",
+        lambda c: _cells(
+            c["students"],
+            c["stages"]["worker"].get("p50_ms"),
+            c["stages"]["worker"].get("p99_ms"),
+            c["stages"]["jetstream"].get("p50_ms"),
+            c["stages"]["jetstream"].get("p99_ms"),
+            c["stages"]["replica"].get("p50_ms"),
+            c["stages"]["replica"].get("p99_ms"),
+        ),
+    ),
     "fleet_serving": (
         "fleet",
         "| students | requests/s: static ceiling | `serve` | one replica | ratio to ceiling | two replicas "

@@ -5,18 +5,25 @@ from __future__ import annotations
 import random
 from decimal import ROUND_HALF_UP, Decimal
 
+import numpy as np
 import pytest
 
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.ledger import Ledger
 from pisa_pulse.engine.values import (
+    ARRIVAL,
     CNT_INVALID,
     CNT_MISSING,
     CNT_VALID,
+    COUNTRY,
+    COUNTRY_CODES,
     COUNTRY_INDEX,
+    FIRST_VALUE,
     INVALID,
     MISSING,
     NUMERIC_COLUMNS,
+    ROW_WIDTH,
+    VALID_MIN,
     RowParser,
     column_rules,
     parse_cnt,
@@ -382,6 +389,38 @@ def test_take_changes_and_restore_rebuild_the_same_state() -> None:
 def test_restore_refuses_rows_of_another_layout() -> None:
     with pytest.raises(PisaPulseError, match="bytes"):
         Ledger.restore("ALB", [(1, b"\x00" * 10)], Aggregates())
+
+
+def test_restore_refuses_a_key_held_twice_or_an_unknown_country() -> None:
+    ledger, aggregates = Ledger("ALB"), Aggregates()
+    ledger.upsert(1, _row("ALB"), 3, aggregates)
+    keys, rows = ledger.records()
+    twice = (np.concatenate([keys, keys]), np.concatenate([rows, rows]))
+    with pytest.raises(PisaPulseError, match="row 1 of ALB is corrupt"):
+        Ledger.from_records("ALB", twice, Aggregates())
+    rows = rows.copy()
+    rows[0, :4] = np.frombuffer(np.int32(len(COUNTRY_CODES)).tobytes(), dtype=np.uint8)  # the country column
+    with pytest.raises(PisaPulseError, match="row 1 of ALB is corrupt"):
+        Ledger.from_records("ALB", (keys, rows), Aggregates())
+
+
+def test_bulk_sums_are_exact_where_int64_products_would_overflow() -> None:
+    """Weights and plausible values at the ends of int32, over enough rows that Σw·pv passes 2**63."""
+    rng = np.random.default_rng(3)
+    n = 5_000
+    rows = rng.integers(VALID_MIN, 2**31, size=(n, ROW_WIDTH), dtype=np.int64).astype(np.int32)
+    rows[:, COUNTRY] = rng.integers(0, 3, size=n)
+    rows[:, ARRIVAL] = rng.integers(-1, 4, size=n)
+    rows[: n // 2, FIRST_VALUE:] = 2**31 - 1  # the largest values, all valid
+    holes = rng.random(size=(n, ROW_WIDTH)) < 0.05  # and some missing or invalid anywhere
+    holes[:, :FIRST_VALUE] = False
+    rows[holes] = rng.choice([MISSING, INVALID], size=int(holes.sum()))
+    one_by_one, bulk = Aggregates(), Aggregates()
+    for row in rows.tolist():
+        one_by_one.add(row)
+    bulk.add_rows(rows)
+    assert bulk == one_by_one and bulk.export(full=True) == one_by_one.export(full=True)
+    assert max(s for sums, _ in bulk.export(full=True).values() for s in sums) > 2**63
 
 
 def test_unchanged_values_keep_the_previous_ones() -> None:

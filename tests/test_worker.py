@@ -50,7 +50,7 @@ LEASE_S = 2  # short, for the test: expiry is what the takeover waits for
 
 
 def test_a_source_under_traffic_reaches_a_replica_exactly(
-    nats_cluster: NatsCluster, shared: SharedServer, new_dir: Path, tmp_path: Path
+    nats_cluster: NatsCluster, shared: SharedServer, new_dir: Path
 ) -> None:
     config = shared.up(new_dir, countries="alb", schema="slim", rows_per_country=ROWS, messy=0.05)
     traffic = Traffic(config, rate=300, updates=0.15, deletes=0.1, messy=0.05, seed=11)
@@ -66,7 +66,7 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
             js = writer.jetstream(timeout=30)
             stores = await Stores.open(js, replicas=3, prefix=prefix)
             worker = SourceWorker(
-                config.sources[0], tmp_path, stores, epoch=7, worker="w1", slot_prefix=shared.slot_prefix
+                config.sources[0], stores, epoch=7, worker="w1", slot_prefix=shared.slot_prefix
             )
             task = asyncio.create_task(worker.run())
             try:
@@ -104,7 +104,7 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
 
 
 def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
-    nats_cluster: NatsCluster, shared: SharedServer, new_dir: Path, tmp_path: Path
+    nats_cluster: NatsCluster, shared: SharedServer, new_dir: Path
 ) -> None:
     config = shared.up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=100)
     names = [s.name for s in config.sources]
@@ -117,11 +117,9 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
             view = PartsView(js, prefix)
             await view.start()
             workers = {}
-            for name in ("a", "b"):  # two machines: each its own state dir
+            for name in ("a", "b"):
                 book = await LeaseBook.open(js, f"worker-{name}", replicas=3, lease_s=LEASE_S, prefix=prefix)
-                workers[name] = Worker(
-                    book, config.sources, tmp_path / name, stores, LEASE_S, slot_prefix=shared.slot_prefix
-                )
+                workers[name] = Worker(book, config.sources, stores, LEASE_S, slot_prefix=shared.slot_prefix)
             stops = {name: asyncio.Event() for name in workers}
             tasks = {name: asyncio.create_task(w.run(stops[name])) for name, w in workers.items()}
             try:
@@ -163,7 +161,7 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
 
 
 def test_a_source_removed_from_the_settings_is_retired_with_its_slot(
-    nats_cluster: NatsCluster, shared: SharedServer, new_dir: Path, tmp_path: Path
+    nats_cluster: NatsCluster, shared: SharedServer, new_dir: Path
 ) -> None:
     config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=50)
     removed = config.sources[1]
@@ -179,7 +177,7 @@ def test_a_source_removed_from_the_settings_is_retired_with_its_slot(
             js = client.jetstream(timeout=30)
             stores = await Stores.open(js, replicas=3, prefix=prefix)
             book = await LeaseBook.open(js, "w", replicas=3, lease_s=LEASE_S, prefix=prefix)
-            worker = Worker(book, sources, tmp_path, stores, LEASE_S, slot_prefix=shared.slot_prefix)
+            worker = Worker(book, sources, stores, LEASE_S, slot_prefix=shared.slot_prefix)
             stop = asyncio.Event()
             task = asyncio.create_task(worker.run(stop))
             try:

@@ -109,11 +109,9 @@ async def _run_worker(
         book = await retried(
             "open the lease buckets", lambda: LeaseBook.open(js, name, replicas, lease_s, options.prefix), 30
         )
-        state_dir = settings.state_dir / "workers" / name  # a scratch copy: JetStream holds the checkpoints
         worker = Worker(
             book,
             settings.sources,
-            state_dir,
             stores,
             lease_s,
             slot_prefix=settings.slot_prefix,

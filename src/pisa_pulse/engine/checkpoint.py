@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 from pisa_pulse.capture.contract import Position
+from pisa_pulse.engine.ledger import Records, records_of
 from pisa_pulse.errors import PisaPulseError
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,20 @@ class SourceChanges:
 
     position: Position
     rows: Iterable[tuple[int, bytes | None]]  # (pk, packed row) or (pk, None) for a deleted row
+
+
+class Checkpoint(Protocol):
+    """Where a pipeline keeps its sources' ledger rows and positions: this SQLite file
+    (`CheckpointStore`), or JetStream for a fleet worker's one source (fleet/checkpoints.py)."""
+
+    def positions(self) -> dict[str, Position]: ...
+    def records(self, source: str) -> Records: ...
+    def snapshot_due(self, source: str, rows: int) -> bool: ...
+    def save(
+        self, changes: dict[str, SourceChanges], snapshots: Mapping[str, Records] | None = None
+    ) -> int: ...
+    def forget(self, source: str) -> None: ...
+    def close(self) -> None: ...
 
 
 class CheckpointStore:
@@ -108,8 +124,17 @@ class CheckpointStore:
         while batch := cur.fetchmany(10_000):
             yield from batch
 
-    def save(self, changes: dict[str, SourceChanges]) -> int:
-        """Write every source's changed rows and position in one transaction; returns rows written."""
+    def records(self, source: str) -> Records:
+        """A source's checkpointed ledger rows, as `Ledger.from_records` takes them."""
+        return records_of(source.upper(), self.rows(source))
+
+    def snapshot_due(self, source: str, rows: int) -> bool:
+        """Never: this file is updated in place, row by row."""
+        return False
+
+    def save(self, changes: dict[str, SourceChanges], snapshots: Mapping[str, Records] | None = None) -> int:
+        """Write every source's changed rows and position in one transaction; returns rows written.
+        (`snapshots` is for checkpoints that ask for one, `snapshot_due`: never asked here.)"""
         written = 0
         known = self.positions()
         with self.db:  # BEGIN ... COMMIT, or ROLLBACK on error

@@ -46,6 +46,24 @@ ROW_BYTES = _ROW.size
 RECORD_BYTES = ROW_BYTES + 8  # a checkpointed row: the row, then its digest (int64, little-endian)
 _INITIAL_CAPACITY = 1024
 
+Records = tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]  # primary keys, and (n, RECORD_BYTES) rows
+
+
+def records_of(source_country: str, rows: Iterable[tuple[int, bytes]]) -> Records:
+    """Checkpointed (pk, packed row) pairs as `Ledger.from_records` takes them, each row's size checked."""
+    keys: list[int] = []
+    packed: list[bytes] = []
+    for pk, row in rows:
+        if len(row) != RECORD_BYTES:
+            raise PisaPulseError(
+                f"checkpointed row {pk} of {source_country} has {len(row)} bytes, not {RECORD_BYTES}",
+                "the checkpoint was written by another version: remove it to rebuild from the sources",
+            )
+        keys.append(pk)
+        packed.append(row)
+    block = np.frombuffer(b"".join(packed), dtype=np.uint8).reshape(len(keys), RECORD_BYTES)
+    return np.array(keys, dtype=np.int64), block
+
 
 class Ledger:
     """One source's rows by primary key; every change is applied to the given Aggregates too."""
@@ -167,27 +185,46 @@ class Ledger:
         slots = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
         return keys, self._digests[slots].astype(np.int64)
 
+    def records(self) -> Records:
+        """Every row held, as `from_records` takes them (the ledger's whole state, e.g. for a snapshot)."""
+        keys = np.fromiter(self._slots.keys(), dtype=np.int64, count=len(self._slots))
+        slots = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
+        packed = np.empty((len(slots), RECORD_BYTES), dtype=np.uint8)
+        packed[:, :ROW_BYTES] = self._block[slots].view(np.uint8)
+        packed[:, ROW_BYTES:] = self._digests[slots].view(np.uint8).reshape(-1, 8)
+        return keys, packed
+
     @classmethod
     def restore(
         cls, source_country: str, rows: Iterable[tuple[int, bytes]], aggregates: Aggregates
     ) -> Ledger:
         """A ledger holding checkpointed rows (packed as `take_changes` gave them), added to `aggregates`."""
-        ledger = cls(source_country)
-        for pk, packed in rows:
-            if len(packed) != RECORD_BYTES:
-                raise PisaPulseError(
-                    f"checkpointed row {pk} of {source_country} has {len(packed)} bytes, not {RECORD_BYTES}",
-                    "the checkpoint was written by another version: remove it to rebuild from the sources",
-                )
-            row = _ROW.unpack_from(packed)
-            if not 0 <= row[COUNTRY] < len(COUNTRY_CODES) or pk in ledger._slots:
-                raise PisaPulseError(f"checkpointed row {pk} of {source_country} is corrupt")
-            slot = ledger._allocate()
-            ledger._slots[pk] = slot
-            ledger._view[slot * ROW_BYTES : (slot + 1) * ROW_BYTES] = packed[:ROW_BYTES]
-            ledger._digest_view[slot * 8 : slot * 8 + 8] = packed[ROW_BYTES:]
-            ledger._count(row)
-            aggregates.add(row)
+        return cls.from_records(source_country, records_of(source_country, rows), aggregates)
+
+    @classmethod
+    def from_records(cls, source_country: str, records: Records, aggregates: Aggregates) -> Ledger:
+        """A ledger holding these rows, added to `aggregates`: in bulk (numpy), so a worker taking a
+        source of 30,000 rows over spends milliseconds here, not a second."""
+        keys, packed = records
+        n = len(keys)
+        ledger = cls(source_country, max(n, _INITIAL_CAPACITY))
+        rows = packed[:, :ROW_BYTES].copy().view("<i4")
+        countries = rows[:, COUNTRY]
+        bad = (countries < 0) | (countries >= len(COUNTRY_CODES))
+        if bad.any():
+            raise PisaPulseError(f"checkpointed row {int(keys[bad.argmax()])} of {source_country} is corrupt")
+        ledger._slots = dict(zip(keys.tolist(), range(n), strict=True))
+        if len(ledger._slots) != n:
+            unique, counts = np.unique(keys, return_counts=True)
+            twice = int(unique[counts > 1][0])
+            raise PisaPulseError(f"checkpointed row {twice} of {source_country} is corrupt (held twice)")
+        ledger._block[:n] = rows
+        ledger._digests[:n] = packed[:, ROW_BYTES:].copy().view("<i8").reshape(n)
+        ledger._used = n
+        status, values = rows[:, CNT_STATUS], rows[:, FIRST_VALUE:]
+        ledger._missing = [int((status == CNT_MISSING).sum()), *(values == MISSING).sum(axis=0).tolist()]
+        ledger._invalid = [int((status == CNT_INVALID).sum()), *(values == INVALID).sum(axis=0).tolist()]
+        aggregates.add_rows(rows)
         return ledger
 
     # -- per-column counts ------------------------------------------------------------------------

@@ -5,9 +5,10 @@ polling, as the source's mode says) and is their sink: each batch is applied who
 to that source's ledger and its part of the aggregates (`parts`, one `Aggregates` per source, so
 they can be published per source and merged anywhere). A batch's position becomes the source's
 position. About once a second the changed ledger rows and every position are checkpointed in one
-SQLite transaction, and only then is each position confirmed to its source, so a source keeps
-everything the checkpoint lacks. On restart the ledgers and positions come back from the checkpoint
-and each source resumes after its position.
+SQLite transaction (or, in a fleet worker, into JetStream: fleet/checkpoints.py), and only then is
+each position confirmed to its source, so a source keeps everything the checkpoint lacks. On
+restart the ledgers and positions come back from the checkpoint and each source resumes after its
+position.
 
 A copy (`COPY_START`, rows, `COPY_END`) first forgets the source's position durably, then upserts
 its rows (a row already held keeps its arrival time), and at its end retracts the held rows it did
@@ -23,13 +24,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pisa_pulse.capture.contract import Batch, BatchKind, CapturedSource, Position, SourceStatus
 from pisa_pulse.capture.sources import captured_sources
 from pisa_pulse.engine.aggregates import Aggregates, Exported
-from pisa_pulse.engine.checkpoint import CheckpointStore, SourceChanges
-from pisa_pulse.engine.ledger import Ledger
+from pisa_pulse.engine.checkpoint import Checkpoint, CheckpointStore, SourceChanges
+from pisa_pulse.engine.ledger import Ledger, Records
 from pisa_pulse.sources.config import Source
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,6 @@ log = logging.getLogger(__name__)
 def checkpoint_path(data_dir: Path) -> Path:
     """Where the pipeline keeps its checkpoint in a data dir."""
     return data_dir / "pipeline" / "checkpoint.sqlite3"
-
-
-class Mirror(Protocol):
-    """A second home for the checkpoint (fleet/checkpoints.py), told of each source's fresh copy and of
-    each checkpoint after the local one and before the position is confirmed; it raises to stop the
-    pipeline (the position is then not confirmed)."""
-
-    def forget(self, name: str) -> None: ...
-    def save(self, name: str, changes: SourceChanges, store: CheckpointStore) -> None: ...
 
 
 @dataclass
@@ -67,20 +59,19 @@ class Pipeline:
     def __init__(
         self,
         sources: Sequence[Source],
-        data_dir: Path,
+        home: Path | Checkpoint,
         slot_prefix: str = "pisa_pulse",
         checkpoint_interval: float = 1.0,
         poll_interval: float = 0.25,
         reconcile_interval: float = 30.0,
         on_change: Callable[[], None] | None = None,
-        mirror: Mirror | None = None,
         claim: Callable[[str], bool] | None = None,
     ) -> None:
-        """`mirror`: where checkpoints also go; `claim(name)`: whether this process may end another's
-        hold on a source's slot (capture/replicated.py; None: it never does)."""
+        """`home`: a data dir, whose SQLite file (`checkpoint_path`) holds the checkpoint, or another
+        `Checkpoint` (a fleet worker's, in JetStream); `claim(name)`: whether this process may end
+        another's hold on a source's slot (capture/replicated.py; None: it never does)."""
         self.checkpoint_interval = checkpoint_interval
-        self.mirror = mirror
-        self.store = CheckpointStore(checkpoint_path(data_dir))
+        self.store = home if not isinstance(home, Path) else CheckpointStore(checkpoint_path(home))
         self.version = 0  # bumps whenever the aggregates change
         self.latencies_ms: deque[float] = deque(maxlen=100_000)  # commit -> applied, per transaction
         self.lock = threading.Lock()  # held while ledgers and aggregates change
@@ -92,7 +83,7 @@ class Pipeline:
         self.held: dict[str, Held] = {}
         for src, capture in zip(sources, captures, strict=True):
             part = Aggregates()
-            ledger = Ledger.restore(src.name.upper(), self.store.rows(src.name), part)
+            ledger = Ledger.from_records(src.name.upper(), self.store.records(src.name), part)
             position = saved.get(src.name)
             self.held[src.name] = Held(capture, ledger, part, position, position)
         for gone in set(saved) - {s.name for s in sources}:
@@ -125,8 +116,6 @@ class Pipeline:
             # Durably, before the source makes a new slot: a crash during the copy leads to another copy.
             with self._store_lock:
                 self.store.forget(name)
-                if self.mirror is not None:
-                    self.mirror.forget(name)
                 with self.lock:
                     h.position = h.checkpointed = None
                     h.copy_seen = set()
@@ -161,16 +150,16 @@ class Pipeline:
     def checkpoint(self) -> int:
         """Write changed rows and positions, then confirm the positions to the sources."""
         changes: dict[str, SourceChanges] = {}
+        snapshots: dict[str, Records] = {}  # the whole ledger, where the checkpoint asks for it
         with self._store_lock:
             with self.lock:  # every ledger and position as of one moment
                 for name, h in self.held.items():
                     due = h.ledger.pending_changes or h.position != h.checkpointed
                     if h.position is not None and h.copy_seen is None and due:
+                        if self.store.snapshot_due(name, h.ledger.pending_changes):
+                            snapshots[name] = h.ledger.records()
                         changes[name] = SourceChanges(h.position, list(h.ledger.take_changes()))
-            written = self.store.save(changes) if changes else 0
-            if self.mirror is not None:
-                for name, ch in changes.items():
-                    self.mirror.save(name, ch, self.store)
+            written = self.store.save(changes, snapshots) if changes else 0
         for name, ch in changes.items():
             h = self.held[name]
             h.checkpointed = ch.position

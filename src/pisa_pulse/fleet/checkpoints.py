@@ -1,8 +1,9 @@
 """Checkpoints any worker can resume: each source's ledger and position, kept in JetStream.
 
-A worker's pipeline checkpoints locally (engine/checkpoint.py) about once a second; `SourceLog`
-mirrors each of those checkpoints into JetStream before the position is confirmed to the source,
-so what JetStream holds is never behind the slot. Two places per source:
+A worker's pipeline checkpoints about once a second, and `SourceLog` is where its checkpoint goes
+(the engine's `Checkpoint`, in place of the SQLite file `serve` keeps): each checkpoint is in
+JetStream before its position is confirmed to the source, so what JetStream holds is never behind
+the slot. Two places per source:
 
 - **the log**, subject `<prefix>.checkpoints.<source>` of stream `<prefix>_checkpoints`: one
   message per checkpoint with the ledger rows it changed (upserted or deleted) and the position
@@ -10,10 +11,13 @@ so what JetStream holds is never behind the slot. Two places per source:
   afresh, and a `claim` when a worker takes the source over. The bytes follow the changes, not the
   ledger's size.
 - **the snapshot**, object `<source>` of object store `<prefix>_snapshots`: every row and the
-  position as of one message of the log (`through`). It is rewritten once the log since the last
-  snapshot outweighs it (at least `COMPACT_MIN_BYTES`), then the log before `through` is purged: the
-  cost of compaction is at most the cost of the changes, whatever the ledger's size, and a restore
-  reads at most about twice the ledger.
+  position as of one message of the log (`through`). A checkpoint that would make the log since the
+  last snapshot outweigh it (and `COMPACT_MIN_BYTES`) is written as a new snapshot instead, the
+  pipeline's whole ledger as of that checkpoint, after a log message that holds only its position
+  (`Pisa-Rows: snapshot`); then the log before `through` is purged. So the cost of compaction is at
+  most the cost of the changes, whatever the ledger's size, a fresh copy's first checkpoint is
+  written once, and a restore reads at most about twice the ledger. A restore that meets such a
+  message after the snapshot it has (the worker died between the two writes) copies afresh.
 
 **Fencing.** Every message is published with `Nats-Expected-Last-Subject-Sequence` (the sequence of
 the one before it, which it also carries as `Pisa-Prev`), so a worker's writes land only while
@@ -34,10 +38,11 @@ import contextlib
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from nats.js import JetStreamContext, api
 from nats.js.errors import (
     APIError,
@@ -48,7 +53,8 @@ from nats.js.errors import (
 from nats.js.object_store import ObjectStore
 
 from pisa_pulse.capture.contract import Position
-from pisa_pulse.engine.checkpoint import CheckpointStore, SourceChanges
+from pisa_pulse.engine.checkpoint import SourceChanges
+from pisa_pulse.engine.ledger import RECORD_BYTES, Records, records_of
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.fleet.bus import retried
 from pisa_pulse.fleet.leases import PREFIX, bucket_name
@@ -115,6 +121,27 @@ def pack_rows(rows: Iterable[tuple[int, bytes | None]]) -> Iterator[bytes]:
         yield b"".join(chunk)
 
 
+_RECORD = np.dtype([("pk", "<i8"), ("length", "<i4"), ("row", "u1", (RECORD_BYTES,))])  # `pack_rows`'s
+
+
+def pack_records(records: Records) -> bytes:
+    """A ledger's rows (`Ledger.records`) as one `pack_rows` body, in bulk (a snapshot)."""
+    keys, rows = records
+    packed = np.empty(len(keys), dtype=_RECORD)
+    packed["pk"], packed["length"], packed["row"] = keys, RECORD_BYTES, rows
+    return packed.tobytes()
+
+
+def unpack_records(data: bytes, source: str) -> Records:
+    """The rows of a body of rows only, none deleted (a snapshot), in bulk."""
+    if len(data) % _RECORD.itemsize:
+        raise PisaPulseError(f"the snapshot of {source} in JetStream is corrupt ({len(data)} bytes)")
+    packed = np.frombuffer(data, dtype=_RECORD)
+    if (packed["length"] != RECORD_BYTES).any():
+        raise PisaPulseError(f"the snapshot of {source} in JetStream is corrupt (a row of another size)")
+    return packed["pk"].copy(), packed["row"].copy()
+
+
 def unpack_rows(data: bytes) -> Iterator[tuple[int, bytes | None]]:
     """The rows of one body (`pack_rows`)."""
     at = 0
@@ -139,11 +166,26 @@ def position_from(text: str) -> Position | None:
     return Position(identity, int(lsn), int(last))
 
 
+def _no_records() -> Records:
+    return np.empty(0, dtype=np.int64), np.empty((0, RECORD_BYTES), dtype=np.uint8)
+
+
+def _with_changes(records: Records, changes: dict[int, bytes | None], source: str) -> Records:
+    """`records` with `changes` (pk -> row, None: deleted) applied."""
+    if not changes:
+        return records
+    keys, rows = records
+    kept = ~np.isin(keys, np.fromiter(changes, dtype=np.int64, count=len(changes)))
+    added = [(pk, row) for pk, row in changes.items() if row is not None]
+    more = records_of(source.upper(), added)
+    return np.concatenate([keys[kept], more[0]]), np.concatenate([rows[kept], more[1]])
+
+
 @dataclass
 class Restored:
     """What a new owner resumes from: the rows and position (None: copy afresh, for `why`)."""
 
-    rows: dict[int, bytes] = field(default_factory=dict)
+    records: Records = field(default_factory=_no_records)
     position: Position | None = None
     last: int = 0  # the sequence of the log's last message: the next write's expected one
     why: str = "no checkpoint in JetStream"
@@ -154,8 +196,9 @@ class Restored:
 class SourceLog:
     """One source's checkpoints in JetStream, as its current owner writes them (module docstring).
 
-    `restore` and `claim` run on the event loop; `forget` and `save` are the pipeline's mirror, called
-    from its thread, and block until JetStream has stored the write.
+    `restore` and `claim` run on the event loop; the rest is the pipeline's `Checkpoint` of this one
+    source (what `claim` read, then each checkpoint), called from its thread: a write blocks until
+    JetStream has stored it.
     """
 
     def __init__(
@@ -176,6 +219,8 @@ class SourceLog:
         self.subject = subject(prefix, source)
         self.loop = loop
         self.compact_min_bytes = compact_min_bytes
+        self.restored = Restored()  # what `claim` read, until the pipeline takes it
+        self.position: Position | None = None  # as of the last checkpoint in JetStream
         self.last = 0
         self.since_snapshot = 0  # bytes written to the log since the snapshot
         self.snapshot_bytes = 0
@@ -189,6 +234,7 @@ class SourceLog:
         owner fails. Read again if one wrote meanwhile."""
         while True:
             restored = await self.restore()
+            self.restored, self.position = restored, restored.position
             self.last = restored.last
             self.snapshot_bytes, self.since_snapshot = restored.snapshot_bytes, restored.log_bytes
             try:
@@ -212,7 +258,7 @@ class SourceLog:
                 )
             result = await self.objects.get(self.source)
             data = result.data or b""
-            restored.rows = {pk: row for pk, row in unpack_rows(data) if row is not None}
+            restored.records = unpack_records(data, self.source)
             restored.position = position_from(meta.get("position", ""))
             restored.snapshot_bytes = len(data)
             through = int(meta["through"])
@@ -226,30 +272,33 @@ class SourceLog:
         if not through and not last:
             return restored  # never checkpointed: a fresh copy
         pending: list[bytes] = []
+        changes: dict[int, bytes | None] = {}  # since the snapshot, by the log's checkpoints
         chain = through
         async for seq, headers, data in self._log(through + 1, last):
             if int(headers.get("Pisa-Prev", -1)) != chain:
-                restored.rows, restored.position = {}, None
+                restored.records, restored.position = _no_records(), None
                 restored.why = f"the checkpoint in JetStream has a gap before message {seq}"
                 return restored
             chain = seq
             restored.log_bytes += len(data)
             kind = headers.get("Pisa-Kind", "")
+            if headers.get("Pisa-Rows") == "snapshot":  # its snapshot was never written (or was lost)
+                restored.records, restored.position = _no_records(), None
+                restored.why = f"the snapshot of message {seq} is missing from JetStream"
+                return restored
             if kind == "reset":
-                restored.rows, restored.position, pending = {}, None, []
+                restored.records, restored.position, pending, changes = _no_records(), None, [], {}
             elif kind == "rows":
                 pending.append(data)
                 if headers.get("Pisa-Final") == "1":
                     for body in pending:
-                        for pk, row in unpack_rows(body):
-                            if row is None:
-                                restored.rows.pop(pk, None)
-                            else:
-                                restored.rows[pk] = row
+                        changes.update(unpack_rows(body))
                     restored.position, pending = position_from(headers.get("Pisa-Position", "")), []
         if restored.position is None:
-            restored.rows = {}
+            restored.records = _no_records()
             restored.why = "the checkpoint in JetStream has no position yet (a copy was under way)"
+        else:
+            restored.records = _with_changes(restored.records, changes, self.source)
         return restored
 
     async def _log(self, start: int, last: int) -> AsyncIterator[tuple[int, dict[str, str], bytes]]:
@@ -272,35 +321,66 @@ class SourceLog:
         finally:
             await subscription.unsubscribe()
 
-    # -- the pipeline's mirror (its thread) -------------------------------------------------------
+    # -- the pipeline's checkpoint (its thread) ---------------------------------------------------
 
-    def forget(self, name: str) -> None:
+    def positions(self) -> dict[str, Position]:
+        """The position claimed (none: the source is copied afresh)."""
+        position = self.restored.position
+        return {} if position is None else {self.source: position}
+
+    def records(self, source: str) -> Records:
+        """The rows claimed, handed over once (the pipeline's ledger holds them from then on)."""
+        records, self.restored.records = self.restored.records, _no_records()
+        return records
+
+    def snapshot_due(self, source: str, rows: int) -> bool:
+        """Whether the log since the snapshot, with a checkpoint of `rows` changed rows, would outweigh
+        the snapshot (and `compact_min_bytes`): that checkpoint then goes into a new snapshot."""
+        logged = self.since_snapshot + rows * (_ROW.size + RECORD_BYTES)
+        return logged > max(self.snapshot_bytes, self.compact_min_bytes)
+
+    def forget(self, source: str) -> None:
         """The source is being copied afresh: what the log held no longer counts."""
         self._blocking(self._write({"Pisa-Kind": "reset"}, b""))
+        self.position = None
 
-    def save(self, name: str, changes: SourceChanges, store: CheckpointStore) -> None:
-        """One checkpoint of the source (already in the local `store`): its rows, then compaction when
-        due. Raises `Superseded` when another worker has written the log since.
+    def save(self, changes: dict[str, SourceChanges], snapshots: Mapping[str, Records] | None = None) -> int:
+        """One checkpoint of the source: its rows in the log; or, when `snapshot_due` asked for one,
+        the whole ledger as of the same moment (`snapshots`) as the new snapshot, after a log message
+        that holds only the position and says its rows are in the snapshot (a copy's first
+        checkpoint is written once, not twice). Raises `Superseded` when another worker has written
+        the log since. Returns the rows written.
 
         The rows are packed here, in the pipeline's thread, and only the writes run on the event
         loop: packing a copy's hundred thousand rows there would hold up the worker's lease renewals."""
-        bodies = list(pack_rows(changes.rows)) or [b""]
-        self._blocking(self._save(bodies, changes.position))
-        if self.since_snapshot > max(self.snapshot_bytes, self.compact_min_bytes):
-            # The local store holds exactly the state as of the log's last message.
-            data = b"".join(pack_rows(store.rows(self.source)))
-            self._blocking(self._compact(changes.position, data))
+        change = changes.get(self.source)
+        if change is None:
+            return 0
+        rows = list(change.rows)
+        snapshot = (snapshots or {}).get(self.source)
+        if snapshot is None:
+            self._blocking(self._save(list(pack_rows(rows)) or [b""], change.position))
+        else:
+            self._blocking(self._save([b""], change.position, {"Pisa-Rows": "snapshot"}))
+            self._blocking(self._compact(change.position, pack_records(snapshot)))
+        self.position = change.position
+        return len(rows)
+
+    def close(self) -> None:
+        """Nothing to close: the worker owns the connection."""
 
     def _blocking(self, work: Awaitable[None]) -> None:
         assert self.loop is not None, "a SourceLog used as a mirror needs the event loop"
         asyncio.run_coroutine_threadsafe(work, self.loop).result()  # type: ignore[arg-type]
 
-    async def _save(self, bodies: list[bytes], position: Position) -> None:
+    async def _save(
+        self, bodies: list[bytes], position: Position, last: dict[str, str] | None = None
+    ) -> None:
         for i, body in enumerate(bodies):
             final = i == len(bodies) - 1
             headers = {"Pisa-Kind": "rows", "Pisa-Final": "1" if final else "0"}
             if final:
-                headers["Pisa-Position"] = position_header(position)
+                headers.update(last or {}, **{"Pisa-Position": position_header(position)})
             await self._write(headers, body)
 
     async def _compact(self, position: Position, data: bytes) -> None:
@@ -355,6 +435,7 @@ class SourceLog:
     def describe(self) -> dict[str, Any]:
         """What the status says of this source's checkpoint in JetStream."""
         return {
+            "lsn": None if self.position is None else self.position.lsn,  # of the last checkpoint
             "log_sequence": self.last,
             "snapshot_bytes": self.snapshot_bytes,
             "bytes_written": self.bytes_written,  # log and snapshots, by this owner

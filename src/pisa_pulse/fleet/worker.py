@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
@@ -26,8 +25,7 @@ import nats.errors
 from pisa_pulse.capture.contract import Position, State
 from pisa_pulse.capture.replicated import slot_name
 from pisa_pulse.engine.aggregates import Aggregates
-from pisa_pulse.engine.checkpoint import CheckpointStore, SourceChanges
-from pisa_pulse.engine.pipeline import Pipeline, checkpoint_path
+from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.fleet import checkpoints, parts, retire
 from pisa_pulse.fleet.bus import PartsPublisher
 from pisa_pulse.fleet.leases import LeaseBook
@@ -39,8 +37,17 @@ log = logging.getLogger(__name__)
 COALESCE_S = 0.02  # least time between two writes of a source's changes
 BEAT_S = 0.5  # between writes of an idle source's sums (its freshness)
 STATUS_S = 1.0  # between writes of a source's capture status
-COPIES_AT_ONCE = 2  # per worker: restores, and fresh copies until they stream or fail (see `Worker`)
+RESTORES_AT_ONCE = 8  # per worker: claims and restores from checkpoints (see `Worker`)
+COPIES_AT_ONCE = 2  # per worker: fresh copies, until they stream or fail (see `Worker`)
 COPY_STATES = {State.CONNECTING, State.COPYING}  # a copy holds its slot while in these (not if it fails)
+
+
+@dataclass
+class Gates:
+    """How many of a worker's sources may restore, and copy afresh, at once (see `Worker`)."""
+
+    restores: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(RESTORES_AT_ONCE))
+    copies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(COPIES_AT_ONCE))
 
 
 def position_text(position: Position | None) -> str | None:
@@ -51,25 +58,24 @@ def position_text(position: Position | None) -> str | None:
 class SourceWorker:
     """Capture of one source, published under `epoch` (see the module docstring).
 
-    `run` first claims the source's checkpoint in JetStream (`checkpoints.SourceLog`) and writes what
-    it holds into the local state dir, so the pipeline resumes where the former owner stopped; where
-    there is none, or it has a gap, the pipeline copies the source afresh, and the status says why.
+    `run` first claims the source's checkpoint in JetStream (`checkpoints.SourceLog`), which is then
+    its pipeline's checkpoint, so the pipeline resumes where the former owner stopped; where there
+    is none, or it has a gap, the pipeline copies the source afresh, and the status says why. A
+    worker keeps no state on disk.
     """
 
     def __init__(
         self,
         source: Source,
-        state_dir: Path,
         stores: Stores,
         epoch: int,
         worker: str = "",
         claim: Callable[[str], bool] | None = None,
-        copies: asyncio.Semaphore | None = None,
+        gates: Gates | None = None,
         **capture: Any,
     ) -> None:
         self.source = source
-        self.copies = copies  # shared by a worker's sources (see `Worker`)
-        self.state_dir = state_dir / source.name
+        self.gates = gates or Gates()  # shared by a worker's sources (see `Worker`)
         self.epoch = epoch
         self.worker = worker
         self.claim = claim
@@ -97,40 +103,28 @@ class SourceWorker:
         slot = slot_name(self.capture.get("slot_prefix", "pisa_pulse"), self.source)  # Pipeline's default
         await retire.record(self.stores, self.source, slot)
         if restored.position is not None:
-            self.resumed = {"from": "checkpoint", "rows": len(restored.rows), "log_sequence": restored.last}
+            rows = len(restored.records[0])
+            self.resumed = {"from": "checkpoint", "rows": rows, "log_sequence": restored.last}
         else:
             self.resumed = {"from": "copy", "why": restored.why}
         self.resumed["read_bytes"] = restored.snapshot_bytes + restored.log_bytes
         self.resumed["at"] = claimed_at
         log.info("resuming source=%s epoch=%d %s", self.source.name, self.epoch, self.resumed)
 
-        def local() -> Pipeline:
-            shutil.rmtree(self.state_dir, ignore_errors=True)  # JetStream's copy is the one that counts
-            if restored.position is not None:
-                store = CheckpointStore(checkpoint_path(self.state_dir))
-                store.save({self.source.name: SourceChanges(restored.position, restored.rows.items())})
-                store.close()
-            return Pipeline(
-                [self.source],
-                self.state_dir,
-                on_change=self._on_change,
-                mirror=self.log,
-                claim=self.claim,
-                **self.capture,
-            )
-
-        pipeline = await asyncio.to_thread(local)
+        pipeline = await asyncio.to_thread(
+            Pipeline, [self.source], self.log, on_change=self._on_change, claim=self.claim, **self.capture
+        )
         self.resumed["seconds"] = round(time.monotonic() - started, 3)  # claim, read, restore
         return pipeline
 
     async def run(self) -> None:
         """Resume, capture and publish until cancelled; then stop capture (it checkpoints first).
         Raises when capture stops by itself (`checkpoints.Superseded`: another worker took over)."""
-        copying = self.copies if self.copies is not None else asyncio.Semaphore(1)
-        async with copying:  # a restore, and a fresh copy until it streams, a few at a time
+        async with self.gates.restores:
             self.pipeline = pipeline = await self._resume()
+        copying = self.gates.copies
         copy = self.resumed["from"] == "copy"
-        if copy:
+        if copy:  # until it streams or fails
             await copying.acquire()
         thread = threading.Thread(target=self._capture, args=(pipeline,), name=f"capture-{self.source.name}")
         thread.start()
@@ -198,27 +192,27 @@ class Worker:
     each, started under the lease's epoch and cancelled when the lease goes.
 
     Every `lease_s / 3` seconds it renews what it holds, then moves one step towards the plan. Its
-    sources restore, and copy afresh until they stream or fail, `COPIES_AT_ONCE` at a time: twenty
-    copies of 30,000 students at once in one process starved the event loop of the GIL past the
-    lease (measured: every lease lost within 10 s of a 600,000-student start), and sources moved
-    back and forth. A source whose capture stopped by itself (another worker took it over, or NATS
-    refused its checkpoint for a minute) is released, to be taken again from its checkpoint.
-    `run(stop)` hands every lease over when `stop` is set (SIGTERM); cancelled instead (a crash), it
-    lets them expire.
+    sources copy afresh, until they stream or fail, `COPIES_AT_ONCE` at a time: twenty copies of
+    30,000 students at once in one process starved the event loop of the GIL past the lease
+    (measured: every lease lost within 10 s of a 600,000-student start), and sources moved back and
+    forth. Restores from a checkpoint cost a tenth of a copy's CPU (bulk numpy, mostly waiting on
+    NATS), so `RESTORES_AT_ONCE` of them run together: the sources of a lost worker move in one go.
+
+    A source whose capture stopped by itself (another worker took it over, or NATS refused its
+    checkpoint for a minute) is released, to be taken again from its checkpoint. `run(stop)` hands
+    every lease over when `stop` is set (SIGTERM); cancelled instead (a crash), it lets them expire.
     """
 
     def __init__(
         self,
         book: LeaseBook,
         sources: Sequence[Source],
-        state_dir: Path,
         stores: Stores,
         lease_s: float,
         **capture: Any,
     ) -> None:
         self.book = book
         self.sources = {s.name: s for s in sources}
-        self.state_dir = state_dir
         self.stores = stores
         self.lease_s = lease_s
         self.capture = capture
@@ -226,7 +220,7 @@ class Worker:
         self.workers: dict[str, SourceWorker] = {}
         self._loop = asyncio.get_running_loop()
         self._retire_at = 0.0
-        self._copies = asyncio.Semaphore(COPIES_AT_ONCE)
+        self._gates = Gates()
 
     async def run(self, stop: asyncio.Event) -> None:
         renewed = time.monotonic()
@@ -294,12 +288,11 @@ class Worker:
         for name in sorted(set(held) & set(self.sources) - set(self.running)):
             source_worker = SourceWorker(
                 self.sources[name],
-                self.state_dir,
                 self.stores,
                 held[name].epoch,
                 self.book.worker,
                 self.claim,
-                self._copies,
+                self._gates,
                 **self.capture,
             )
             self.workers[name] = source_worker
