@@ -18,7 +18,8 @@ two `pisa-pulse api` replicas, then, on the same sources and machine:
 - **serve** afterwards on the same sources, probed the same way (its own fresh copy first).
 
 Both probes run after `poll_bench.vacuum` (autovacuum paused, as e2e_bench does), so the two sides
-see the same database; the benchmark says so in its table.
+see the same database; each side is then probed again with autovacuum running (PostgreSQL's
+default), the unpaused case.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from limits_bench import static_http
 from pisa_pulse.engine.values import COUNTRY_INDEX
 from pisa_pulse.fleet import parts
 from pisa_pulse.fleet.leases import PREFIX
+from pisa_pulse.sources.config import SourcesConfig
+from poll_bench import autovacuum
 from sources_bench import scratch_dir, total_rows
 
 PROBE_CHART = "/api/charts/escs?countries=ALB,ARG,AUS"
@@ -78,11 +81,12 @@ def fleet(students: int, rate: float, seconds: float) -> dict[str, Any]:
                     r2.wait_ready("replication", held)
                     result["ready_s"] = _ready_seconds(r1)
                     _until_checkpointed(r1)
-                    traffic = _traffic(traffic_dir, rate, 3 * seconds + FAILOVER_TIMEOUT_S)
+                    traffic = _traffic(traffic_dir, rate, 4 * seconds + FAILOVER_TIMEOUT_S)
                     try:
                         time.sleep(3)  # warm-up: the traffic reaches its rate
                         pids = [w.pid for w in workers.values()]
                         result.update(_freshness_and_bytes(nats, r1, pids, probe, seconds))
+                        result["fleet_autovacuum"] = _unpaused(config, r1.url, probe, seconds, seed=13)
                         result["failover"] = _failover(r1, workers, probe.name)
                     finally:
                         traffic.terminate()
@@ -100,11 +104,13 @@ def fleet(students: int, rate: float, seconds: float) -> dict[str, Any]:
             serve_command(data_dir, config, "replication"), data_dir.parent / "serve.log"
         ) as serve:
             serve.wait_ready("replication", total_rows(config))  # as the fleet's traffic left them
-            traffic = _traffic(traffic_dir, rate, seconds + 5)
+            autovacuum(config, enabled=False)  # paused again, as for the fleet's first probe
+            traffic = _traffic(traffic_dir, rate, 2 * seconds + 5)
             try:
                 time.sleep(3)
                 latencies, _ = _probe(serve.url, probe.dsn, probe.name, seconds, seed=12)
                 result["serve"] = {"markers": len(latencies), **spread(latencies)}
+                result["serve_autovacuum"] = _unpaused(config, serve.url, probe, seconds, seed=14)
             finally:
                 traffic.terminate()
                 traffic.wait()
@@ -112,8 +118,14 @@ def fleet(students: int, rate: float, seconds: float) -> dict[str, Any]:
                 serve, serve.url.rstrip("/") + PROBE_CHART, CONNECTIONS["replication"], seconds, postmaster
             )
     result["ceiling"] = static_http(seconds)
-    result["vacuumed"] = True
     return result
+
+
+def _unpaused(config: SourcesConfig, url: str, probe: Any, seconds: float, seed: int) -> dict[str, Any]:
+    """The probe again with autovacuum running (PostgreSQL's default), traffic on."""
+    autovacuum(config, enabled=True)
+    latencies, _ = _probe(url, probe.dsn, probe.name, seconds, seed=seed)
+    return {"markers": len(latencies), **spread(latencies)}
 
 
 def _worker(urls: str, settings: Path, name: str, logs: Path) -> subprocess.Popen[bytes]:
@@ -308,12 +320,14 @@ def _failover(
             fresh = now - killed
         time.sleep(0.02)
     restores = [by_source[s].get("resumed", {}).get("seconds") for s in moved]
+    reads = [by_source[s].get("resumed", {}).get("read_s") for s in moved]
     claimed = [by_source[s].get("resumed", {}).get("at", killed) - killed for s in moved]
     return {
         "sources_moved": len(moved),
         "streaming_again_s": None if streaming is None else round(streaming, 2),
         "fresh_again_s": None if fresh is None else round(fresh, 2),
         "restore_s_max": max((r for r in restores if r is not None), default=None),
+        "read_s_max": max((r for r in reads if r is not None), default=None),  # of which the claim
         "claimed_s": [round(min(claimed), 2), round(max(claimed), 2)],  # first and last take-over
         "restored_from": sorted({by_source[s].get("resumed", {}).get("from", "?") for s in moved}),
     }

@@ -210,6 +210,14 @@ def _direct_cpu_ms(config: cfg.SourcesConfig, postmaster: int | None, rounds: in
     return statistics.median(costs)
 
 
+def autovacuum(config: cfg.SourcesConfig, enabled: bool) -> None:
+    """Pause autovacuum on every source's table, or let it run again (PostgreSQL's default)."""
+    statement = "RESET (autovacuum_enabled)" if enabled else "SET (autovacuum_enabled = off)"
+    for source in config.sources:
+        with connected(source.dsn) as conn, conn.cursor() as cur:
+            cur.execute(f"ALTER TABLE responses {statement}")
+
+
 def vacuum(config: cfg.SourcesConfig) -> None:
     """VACUUM every source and ANALYZE its key, as autovacuum would after the load; pause autovacuum.
 
@@ -220,4 +228,4 @@ def vacuum(config: cfg.SourcesConfig) -> None:
         with connected(source.dsn) as conn, conn.cursor() as cur:
             cur.execute("VACUUM responses")
             cur.execute("ANALYZE responses (id)")
-            cur.execute("ALTER TABLE responses SET (autovacuum_enabled = off)")
+    autovacuum(config, enabled=False)

@@ -67,6 +67,8 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
     assert result["poll_freshness"][0]["markers"] > 0
     [fleet] = result["fleet"]
     assert fleet["fleet"]["markers"] > 0 and fleet["serve"]["markers"] > 0
+    assert fleet["fleet_autovacuum"]["markers"] > 0 and fleet["serve_autovacuum"]["markers"] > 0
+    assert all(stage.get("p50_ms") is not None for stage in fleet["stages"].values())
     assert fleet["failover"]["sources_moved"] > 0 and fleet["failover"]["streaming_again_s"] is not None
     assert fleet["failover"]["restored_from"] == ["checkpoint"]
     assert fleet["into_nats"]["bytes_per_s"] > 0 and fleet["into_nats"]["checkpoint_bytes_per_min"] > 0

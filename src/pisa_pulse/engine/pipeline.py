@@ -185,6 +185,22 @@ class Pipeline:
             self._dirty = set()
             return {name: self.held[name].part.export(full) for name in names}
 
+    def take_part(
+        self, name: str, full: bool, blocking: bool = True
+    ) -> tuple[float, Aggregates, Exported] | None:
+        """One source's freshness, a copy of its part, and `take_parts` of it, as of one moment (its
+        freshness first: the part holds at least everything up to it); None at once if not
+        `blocking` and a batch is being applied."""
+        as_of = self.held[name].capture.freshness()
+        if not self.lock.acquire(blocking=blocking):
+            return None
+        try:
+            self._dirty.discard(name)
+            h = self.held[name]
+            return as_of, h.part.copy(), h.part.export(full)
+        finally:
+            self.lock.release()
+
     def position(self, name: str) -> Position | None:
         """The position applied for a source."""
         return self.held[name].position

@@ -24,7 +24,6 @@ import nats.errors
 
 from pisa_pulse.capture.contract import Position, State
 from pisa_pulse.capture.replicated import slot_name
-from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.fleet import checkpoints, parts, retire
 from pisa_pulse.fleet.bus import PartsPublisher
@@ -36,8 +35,8 @@ log = logging.getLogger(__name__)
 
 COALESCE_S = 0.02  # least time between two writes of a source's changes
 BEAT_S = 0.5  # between writes of an idle source's sums (its freshness)
-STATUS_S = 1.0  # between writes of a source's capture status
-RESTORES_AT_ONCE = 8  # per worker: claims and restores from checkpoints (see `Worker`)
+STATUS_S = 1.0  # between writes of a source's capture status (a new state is written at once)
+RESTORES_AT_ONCE = 16  # per worker: claims and restores from checkpoints (see `Worker`)
 COPIES_AT_ONCE = 2  # per worker: fresh copies, until they stream or fail (see `Worker`)
 COPY_STATES = {State.CONNECTING, State.COPYING}  # a copy holds its slot while in these (not if it fails)
 
@@ -97,9 +96,10 @@ class SourceWorker:
         self._loop.call_soon_threadsafe(self._changed.set)
 
     async def _resume(self) -> Pipeline:
-        """Claim the checkpoint, put it in the local state dir, and open the pipeline on it."""
+        """Claim the checkpoint and open the pipeline on it."""
         started, claimed_at = time.monotonic(), time.time()
         restored = await self.log.claim()
+        read = time.monotonic()
         slot = slot_name(self.capture.get("slot_prefix", "pisa_pulse"), self.source)  # Pipeline's default
         await retire.record(self.stores, self.source, slot)
         if restored.position is not None:
@@ -114,7 +114,8 @@ class SourceWorker:
         pipeline = await asyncio.to_thread(
             Pipeline, [self.source], self.log, on_change=self._on_change, claim=self.claim, **self.capture
         )
-        self.resumed["seconds"] = round(time.monotonic() - started, 3)  # claim, read, restore
+        self.resumed["read_s"] = round(read - started, 3)  # the claim: snapshot and log read
+        self.resumed["seconds"] = round(time.monotonic() - started, 3)  # and the ledger rebuilt
         return pipeline
 
     async def run(self) -> None:
@@ -129,17 +130,18 @@ class SourceWorker:
         thread = threading.Thread(target=self._capture, args=(pipeline,), name=f"capture-{self.source.name}")
         thread.start()
         try:
-            full, reported = True, 0.0
+            full, reported, reported_state = True, 0.0, None
             while True:
                 if not thread.is_alive():
                     raise self._failure or RuntimeError(f"capture of {self.source.name} stopped")
-                if copy and pipeline.statuses()[0].state not in COPY_STATES:
+                state = pipeline.statuses()[0].state
+                if copy and state not in COPY_STATES:
                     copying.release()
                     copy = False
                 self._changed.clear()
                 await self._publish(pipeline, full)
                 full, sent = False, time.monotonic()
-                if sent - reported >= STATUS_S:
+                if sent - reported >= STATUS_S or state != reported_state:  # a new state: said at once
                     status = {
                         **pipeline.status()[0],
                         "reported_at": time.time(),
@@ -151,7 +153,7 @@ class SourceWorker:
                         },
                     }
                     await self.publisher.publish_status(self.epoch, self.worker, status)
-                    reported = sent
+                    reported, reported_state = sent, state
                 try:
                     await asyncio.wait_for(self._changed.wait(), BEAT_S)
                     await asyncio.sleep(max(0.0, COALESCE_S - (time.monotonic() - sent)))
@@ -171,20 +173,19 @@ class SourceWorker:
             self._loop.call_soon_threadsafe(self._changed.set)
 
     async def _publish(self, pipeline: Pipeline, full: bool) -> None:
-        # Off the event loop: the pipeline's lock may be held by a capture thread applying a batch of
-        # a copy, and the loop also renews the worker's leases.
-        as_of, part, hours = await asyncio.to_thread(self._taken, pipeline, full)
-        position = position_text(pipeline.position(self.source.name))
-        await self.publisher.publish(self.epoch, as_of, position, part, hours)
-
-    def _taken(self, pipeline: Pipeline, full: bool) -> tuple[float, Aggregates, set[int]]:
-        """The part to publish, the time its changes are in up to, and the hours to write."""
+        # On the event loop when the pipeline's lock is free (a copy of a few small dicts); else in a
+        # thread: a capture thread may hold it for a whole batch of a copy, and the loop also renews
+        # the worker's leases. (Always in a thread cost 2.5 ms at p50 and 37 ms at p99 per publish
+        # beside ten capturing sources: bench/fleet_bench.py's stages.)
         name = self.source.name
-        as_of = pipeline.as_of()  # before the part: it holds at least everything up to it
-        exported = pipeline.take_parts(full).get(name, {})  # what changed since the last time
-        with pipeline.lock:  # then the part as of one moment, at least as new
-            part = pipeline.held[name].part.copy()
-        return as_of, part, parts.hours_to_write(part, exported, full)
+        taken = pipeline.take_part(name, full, blocking=False)
+        if taken is None:
+            taken = await asyncio.to_thread(pipeline.take_part, name, full)
+        assert taken is not None
+        as_of, part, exported = taken
+        hours = parts.hours_to_write(part, exported, full)
+        position = position_text(pipeline.position(name))
+        await self.publisher.publish(self.epoch, as_of, position, part, hours)
 
 
 class Worker:
@@ -196,7 +197,8 @@ class Worker:
     30,000 students at once in one process starved the event loop of the GIL past the lease
     (measured: every lease lost within 10 s of a 600,000-student start), and sources moved back and
     forth. Restores from a checkpoint cost a tenth of a copy's CPU (bulk numpy, mostly waiting on
-    NATS), so `RESTORES_AT_ONCE` of them run together: the sources of a lost worker move in one go.
+    NATS), so `RESTORES_AT_ONCE` of them run together: the sources of a lost worker move in one go,
+    with at most that many snapshots in memory at once (about three times a snapshot's size each).
 
     A source whose capture stopped by itself (another worker took it over, or NATS refused its
     checkpoint for a minute) is released, to be taken again from its checkpoint. `run(stop)` hands
