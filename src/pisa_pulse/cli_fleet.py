@@ -73,7 +73,7 @@ def add_commands(
     fleet = commands.add_parser("fleet", help="inspect the workers and sources of a NATS deployment")
     actions = fleet.add_subparsers(dest="action", required=True, metavar="ACTION")
     status = actions.add_parser("status", help="per source: worker, lease, state, position and lag")
-    connect.add_options(status)
+    connect.add_options(status, creates=False)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

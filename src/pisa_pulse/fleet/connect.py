@@ -39,8 +39,9 @@ class NatsOptions:
     replicas: int | None = None  # None: as many as the cluster has servers, up to 3
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """--nats, --nats-creds, --nats-ca and --nats-prefix (shared by worker, api and fleet)."""
+def add_options(parser: argparse.ArgumentParser, creates: bool = True) -> None:
+    """--nats, --nats-creds, --nats-ca and --nats-prefix (shared by worker, api and fleet), and
+    --nats-replicas where the command `creates` buckets (worker, api; not `fleet status`)."""
     parser.add_argument(
         "--nats",
         required=True,
@@ -55,6 +56,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default=PREFIX,
         help=f"start of every bucket's name, to keep deployments apart on one cluster (default {PREFIX})",
     )
+    if not creates:
+        return
     parser.add_argument(
         "--nats-replicas",
         type=int,
@@ -81,7 +84,7 @@ def options_from(args: argparse.Namespace) -> NatsOptions:
         raise PisaPulseError(
             f"--nats-prefix {prefix!r} is not a bucket name", "use letters, digits, '_' and '-' only"
         )
-    return NatsOptions(urls, args.nats_creds, args.nats_ca, prefix, args.nats_replicas)
+    return NatsOptions(urls, args.nats_creds, args.nats_ca, prefix, getattr(args, "nats_replicas", None))
 
 
 async def _on_error(error: Exception) -> None:
