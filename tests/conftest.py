@@ -52,7 +52,8 @@ from tests.nats_cluster import NatsCluster, running_cluster
 # -- tests with and without servers -----------------------------------------------------------------
 
 NO_SERVER_ENV = "PISA_PULSE_TESTS_NO_SERVER"
-SERVER_FIXTURES = {"scratch", "nats_cluster"}  # every fixture that starts PostgreSQL depends on scratch
+# Every fixture that starts PostgreSQL depends on scratch; moto (tests/test_aws.py) is AWS in server mode.
+SERVER_FIXTURES = {"scratch", "nats_cluster", "moto"}
 SERVER_MARKERS = {"faults", "bench"}
 # Child processes that are, start or need servers: pisa-pulse commands, PostgreSQL's tools, browsers,
 # wrk, and bench/run.py (the benchmarks bring up their own sources).

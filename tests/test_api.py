@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 
 from pisa_pulse.api import charts, settings
 from pisa_pulse.api.app import create_app
+from pisa_pulse.api.bodies import Snapshot
 from pisa_pulse.api.exceptions import (
     BadRequest,
     HttpError,
@@ -33,7 +34,7 @@ from pisa_pulse.api.exceptions import (
     Unauthorized,
 )
 from pisa_pulse.api.settings import Settings
-from pisa_pulse.api.snapshots import LiveSnapshots, Snapshot
+from pisa_pulse.api.snapshots import LiveSnapshots
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources import lifecycle
@@ -396,7 +397,7 @@ def test_status_echoes_the_settings_without_secrets(tmp_path: Path, monkeypatch:
             assert secret not in text
     # Every setting of the table but the hidden ones, with the values in force.
     shown = {row.name for row in settings.SETTINGS if row.echo != "hidden"}
-    assert {f"{t}.{k}" for t in ("server", "capture") for k in echoed[t]} | {
+    assert {f"{t}.{k}" for t in ("server", "capture", "publish") for k in echoed[t]} | {
         f"sources[].{k}" for k in echoed["sources"][0]
     } == shown
     assert echoed["server"]["port"] == 9100 and echoed["capture"]["mode"] == "poll"

@@ -13,6 +13,7 @@ The API only reads, unless started with the traffic controls (api/traffic.py), w
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -77,12 +78,24 @@ async def on_error(request: Request, exc: Exception) -> Response:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Start the snapshots' background work; stop it (off the event loop) at shutdown."""
-    snapshots = handlers.state_of_app(app).snapshots
+    """Start the snapshots' background work, and the publishing when the settings ask for it; stop
+    them (the snapshots off the event loop) at shutdown."""
+    api = handlers.state_of_app(app)
+    snapshots = api.snapshots
     snapshots.start()
+    publishing = None
+    if api.settings is not None and api.settings.publish_to:
+        from pisa_pulse.aws.publish import DynamoPublisher, publish_every  # boto3: only when publishing
+        from pisa_pulse.aws.table import table_of
+
+        api.publisher = DynamoPublisher(table_of(api.settings.publish_to))
+        interval = api.settings.publish_interval
+        publishing = asyncio.create_task(publish_every(api.publisher, snapshots.snapshot, interval))
     try:
         yield
     finally:
+        if publishing is not None:
+            publishing.cancel()
         await run_in_threadpool(snapshots.stop)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pisa_pulse.api.snapshots import Snapshot
+from pisa_pulse.api.bodies import Snapshot
 from pisa_pulse.capture.contract import State
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.oracle import aggregates_from_sql

@@ -25,7 +25,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pisa_pulse.api.responses import DATA_HEADERS, error_response
+from pisa_pulse.api.bodies import DATA_HEADERS
+from pisa_pulse.api.responses import error_response
 
 CORS_PATHS = frozenset({"/api", "/api/charts", "/api/countries", "/api/openapi.json"})
 CORS_PREFIX = "/api/charts/"

@@ -7,8 +7,6 @@ app's one exception handler answers them in the one error shape.
 
 from __future__ import annotations
 
-import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,44 +19,20 @@ from starlette.responses import FileResponse, Response
 from pisa_pulse import __version__
 from pisa_pulse.api import charts
 from pisa_pulse.api import settings as api_settings
+from pisa_pulse.api.bodies import ChartCache, Snapshot, data_headers, not_modified
 from pisa_pulse.api.exceptions import NotFound, Unauthorized
 from pisa_pulse.api.guard import has_bearer
 from pisa_pulse.api.metrics import Metrics
 from pisa_pulse.api.openapi import openapi_document
-from pisa_pulse.api.responses import data_headers, json_bytes, json_response
-from pisa_pulse.api.snapshots import Snapshot, Snapshots
+from pisa_pulse.api.responses import json_response
+from pisa_pulse.api.snapshots import Snapshots
 from pisa_pulse.capture.contract import HEALTHY, healthy
 from pisa_pulse.pisa2018 import countries
 from pisa_pulse.web import static_dir
 
-CACHE_ENTRIES = 4096  # distinct (chart, countries, window) shapes kept per snapshot
 # PISA codes that are no ISO 3166 country (a city, provinces, economies): they have no shape on a
 # world map, whatever their PISA country id. Every other participant's id is its ISO 3166 number.
 NOT_ISO = frozenset({"QAZ", "QCI", "TAP", "KSV"})
-
-
-class ChartCache:
-    """Serialized chart bodies of the current snapshot version, with their ETags."""
-
-    def __init__(self) -> None:
-        self.version = -1
-        self.entries: OrderedDict[tuple[Any, ...], tuple[bytes, str]] = OrderedDict()
-
-    def get(
-        self, snap: Snapshot, key: tuple[Any, ...], build: Callable[[], dict[str, Any]]
-    ) -> tuple[bytes, str]:
-        """The body and ETag of `key` in `snap`, built on first use."""
-        if snap.version != self.version:
-            self.entries = OrderedDict()
-            self.version = snap.version
-        found = self.entries.get(key)
-        if found is None:
-            body = json_bytes(build())
-            found = (body, f'"{zlib.crc32(body):08x}{len(body):x}"')
-            self.entries[key] = found
-            if len(self.entries) > CACHE_ENTRIES:
-                self.entries.popitem(last=False)
-        return found
 
 
 @dataclass
@@ -69,6 +43,7 @@ class ApiState:
     clock: Callable[[], float]
     traffic: bool = False  # the traffic routes are on
     settings: api_settings.Settings | None = None  # echoed (without secrets) by /api/status
+    publisher: Any = None  # aws/publish.py's, when the settings publish
     cache: ChartCache = field(default_factory=ChartCache)
     metrics: Metrics = field(init=False)
 
@@ -108,13 +83,9 @@ async def chart(request: Request) -> Response:
     now = api.clock()
     query = charts.parse_query(found, request.query_params, now)
     snap = await api.snapshot(found.columns)
-    # Chart 2 changes with the clock: its window's last hour (or minute) is part of the key.
-    slot = int(now // (3600 if query.bucket == "hour" else 60)) if "bucket" in found.parameters else 0
-    key = (name, query.countries, query.points, query.bucket, slot)
-    body, etag = api.cache.get(snap, key, lambda: found.build(snap.aggregates, query))
+    body, etag = api.cache.chart(snap, found, query)
     headers = data_headers(snap, etag, api.clock())
-    sent = {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
-    if etag in sent or "*" in sent:
+    if not_modified(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return Response(body, headers=headers, media_type="application/json")
 
@@ -137,6 +108,8 @@ async def status(request: Request) -> Response:
     capture = api.snapshots.capture()
     if capture is not None:
         body["capture"] = capture
+    if api.publisher is not None:
+        body["publish"] = api.publisher.status()
     if api.settings is not None:
         body["settings"] = api_settings.effective(api.settings)
     return json_response(body, headers={"Cache-Control": "no-cache"})

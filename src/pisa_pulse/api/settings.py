@@ -8,6 +8,9 @@ port = 8000
 [capture]
 mode = "poll"
 
+[publish]                 # optional: also write the aggregates to DynamoDB (aws/)
+to = "dynamodb://pisa-pulse-charts"
+
 [[sources]]
 name = "alb"
 dsn = "postgresql://reader@db.example.org/alb"
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from pisa_pulse.aws.table import table_of
 from pisa_pulse.capture.contract import MODES, SOURCE_MODES
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import countries
@@ -193,6 +197,23 @@ SETTINGS: tuple[Setting, ...] = (
         least=1,
         most=86_400,
     ),
+    Setting(
+        "publish.to",
+        "string",
+        None,
+        "dynamodb://TABLE: serve also writes its aggregates to that DynamoDB table, for the Lambda "
+        "handler (pisa_pulse.aws.handler; docs/deploy.md); credentials and region from the standard AWS "
+        "chain",
+        default_text="none: serve publishes nowhere",
+    ),
+    Setting(
+        "publish.interval",
+        "seconds",
+        1.0,
+        "seconds between two publications (each writes only what changed: the touched hours and the sums)",
+        least=0.2,
+        most=3600,
+    ),
     Setting("sources[].name", "string", None, "the PISA country code of the database (alb)"),
     Setting(
         "sources[].dsn",
@@ -251,6 +272,8 @@ class Settings:
     server: ServerSettings = ServerSettings()
     poll_interval: float = _default("capture.poll_interval")
     reconcile_interval: float = _default("capture.reconcile_interval")
+    publish_to: str | None = None  # dynamodb://TABLE (aws/table.py)
+    publish_interval: float = _default("publish.interval")
 
 
 def load(path: Path, host: str | None = None, port: int | None = None, mode: str | None = None) -> Settings:
@@ -264,11 +287,13 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
         ) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PisaPulseError(f"settings file {path} is not readable TOML: {exc}", "fix the file") from None
-    _only(raw, {"server", "capture", "sources"} | _WRITTEN_BY_SOURCES_UP, "")
+    _only(raw, {"server", "capture", "publish", "sources"} | _WRITTEN_BY_SOURCES_UP, "")
     server_raw = _table(raw, "server")
     capture_raw = _table(raw, "capture")
+    publish_raw = _table(raw, "publish")
     _only(server_raw, _keys("server"), "server.")
     _only(capture_raw, _keys("capture"), "capture.")
+    _only(publish_raw, _keys("publish"), "publish.")
     server = ServerSettings(
         host=host or _value(server_raw, "server.host"),
         port=_value({"port": port} if port is not None else server_raw, "server.port"),
@@ -292,6 +317,14 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
     # --mode and direct mode apply to every source; otherwise a source's own mode wins.
     every = bool(mode) or default == "direct"
     state = Path(_value(capture_raw, "capture.state_dir"))
+    publish_to = publish_raw.get("to")
+    if publish_to is not None:
+        table_of(str(publish_to))
+        if default == "direct":
+            raise PisaPulseError(
+                "publish.to needs the aggregates, which direct mode does not keep",
+                "use capture mode replication, poll or auto, or remove [publish]",
+            )
     return Settings(
         sources=tuple(
             Source(s.name, s.dsn, default if every or s.mode is None else s.mode, s.password) for s in sources
@@ -302,6 +335,8 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
         server=server,
         poll_interval=_value(capture_raw, "capture.poll_interval"),
         reconcile_interval=_value(capture_raw, "capture.reconcile_interval"),
+        publish_to=publish_to,
+        publish_interval=_value(publish_raw, "publish.interval"),
     )
 
 
@@ -322,8 +357,15 @@ def effective(settings: Settings) -> dict[str, Any]:
         "capture.state_dir": str(settings.state_dir),
         "capture.poll_interval": settings.poll_interval,
         "capture.reconcile_interval": settings.reconcile_interval,
+        "publish.to": settings.publish_to,
+        "publish.interval": settings.publish_interval,
     }
-    body: dict[str, Any] = {"server": {}, "capture": {}, "sources": [{} for _ in settings.sources]}
+    body: dict[str, Any] = {
+        "server": {},
+        "capture": {},
+        "publish": {},
+        "sources": [{} for _ in settings.sources],
+    }
     for row in SETTINGS:
         if row.echo == "hidden":
             continue

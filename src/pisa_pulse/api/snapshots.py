@@ -14,22 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pisa_pulse.api.bodies import Snapshot
 from pisa_pulse.api.capture_process import CaptureProcess
 from pisa_pulse.api.settings import Settings
 from pisa_pulse.engine import feed
 from pisa_pulse.engine.aggregates import Aggregates
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One consistent view of the aggregates."""
-
-    version: int
-    aggregates: Aggregates
-    as_of: float  # Unix time up to which every source's changes are in (0: not yet known)
 
 
 class Snapshots(Protocol):

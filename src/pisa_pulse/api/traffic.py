@@ -27,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pisa_pulse.api.bodies import json_bytes
 from pisa_pulse.api.guard import has_bearer
-from pisa_pulse.api.responses import error_response, json_bytes
+from pisa_pulse.api.responses import error_response
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.secret import write_private
 from pisa_pulse.sources import control

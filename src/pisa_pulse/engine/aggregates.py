@@ -224,6 +224,10 @@ class Aggregates:
                 else:
                     tally.minutes.pop(minute, None)
 
+    def export_minutes(self) -> dict[int, dict[int, int]]:
+        """Every country's rows per arrival minute (copies, without resetting what `export` reports)."""
+        return {c: dict(t.minutes) for c, t in self._tallies.items()}
+
     def export_sums(self) -> Exported:
         """Every country's sums, without minutes (and without resetting what `export` reports)."""
         return {c: (list(t.sums), {}) for c, t in self._tallies.items()}

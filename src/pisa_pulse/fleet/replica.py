@@ -22,7 +22,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from pisa_pulse.api.snapshots import Snapshot
+from pisa_pulse.api.bodies import Snapshot
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.fleet.bus import PartsView, parts_bucket
 from pisa_pulse.fleet.connect import NatsOptions, connect, replicas_for

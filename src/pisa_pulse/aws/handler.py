@@ -1,0 +1,187 @@
+"""The Lambda function behind API Gateway: the charts from the DynamoDB table `serve` publishes to.
+
+`handle(event, context)` takes API Gateway's HTTP API events (payload 2.0) and REST API events
+(payload 1.0) and answers `GET /api/charts/{chart}` with the same bodies, `?countries=` rules, ETag,
+304 and error shape as `serve` (the rendering is `serve`'s own: api/charts.py and api/bodies.py),
+and `GET /api/health` from the published as-of time. Every other route answers 404 in the error
+shape, so the dashboard falls back to polling where a route is missing. A malformed event answers
+400, never a stack trace.
+
+A container keeps the items it read for `ITEM_TTL_S` (at most one read per key per second, however
+many polls it answers) and the chart bodies of the version it holds. The table comes from
+`PISA_PULSE_TABLE`; credentials, region and endpoint from the standard AWS chain. Logs are JSON
+lines (CloudWatch). Imports neither numpy nor psycopg2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pisa_pulse.api import charts
+from pisa_pulse.api.bodies import ChartCache, Snapshot, data_headers, error_body, json_bytes, not_modified
+from pisa_pulse.api.exceptions import HttpError, MethodNotAllowed, NotFound
+from pisa_pulse.aws import table
+
+log = logging.getLogger("pisa_pulse.aws")
+
+ITEM_TTL_S = 1.0
+HEALTHY_AGE_S = 10.0  # /api/health: data older than this is degraded (serve publishes every second)
+BATCH = 100  # keys per BatchGetItem
+JSON = "application/json"
+
+
+class BadEvent(Exception):
+    """The event is not an API Gateway request this handler understands."""
+
+
+class Items:
+    """The table's items as this container last read them, each at most `ITEM_TTL_S` old."""
+
+    def __init__(self, name: str, client: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name, self.client, self.clock = name, client, clock
+        self.held: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self.reads = 0  # keys read from DynamoDB
+
+    def get(self, keys: list[str]) -> list[dict[str, Any]]:
+        """The items of `keys` that exist, read again where older than `ITEM_TTL_S`."""
+        now = self.clock()
+        stale = [k for k in keys if k not in self.held or now - self.held[k][0] >= ITEM_TTL_S]
+        for start in range(0, len(stale), BATCH):
+            self._read(stale[start : start + BATCH], now)
+        return [item for k in keys if (item := self.held[k][1]) is not None]
+
+    def _read(self, keys: list[str], now: float) -> None:
+        wanted: dict[str, Any] = {self.name: {"Keys": [{"key": {"S": k}} for k in keys]}}
+        found: dict[str, dict[str, Any]] = {}
+        while wanted:
+            answer = self.client.batch_get_item(RequestItems=wanted)
+            for item in answer.get("Responses", {}).get(self.name, []):
+                found[item["key"]["S"]] = item
+            wanted = answer.get("UnprocessedKeys") or {}
+        self.reads += len(keys)
+        for key in keys:
+            self.held[key] = (now, found.get(key))
+
+
+class Charts:
+    """What one container serves (see the module docstring)."""
+
+    def __init__(self, items: Items, clock: Callable[[], float] = time.time) -> None:
+        self.items, self.clock = items, clock
+        self.cache = ChartCache()
+
+    def snapshot(self, hours: range) -> Snapshot:
+        """The published aggregates, with the minutes of `hours`."""
+        keys = [table.SUMS, *(table.hour_key(h) for h in hours)]
+        agg, as_of, version = table.aggregates_of(self.items.get(keys))
+        return Snapshot(version, agg, as_of)
+
+    def chart(
+        self, name: str, params: Mapping[str, str], if_none_match: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        found = charts.BY_NAME.get(name)
+        if found is None:
+            raise NotFound(f"no chart {name!r}", f"the charts are {', '.join(charts.CHARTS)}")
+        now = self.clock()
+        query = charts.parse_query(found, params, now)
+        hours = range(0)
+        if "bucket" in found.parameters:
+            width = 3600 if query.bucket == "hour" else 60
+            hours = range(int((now - query.points * width) // 3600), int(now // 3600) + 1)
+        snap = self.snapshot(hours)
+        body, etag = self.cache.chart(snap, found, query)
+        headers = {**data_headers(snap, etag, now), "Content-Type": JSON}
+        if not_modified(etag, if_none_match):
+            return 304, headers, b""
+        return 200, headers, body
+
+    def health(self) -> tuple[int, dict[str, str], bytes]:
+        snap = self.snapshot(range(0))
+        age = self.clock() - snap.as_of if snap.as_of else None
+        ok = age is not None and age <= HEALTHY_AGE_S
+        body = {"status": "ok" if ok else "degraded", "as_of": snap.as_of or None, "version": snap.version}
+        return (200 if ok else 503), {"Content-Type": JSON, "Cache-Control": "no-cache"}, json_bytes(body)
+
+
+def request_of(event: Any) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """Method, path, query parameters (the last of repeated ones, as `serve` takes them) and headers
+    (lower-case names) of an API Gateway event, payload 2.0 or 1.0."""
+    if not isinstance(event, dict):
+        raise BadEvent("the event is not a JSON object")
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    if event.get("version") == "2.0":
+        http = (event.get("requestContext") or {}).get("http") or {}
+        method, path = http.get("method"), event.get("rawPath")
+        query = dict(parse_qsl(event.get("rawQueryString") or "", keep_blank_values=True))
+    else:
+        method, path = event.get("httpMethod"), event.get("path")
+        multi = event.get("multiValueQueryStringParameters") or {}
+        single = event.get("queryStringParameters") or {}
+        query = {k: (v[-1] if isinstance(v, list) and v else str(v)) for k, v in {**single, **multi}.items()}
+    if not isinstance(method, str) or not isinstance(path, str) or not path.startswith("/"):
+        raise BadEvent("the event names no HTTP method and path")
+    return method.upper(), path, query, headers
+
+
+_CHARTS: Charts | None = None
+
+
+def _charts() -> Charts:
+    global _CHARTS
+    if _CHARTS is None:
+        import boto3  # here: a cold start pays for it once
+
+        name = os.environ.get("PISA_PULSE_TABLE", "")
+        _CHARTS = Charts(Items(table.table_of(f"dynamodb://{name}"), boto3.client("dynamodb")))
+    return _CHARTS
+
+
+def answer(charts_: Charts, event: Any) -> tuple[int, dict[str, str], bytes, str]:
+    """Status, headers, body and payload version of the answer to one event."""
+    version = event.get("version", "1.0") if isinstance(event, dict) else "1.0"
+    try:
+        method, path, query, headers = request_of(event)
+        if method not in {"GET", "HEAD"}:
+            raise MethodNotAllowed(f"{method} is not allowed here", "use GET")
+        if path.startswith("/api/charts/"):
+            status, out, body = charts_.chart(
+                path.removeprefix("/api/charts/"), query, headers.get("if-none-match", "")
+            )
+        elif path == "/api/health":
+            status, out, body = charts_.health()
+        else:
+            raise NotFound(f"no route {path}", "this function serves /api/charts/{chart} and /api/health")
+        return status, out, (b"" if method == "HEAD" else body), version
+    except BadEvent as exc:
+        return 400, {"Content-Type": JSON}, error_body(400, f"{exc}; send an API Gateway event"), version
+    except HttpError as exc:
+        return exc.status, {"Content-Type": JSON}, error_body(exc.status, str(exc)), version
+
+
+def handle(event: Any, context: Any = None) -> dict[str, Any]:
+    """The Lambda entry point (`pisa_pulse.aws.handler.handle`)."""
+    started = time.perf_counter()
+    try:
+        charts_ = _charts()
+    except Exception as exc:  # no table configured, no credentials: said in the log and the answer
+        log.error(json.dumps({"error": str(exc)}))
+        status, headers, body, version = (
+            503,
+            {"Content-Type": JSON},
+            error_body(503, "the chart table is not reachable"),
+            "1.0",
+        )
+    else:
+        status, headers, body, version = answer(charts_, event)
+    print(
+        json.dumps(
+            {"status": status, "ms": round((time.perf_counter() - started) * 1000, 2), "payload": version}
+        )
+    )
+    return {"statusCode": status, "headers": headers, "body": body.decode(), "isBase64Encoded": False}

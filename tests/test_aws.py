@@ -1,0 +1,200 @@
+"""The cloud form on a real endpoint: `serve` publishing to DynamoDB served by moto in server mode (a real
+HTTP endpoint, boto3 unmodified), and the Lambda handler answering API Gateway's sample events (payload
+2.0 and 1.0, tests/data/aws/) from that table: byte for byte what `serve` answers for the same data,
+bodies and ETags, by default and for several `countries` sets; 304 on a matching `If-None-Match`; the
+one error shape on bad input, a malformed event or an unknown route."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from pisa_pulse.aws import handler
+from pisa_pulse.aws.table import ATTRIBUTES, KEY_SCHEMA
+from pisa_pulse.sources import config as cfg
+from pisa_pulse.sources.cluster import free_port
+from tests import independent_oracle as oracle
+from tests.conftest import SharedServer, serving, stop, wait_for
+from tests.test_independent_oracle import traffic
+
+EVENTS = Path(__file__).parent / "data" / "aws"
+TABLE = "pisa-pulse-charts"
+CHARTS = (
+    "submissions",
+    "submissions-over-time",
+    "early-education-and-belonging",
+    "escs",
+    "learning-hours-per-week",
+    "performance",
+)
+COUNTRY_SETS = (
+    "",
+    "countries=alb,arg",
+    "countries=%20ARG%20,%20ALB%20",
+    "countries=AUS,ALB",
+    "countries=ALB,ZZZ",
+)
+
+
+@pytest.fixture(scope="module")
+def moto(scratch: Path) -> Iterator[str]:
+    """moto in server mode on 127.0.0.1, and this process's AWS settings pointing at it (restored after)."""
+    port = free_port()
+    binary = Path(sysconfig.get_path("scripts")) / "moto_server"
+    proc = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION", "PISA_PULSE_TABLE")}  # fmt: skip
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        PISA_PULSE_TABLE=TABLE,
+    )
+    try:
+        wait_for(lambda: _answers(url), 30, what="moto_server answering")
+        yield url
+    finally:
+        stop(proc)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/moto-api/", timeout=2):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def event(version: str, path: str, query: str = "", headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """API Gateway's sample event of that payload version, for `path?query`."""
+    sample: dict[str, Any] = json.loads(
+        (EVENTS / f"{'http-api-2.0' if version == '2.0' else 'rest-api-1.0'}.json").read_text()
+    )
+    sample = copy.deepcopy(sample)
+    params = dict(p.split("=", 1) for p in query.split("&") if p)
+    decoded = {k: urllib.request.unquote(v) for k, v in params.items()}
+    if version == "2.0":
+        sample["rawPath"] = sample["requestContext"]["http"]["path"] = path
+        sample["rawQueryString"] = query
+        sample["queryStringParameters"] = decoded or None
+        sample["headers"].update(headers or {})
+    else:
+        sample["path"] = path
+        sample["queryStringParameters"] = decoded or None
+        sample["multiValueQueryStringParameters"] = {k: [v] for k, v in decoded.items()} or None
+        sample["headers"].update(headers or {})
+    return sample
+
+
+def served(url: str, path: str, query: str = "") -> tuple[int, bytes, str]:
+    """`serve`'s status, body and ETag for `path?query`."""
+    try:
+        with urllib.request.urlopen(
+            f"{url}{path.lstrip('/')}{'?' + query if query else ''}", timeout=10
+        ) as r:
+            return r.status, r.read(), r.headers.get("ETag", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), ""
+
+
+def answered(
+    version: str, path: str, query: str = "", headers: dict[str, str] | None = None
+) -> tuple[int, bytes, str]:
+    """The handler's status, body and ETag for the same request as an API Gateway event."""
+    answer = handler.handle(event(version, path, query, headers))
+    return answer["statusCode"], answer["body"].encode(), answer["headers"].get("ETag", "")
+
+
+def test_the_handler_answers_from_dynamodb_what_serve_answers(
+    moto: str, shared: SharedServer, new_dir: Path, tmp_path: Path
+) -> None:
+    config = shared.up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=150, messy=0.05)
+    boto3.client("dynamodb").create_table(
+        TableName=TABLE, KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTES, BillingMode="PAY_PER_REQUEST"
+    )
+    settings = tmp_path / "serve.toml"
+    settings.write_text(
+        cfg.config_path(new_dir).read_text() + f'\n[publish]\nto = "dynamodb://{TABLE}"\ninterval = 0.2\n'
+    )
+    with serving("--config", str(settings)) as serve:
+
+        def caught_up() -> bool:
+            rows = sum(len(oracle.ids_of(source.dsn)) for source in config.sources)
+            return bool(json.loads(served(serve.url, "/api/status")[1])["snapshot"]["submissions"] == rows)
+
+        wait_for(caught_up, 60, what="serve holding every row (its copy)")
+        traffic(config, 200)  # while serve runs: rows in this hour, corrections, withdrawals; then paused
+        wait_for(caught_up, 60, what="serve holding every row (the traffic)")
+        over_time = json.loads(served(serve.url, "/api/charts/submissions-over-time")[1])
+        assert any(point["y"] for point in over_time["datasets"][0]["data"])  # chart 2 needs the minutes
+
+        def same() -> bool:
+            return all(served(serve.url, f"/api/charts/{c}")[1:] == answered("2.0", f"/api/charts/{c}")[1:]
+                       for c in CHARTS)  # fmt: skip
+
+        wait_for(same, 60, what="the handler's charts equal serve's")
+        for version in ("2.0", "1.0"):
+            for chart in CHARTS:
+                for query in COUNTRY_SETS:
+                    path = f"/api/charts/{chart}"
+                    assert answered(version, path, query) == served(serve.url, path, query), (
+                        version,
+                        chart,
+                        query,
+                    )
+        status, body, etag = answered("2.0", "/api/charts/escs", "countries=ALB")
+        assert status == 200 and etag
+        assert answered("2.0", "/api/charts/escs", "countries=ALB", {"if-none-match": etag})[:2] == (304, b"")
+        assert answered("1.0", "/api/charts/escs", "countries=ALB", {"If-None-Match": etag})[:2] == (304, b"")
+        for bad in ("countries=ALB,,", "countries=" + "A" * 400, "hours=0"):
+            path = "/api/charts/submissions-over-time" if bad.startswith("hours") else "/api/charts/escs"
+            status, body, _ = answered("2.0", path, bad)
+            assert (status, body) == served(serve.url, path, bad)[:2] and status == 400
+        status_body = json.loads(urllib.request.urlopen(serve.url + "api/status", timeout=10).read())
+        assert status_body["publish"]["writes"] > 0 and status_body["publish"]["refused"] == 0
+    assert answered("2.0", "/api/health")[0] in {200, 503}
+
+
+@pytest.mark.parametrize("broken", [None, [], {"version": "2.0"}, {"httpMethod": "GET", "path": "api"}])
+def test_a_malformed_event_answers_400_in_the_error_shape(moto: str, broken: Any) -> None:
+    answer = handler.handle(broken)
+    assert answer["statusCode"] == 400
+    assert set(json.loads(answer["body"])) == {"error"} and "Traceback" not in answer["body"]
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(moto: str) -> None:
+    assert answered("2.0", "/api/traffic")[0] == 404
+    assert answered("1.0", "/api/charts/nothing")[0] == 404
+    posted = event("2.0", "/api/charts/escs")
+    posted["requestContext"]["http"]["method"] = "POST"
+    answer = handler.handle(posted)
+    assert answer["statusCode"] == 405 and json.loads(answer["body"])["error"]["status"] == 405
+
+
+def test_the_handler_imports_neither_numpy_nor_psycopg2() -> None:
+    code = "import sys, pisa_pulse.aws.handler; print([m for m in ('numpy', 'psycopg2') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
