@@ -198,3 +198,34 @@ def test_the_handler_imports_neither_numpy_nor_psycopg2() -> None:
     code = "import sys, pisa_pulse.aws.handler; print([m for m in ('numpy', 'psycopg2') if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_an_older_publisher_cannot_roll_the_table_back(moto: str) -> None:
+    from pisa_pulse.api.bodies import Snapshot
+    from pisa_pulse.aws.publish import DynamoPublisher
+    from pisa_pulse.aws.table import aggregates_of
+    from pisa_pulse.engine.aggregates import Aggregates
+
+    name = "rollback"
+    client = boto3.client("dynamodb")
+    client.create_table(
+        TableName=name, KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTES, BillingMode="PAY_PER_REQUEST"
+    )
+    now = 1_796_000_000.0
+
+    def aggregates(rows: int) -> Aggregates:
+        agg = Aggregates()
+        for i in range(rows):  # country 0, arrival minutes in the current hour
+            agg.add([0, int(now // 60) - i % 30, 0, *([1000] * 35)])
+        return agg
+
+    newer, older = DynamoPublisher(name, client, lambda: now), DynamoPublisher(name, client, lambda: now)
+    newer.publish(Snapshot(1, aggregates(50), now))
+    older.publish(Snapshot(1, aggregates(20), now - 60))  # woke up with data a minute older
+    items = client.scan(TableName=name)["Items"]
+    held, as_of, _ = aggregates_of(items)
+    assert held == aggregates(50) and as_of == now
+    assert older.refused > 0 and older.writes == 0 and newer.refused == 0
+    newer.publish(Snapshot(2, aggregates(10), now + 1))  # rows withdrawn: fewer minutes, stale ones deleted
+    held, _, _ = aggregates_of(client.scan(TableName=name)["Items"])
+    assert held == aggregates(10)
