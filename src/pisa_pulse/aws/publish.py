@@ -1,11 +1,12 @@
 """`serve` publishing its aggregates to DynamoDB (`[publish] to = "dynamodb://TABLE"`).
 
-Every `interval` seconds, if the snapshot changed, the items whose value changed are written (the
-touched hours first, then `sums`, so a reader never sees sums listing an hour not yet written), and
-the hours that no longer hold rows or fell out of the longest chart window are deleted: at most
-`1 + hours touched` writes per interval whatever the change rate (at 1,000 changes/s, the current
-hour and the sums: 2 per interval). Every write is conditional on the version (table.py); a refused
-one is counted, logged, and not remembered, so the next round tries again with newer data.
+Every `interval` seconds, if the snapshot or its as-of time moved, the items whose value changed are
+written (the touched hours first, then `sums`, so a reader never sees sums listing an hour not yet
+written), and the hours that no longer hold rows or fell out of the longest chart window are
+deleted: at most `1 + hours touched` writes per interval whatever the change rate (at 1,000
+changes/s, the current hour and the sums: 2 per interval; idle, the sums alone, with its as-of).
+Every write is conditional on the version (table.py); a refused one is counted, logged, and not
+remembered, so the next round tries again with newer data.
 Credentials, region and endpoint come from the standard AWS chain (environment, profile, instance
 role; `AWS_ENDPOINT_URL` for a local endpoint), never from our settings.
 """
@@ -37,13 +38,14 @@ class DynamoPublisher:
             client = boto3.client("dynamodb")
         self.name, self.client, self.clock = name, client, clock
         self.version = 0
-        self.published = -1  # the snapshot version last published
+        self.published: tuple[int, float] = (-1, 0.0)  # the snapshot version and as_of last published
         self.written: dict[str, bytes] = {}  # key -> the value last written
         self.writes = self.deletes = self.refused = 0
 
     def publish(self, snap: Snapshot) -> None:
-        """Write what changed since the last call (nothing if the snapshot did not)."""
-        if snap.version == self.published:
+        """Write what changed since the last call: nothing if the snapshot did not, the sums alone when
+        only its as_of moved (an idle source stays provably fresh, for /api/health)."""
+        if (snap.version, snap.as_of) == self.published:
             return
         hour = int(self.clock() // 3600)
         items = table.items_of(snap.aggregates, snap.as_of, range(hour - KEEP_HOURS, hour + 2))
@@ -57,7 +59,7 @@ class DynamoPublisher:
             refused += not self._delete(key, version)
         self.version = version
         if not refused:
-            self.published = snap.version
+            self.published = (snap.version, snap.as_of)
 
     def _put(self, item: table.Item, version: int) -> bool:
         fields: dict[str, Any] = {
