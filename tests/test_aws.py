@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -229,3 +230,23 @@ def test_an_older_publisher_cannot_roll_the_table_back(moto: str) -> None:
     newer.publish(Snapshot(2, aggregates(10), now + 1))  # rows withdrawn: fewer minutes, stale ones deleted
     held, _, _ = aggregates_of(client.scan(TableName=name)["Items"])
     assert held == aggregates(10)
+
+
+def test_the_direct_handler_answers_what_the_independent_oracle_computes(
+    shared: SharedServer, new_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pisa_pulse.aws import direct_handler
+
+    config = shared.up(new_dir, countries="alb,arg,aus", schema="slim", rows_per_country=150, messy=0.05)
+    traffic(config, 100)
+    monkeypatch.setenv("PISA_PULSE_SETTINGS", str(cfg.config_path(new_dir)))
+    monkeypatch.setattr(direct_handler, "_CHARTS", None)
+    totals = oracle.all_totals({s.name.upper(): s.dsn for s in config.sources})
+    for version in ("2.0", "1.0"):
+        for asked in (None, ["ARG", "ALB"]):
+            query = f"countries={','.join(asked)}" if asked else ""
+            for chart in CHARTS:
+                answer = direct_handler.handle(event(version, f"/api/charts/{chart}", query))
+                expected = oracle.chart_bodies(totals, time.time(), {}, asked)[chart]  # direct: no arrivals
+                assert answer["statusCode"] == 200 and json.loads(answer["body"]) == expected, (chart, asked)
+    assert direct_handler.handle(event("2.0", "/api/charts/escs", "countries=ALB,,"))["statusCode"] == 400

@@ -69,18 +69,26 @@ class Items:
             self.held[key] = (now, found.get(key))
 
 
-class Charts:
-    """What one container serves (see the module docstring)."""
+def from_table(items: Items) -> Callable[[frozenset[str], range], Snapshot]:
+    """Snapshots of the published aggregates: the sums, and the minutes of the hours a chart shows."""
 
-    def __init__(self, items: Items, clock: Callable[[], float] = time.time) -> None:
-        self.items, self.clock = items, clock
-        self.cache = ChartCache()
-
-    def snapshot(self, hours: range) -> Snapshot:
-        """The published aggregates, with the minutes of `hours`."""
+    def snapshot(columns: frozenset[str], hours: range) -> Snapshot:
         keys = [table.SUMS, *(table.hour_key(h) for h in hours)]
-        agg, as_of, version = table.aggregates_of(self.items.get(keys))
+        agg, as_of, version = table.aggregates_of(items.get(keys))
         return Snapshot(version, agg, as_of)
+
+    return snapshot
+
+
+class Charts:
+    """What one container serves: charts rendered as `serve` renders them, from `snapshot(columns,
+    hours)`: the chart's columns, and the hours of arrival minutes it shows."""
+
+    def __init__(
+        self, snapshot: Callable[[frozenset[str], range], Snapshot], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.snapshot, self.clock = snapshot, clock
+        self.cache = ChartCache()
 
     def chart(
         self, name: str, params: Mapping[str, str], if_none_match: str
@@ -94,7 +102,7 @@ class Charts:
         if "bucket" in found.parameters:
             width = 3600 if query.bucket == "hour" else 60
             hours = range(int((now - query.points * width) // 3600), int(now // 3600) + 1)
-        snap = self.snapshot(hours)
+        snap = self.snapshot(found.columns, hours)
         body, etag = self.cache.chart(snap, found, query)
         headers = {**data_headers(snap, etag, now), "Content-Type": JSON}
         if not_modified(etag, if_none_match):
@@ -102,7 +110,7 @@ class Charts:
         return 200, headers, body
 
     def health(self) -> tuple[int, dict[str, str], bytes]:
-        snap = self.snapshot(range(0))
+        snap = self.snapshot(frozenset(), range(0))
         age = self.clock() - snap.as_of if snap.as_of else None
         ok = age is not None and age <= HEALTHY_AGE_S
         body = {"status": "ok" if ok else "degraded", "as_of": snap.as_of or None, "version": snap.version}
@@ -138,7 +146,7 @@ def _charts() -> Charts:
         import boto3  # here: a cold start pays for it once
 
         name = os.environ.get("PISA_PULSE_TABLE", "")
-        _CHARTS = Charts(Items(table.table_of(f"dynamodb://{name}"), boto3.client("dynamodb")))
+        _CHARTS = Charts(from_table(Items(table.table_of(f"dynamodb://{name}"), boto3.client("dynamodb"))))
     return _CHARTS
 
 
@@ -166,9 +174,14 @@ def answer(charts_: Charts, event: Any) -> tuple[int, dict[str, str], bytes, str
 
 def handle(event: Any, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point (`pisa_pulse.aws.handler.handle`)."""
+    return respond(_charts, event)
+
+
+def respond(charts_of: Callable[[], Charts], event: Any) -> dict[str, Any]:
+    """The answer to one event as API Gateway takes it, and its JSON log line."""
     started = time.perf_counter()
     try:
-        charts_ = _charts()
+        charts_ = charts_of()
     except Exception as exc:  # no table configured, no credentials: said in the log and the answer
         log.error(json.dumps({"error": str(exc)}))
         status, headers, body, version = (
