@@ -1,15 +1,22 @@
-"""The deployment files are checked here as far as this machine can: the SAM template by cfn-lint (and
-its handler is a real callable of ours); a broken copy fails the same check, so the check is live."""
+"""The deployment files are checked here as far as this machine can (no container engine, no cloud
+account): the SAM template by cfn-lint (its handler a real callable of ours), the Dockerfile by hadolint
+(the command it runs a real console script and subcommand); a broken copy of each fails the same
+check, so the checks are live."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
+import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 CFN_LINT = Path(sysconfig.get_path("scripts")) / "cfn-lint"
+HADOLINT = Path(sysconfig.get_path("scripts")) / "hadolint"
+ROOT = Path(__file__).parent.parent
 
 
 def cfn_lint(template: Path) -> subprocess.CompletedProcess[str]:
@@ -32,3 +39,34 @@ def test_the_templates_handler_is_ours() -> None:
     )
     module, _, name = handler.rpartition(".")
     assert callable(getattr(importlib.import_module(module), name))
+
+
+def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(HADOLINT), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_dockerfile_passes_hadolint_and_a_broken_one_does_not(tmp_path: Path) -> None:
+    dockerfile = DEPLOY / "Dockerfile"
+    done = hadolint(dockerfile)
+    assert done.returncode == 0, done.stdout + done.stderr
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(dockerfile.read_text().replace("USER 10001\n", "RUN apt-get install curl\n"))
+    assert hadolint(broken).returncode != 0
+
+
+def test_the_image_runs_a_real_console_script_and_subcommand() -> None:
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    entrypoint = json.loads(
+        next(line for line in lines if line.startswith("ENTRYPOINT"))[len("ENTRYPOINT") :]
+    )
+    command = json.loads(next(line for line in lines if line.startswith("CMD"))[len("CMD") :])
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entrypoint[0] in scripts
+    module = scripts[entrypoint[0]].split(":")[0]
+    done = subprocess.run([sys.executable, "-m", module.rsplit(".", 1)[0], command[0], "--help"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and all(
+        option in done.stdout for option in command[1:] if option.startswith("--")
+    )
