@@ -13,23 +13,35 @@ import sysconfig
 import tomllib
 from pathlib import Path
 
+import pytest
+
 DEPLOY = Path(__file__).parent.parent / "deploy"
 CFN_LINT = Path(sysconfig.get_path("scripts")) / "cfn-lint"
 HADOLINT = Path(sysconfig.get_path("scripts")) / "hadolint"
 ROOT = Path(__file__).parent.parent
 
 
-def cfn_lint(template: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CFN_LINT), str(template)], capture_output=True, text=True, timeout=120)
+# file, its linter's command, and a change that must make it fail
+CHECKS = [
+    ("template.yaml", [str(CFN_LINT)], ("AWS::DynamoDB::Table", "AWS::DynamoDB::Tabel")),
+    ("Dockerfile", [str(HADOLINT), "--no-color"], ("USER 10001\n", "RUN apt-get install curl\n")),
+]
 
 
-def test_the_sam_template_passes_cfn_lint_and_a_broken_one_does_not(tmp_path: Path) -> None:
-    template = DEPLOY / "template.yaml"
-    done = cfn_lint(template)
+@pytest.mark.parametrize(("name", "linter", "breakage"), CHECKS, ids=[c[0] for c in CHECKS])
+def test_each_deployment_file_passes_its_linter_and_a_broken_copy_does_not(
+    name: str, linter: list[str], breakage: tuple[str, str], tmp_path: Path
+) -> None:
+    def lint(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*linter, str(path)], capture_output=True, text=True, timeout=120)
+
+    done = lint(DEPLOY / name)
     assert done.returncode == 0, done.stdout + done.stderr
-    broken = tmp_path / "broken.yaml"
-    broken.write_text(template.read_text().replace("AWS::DynamoDB::Table", "AWS::DynamoDB::Tabel"))
-    assert cfn_lint(broken).returncode != 0
+    text = (DEPLOY / name).read_text()
+    assert breakage[0] in text
+    broken = tmp_path / name
+    broken.write_text(text.replace(*breakage))
+    assert lint(broken).returncode != 0
 
 
 def test_the_templates_handler_is_ours() -> None:
@@ -39,21 +51,6 @@ def test_the_templates_handler_is_ours() -> None:
     )
     module, _, name = handler.rpartition(".")
     assert callable(getattr(importlib.import_module(module), name))
-
-
-def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(HADOLINT), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60
-    )
-
-
-def test_the_dockerfile_passes_hadolint_and_a_broken_one_does_not(tmp_path: Path) -> None:
-    dockerfile = DEPLOY / "Dockerfile"
-    done = hadolint(dockerfile)
-    assert done.returncode == 0, done.stdout + done.stderr
-    broken = tmp_path / "Dockerfile"
-    broken.write_text(dockerfile.read_text().replace("USER 10001\n", "RUN apt-get install curl\n"))
-    assert hadolint(broken).returncode != 0
 
 
 def test_the_image_runs_a_real_console_script_and_subcommand() -> None:
