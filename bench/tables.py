@@ -191,6 +191,11 @@ def _limits(result: dict[str, Any]) -> tuple[str, list[str]]:
     ]
 
 
+def _p50_p99(spread: dict[str, Any]) -> tuple[Any, Any]:
+    """A latency spread's p50 and p99 (None where it has none)."""
+    return spread.get("p50_ms"), spread.get("p99_ms")
+
+
 def _ratio(part: float | None, whole: float | None) -> str:
     return "-" if not part or not whole else f"{part / whole:.2f}"
 
@@ -203,10 +208,8 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
         "restore s (slowest) | into NATS: bytes/s | messages/s | checkpoints bytes/min | parts bytes/min |",
         lambda c: _cells(
             c["students"],
-            c["fleet"]["p50_ms"],
-            c["fleet"]["p99_ms"],
-            c["serve"]["p50_ms"],
-            c["serve"]["p99_ms"],
+            *_p50_p99(c["fleet"]),
+            *_p50_p99(c["serve"]),
             c["failover"]["sources_moved"],
             c["failover"]["streaming_again_s"],
             c["failover"]["fresh_again_s"],
@@ -223,12 +226,9 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
         "JetStream: p50 ms | p99 ms | delivered -> answered by the replica: p50 ms | p99 ms |",
         lambda c: _cells(
             c["students"],
-            c["stages"]["worker"].get("p50_ms"),
-            c["stages"]["worker"].get("p99_ms"),
-            c["stages"]["jetstream"].get("p50_ms"),
-            c["stages"]["jetstream"].get("p99_ms"),
-            c["stages"]["replica"].get("p50_ms"),
-            c["stages"]["replica"].get("p99_ms"),
+            *_p50_p99(c["stages"]["worker"]),
+            *_p50_p99(c["stages"]["jetstream"]),
+            *_p50_p99(c["stages"]["replica"]),
         ),
     ),
     "fleet_autovacuum": (
@@ -237,10 +237,8 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
         "| p99 ms |",
         lambda c: _cells(
             c["students"],
-            c["fleet_autovacuum"]["p50_ms"],
-            c["fleet_autovacuum"]["p99_ms"],
-            c["serve_autovacuum"]["p50_ms"],
-            c["serve_autovacuum"]["p99_ms"],
+            *_p50_p99(c["fleet_autovacuum"]),
+            *_p50_p99(c["serve_autovacuum"]),
         ),
     ),
     "fleet_serving": (

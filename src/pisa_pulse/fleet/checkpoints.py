@@ -380,7 +380,8 @@ class SourceLog:
             final = i == len(bodies) - 1
             headers = {"Pisa-Kind": "rows", "Pisa-Final": "1" if final else "0"}
             if final:
-                headers.update(last or {}, **{"Pisa-Position": position_header(position)})
+                headers.update(last or {})
+                headers["Pisa-Position"] = position_header(position)
             await self._write(headers, body)
 
     async def _compact(self, position: Position, data: bytes) -> None:
