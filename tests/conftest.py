@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -177,6 +178,24 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
     """
     with running_cluster(tmp_path_factory.mktemp("nats"), size=3) as cluster:
         yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _nats_ready(request: pytest.FixtureRequest) -> None:
+    """A test that uses the session's NATS cluster starts on a ready one: every node serving and one
+    meta leader that sees the others current (streams are not compared: a module's fleet may be
+    writing). A node found dead is started again, with a warning that carries its log, so one crash
+    is reported where it happened rather than as a timeout in whichever test comes next."""
+    if "nats_cluster" not in request.fixturenames:
+        return
+    cluster: NatsCluster = request.getfixturevalue("nats_cluster")
+    for node in cluster.nodes.values():
+        if not node.running:
+            warnings.warn(
+                f"NATS node {node.name} had exited; starting it again\n{cluster.report()}", stacklevel=1
+            )
+            node.start()
+    cluster.wait_ready(timeout=120, streams=False)
 
 
 @pytest.fixture(scope="session")

@@ -223,19 +223,20 @@ class NatsCluster:
             self.stop()
             raise
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60, streams: bool = True) -> None:
         """Wait until the running nodes are ready (see the module docstring); past `timeout` seconds, or as
-        soon as a node has exited, raise with every node's log. Call it while no one writes (it compares
-        the copies of each stream)."""
+        soon as a node has exited, raise with every node's log. With `streams`, call it while no one
+        writes (it compares the copies of each stream); without, it waits for the servers and the meta
+        group only."""
         deadline = time.monotonic() + timeout
-        while not self._ready():
+        while not self._ready(streams):
             dead = [n.name for n in self.nodes.values() if n.process is not None and not n.running]
             if dead or time.monotonic() > deadline:
                 why = f"exited: {dead}" if dead else f"not ready within {timeout} s"
                 raise TimeoutError(f"NATS cluster {why}\n{self.report()}")
             time.sleep(0.2)  # each failed /healthz is a warning in the server's log
 
-    def _ready(self) -> bool:
+    def _ready(self, streams: bool = True) -> bool:
         running = self.running_nodes()
         if not running or any(node.monitor("/healthz")[0] != 200 for node in running):
             return False
@@ -250,7 +251,7 @@ class NatsCluster:
             peer = peers.get(node.name, {})
             if node is not leader and (not peer.get("current") or peer.get("offline")):
                 return False
-        return self._streams_caught_up(running)
+        return not streams or self._streams_caught_up(running)
 
     def _streams_caught_up(self, running: list[NatsNode]) -> bool:
         # Each stream has a leader among the running nodes, that leader sees every running replica
