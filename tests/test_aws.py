@@ -21,17 +21,20 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from pisa_pulse.aws import handler
 from pisa_pulse.aws.table import ATTRIBUTES, KEY_SCHEMA
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.cluster import free_port
+from pisa_pulse.web import static_dir
 from tests import independent_oracle as oracle
 from tests.conftest import SharedServer, serving, stop, wait_for
 from tests.test_independent_oracle import traffic
 
 EVENTS = Path(__file__).parent / "data" / "aws"
 TABLE = "pisa-pulse-charts"
+BUCKET = "pisa-pulse-site"
 CHARTS = (
     "submissions",
     "submissions-over-time",
@@ -136,9 +139,13 @@ def test_the_handler_answers_from_dynamodb_what_serve_answers(
     boto3.client("dynamodb").create_table(
         TableName=TABLE, KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTES, BillingMode="PAY_PER_REQUEST"
     )
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="dash/js/gone.js", Body=b"an older dashboard's file")
+    targets = f'["dynamodb://{TABLE}", "s3://{BUCKET}/dash"]'
     settings = tmp_path / "serve.toml"
     settings.write_text(
-        cfg.config_path(new_dir).read_text() + f'\n[publish]\nto = "dynamodb://{TABLE}"\ninterval = 0.2\n'
+        cfg.config_path(new_dir).read_text() + f"\n[publish]\nto = {targets}\ninterval = 0.2\n"
     )
     with serving("--config", str(settings)) as serve:
 
@@ -157,6 +164,27 @@ def test_the_handler_answers_from_dynamodb_what_serve_answers(
                        for c in CHARTS)  # fmt: skip
 
         wait_for(same, 60, what="the handler's charts equal serve's")
+
+        def in_bucket(key: str, **conditions: str) -> bytes:
+            return bytes(s3.get_object(Bucket=BUCKET, Key=f"dash/{key}", **conditions)["Body"].read())
+
+        def same_in_bucket() -> bool:
+            return all(
+                served(serve.url, f"/api/charts/{c}")[1] == in_bucket(f"api/charts/{c}") for c in CHARTS
+            )
+
+        wait_for(same_in_bucket, 60, what="the bucket's charts equal serve's")
+        assert in_bucket("api") == served(serve.url, "/api")[1]
+        for page in ("index.html", "js/main.js", "css/dashboard.css"):
+            assert in_bucket(page) == (static_dir() / page).read_bytes()
+        head = s3.head_object(Bucket=BUCKET, Key="dash/api/charts/escs")
+        assert head["ContentType"] == "application/json"
+        assert s3.head_object(Bucket=BUCKET, Key="dash/js/main.js")["ContentType"] == "text/javascript"
+        with pytest.raises(ClientError) as unchanged:  # S3's own ETag, answered 304
+            in_bucket("index.html", IfNoneMatch=s3.head_object(Bucket=BUCKET, Key="dash/index.html")["ETag"])
+        assert unchanged.value.response["Error"]["Code"] == "304"
+        with pytest.raises(ClientError):  # a file the dashboard no longer has
+            in_bucket("js/gone.js")
         for version in ("2.0", "1.0"):
             for chart in CHARTS:
                 for query in COUNTRY_SETS:
@@ -176,7 +204,12 @@ def test_the_handler_answers_from_dynamodb_what_serve_answers(
             assert (status, body) == served(serve.url, path, bad)[:2] and status == 400
         wait_for(lambda: answered("2.0", "/api/health")[0] == 200, 30, what="the handler's health ok")
         status_body = json.loads(urllib.request.urlopen(serve.url + "api/status", timeout=10).read())
-        assert status_body["publish"]["writes"] > 0 and status_body["publish"]["refused"] == 0
+        assert [p["to"] for p in status_body["publish"]] == [f"dynamodb://{TABLE}", f"s3://{BUCKET}/dash"]
+        assert all(p["writes"] > 0 and p["refused"] == 0 for p in status_body["publish"])
+        metrics = urllib.request.urlopen(serve.url + "metrics", timeout=10).read().decode()
+        for published in status_body["publish"]:
+            assert f'pisa_pulse_publish_refused_total{{to="{published["to"]}"}} 0.0' in metrics
+            assert f'pisa_pulse_publish_writes_total{{to="{published["to"]}"}}' in metrics
 
 
 @pytest.mark.parametrize("broken", [None, [], {"version": "2.0"}, {"httpMethod": "GET", "path": "api"}])
@@ -230,6 +263,37 @@ def test_an_older_publisher_cannot_roll_the_table_back(moto: str) -> None:
     newer.publish(Snapshot(2, aggregates(10), now + 1))  # rows withdrawn: fewer minutes, stale ones deleted
     held, _, _ = aggregates_of(client.scan(TableName=name)["Items"])
     assert held == aggregates(10)
+
+
+def test_an_older_publisher_cannot_roll_the_bucket_back(moto: str) -> None:
+    from pisa_pulse.api.bodies import Snapshot
+    from pisa_pulse.aws.bucket import BucketPublisher
+    from pisa_pulse.engine.aggregates import Aggregates
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="rollback")
+    now = 1_796_000_000.0
+
+    def aggregates(rows: int) -> Aggregates:
+        agg = Aggregates()
+        for _ in range(rows):
+            agg.add([0, int(now // 60), 0, *([1000] * 35)])
+        return agg
+
+    def body() -> bytes:
+        return bytes(client.get_object(Bucket="rollback", Key="api/charts/submissions")["Body"].read())
+
+    newer = BucketPublisher("s3://rollback", client, lambda: now)
+    older = BucketPublisher("s3://rollback", client, lambda: now)
+    older.publish(Snapshot(1, aggregates(20), now - 120))
+    old_body = body()
+    newer.publish(Snapshot(1, aggregates(50), now))  # overwrites the older publisher's charts
+    new_body = body()
+    assert new_body != old_body and newer.refused == 0
+    older.publish(Snapshot(2, aggregates(30), now - 60))  # woke up with data a minute older than the bucket's
+    assert body() == new_body and older.refused > 0
+    newer.publish(Snapshot(2, aggregates(10), now + 1))  # its own ETag still holds: written in place
+    assert body() != new_body and newer.refused == 0
 
 
 def test_the_direct_handler_answers_what_the_independent_oracle_computes(

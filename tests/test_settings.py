@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pisa_pulse.api import settings
+from pisa_pulse.aws.targets import bucket_of
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.sources import config as cfg
 
@@ -68,7 +69,9 @@ def test_modes_per_source_and_overall(tmp_path: Path) -> None:
         ("[capture]\npoll_interval = 0\n" + SOURCE, "capture.poll_interval = 0 is not a number of seconds"),
         ("[capture]\nreconcile_interval = 'often'\n" + SOURCE, "capture.reconcile_interval = 'often'"),
         ("[server]\n", "list no [[sources]]"),
-        ('[publish]\nto = "s3://bucket"\n' + SOURCE, "publish.to 's3://bucket' is not dynamodb://TABLE"),
+        ('[publish]\nto = "s3://Bucket"\n' + SOURCE, "publish.to 's3://Bucket' is not s3://BUCKET/PREFIX"),
+        ('[publish]\nto = "https://x.org"\n' + SOURCE, "publish.to 'https://x.org' is neither dynamodb://"),
+        ("[publish]\nto = [1]\n" + SOURCE, "publish.to = [1] is not a list of strings"),
         ('[publish]\nto = "dynamodb://x"\n' + SOURCE, "publish.to 'dynamodb://x' is not dynamodb://TABLE"),
         (
             '[publish]\nto = "dynamodb://charts"\n[capture]\nmode = "direct"\n' + SOURCE,
@@ -95,3 +98,16 @@ def test_each_bad_file_names_the_problem(tmp_path: Path, text: str, problem: str
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PisaPulseError, match="not found"):
         settings.load(tmp_path / "nope.toml")
+
+
+def test_publish_takes_one_target_or_a_list(tmp_path: Path) -> None:
+    one = settings.load(_write(tmp_path, '[publish]\nto = "dynamodb://charts"\n' + SOURCE))
+    assert one.publish_to == ("dynamodb://charts",)
+    both = '[publish]\nto = ["dynamodb://charts", "s3://my-bucket/dash/board/"]\n' + SOURCE
+    assert settings.load(_write(tmp_path, both)).publish_to == (
+        "dynamodb://charts",
+        "s3://my-bucket/dash/board/",
+    )
+    assert settings.load(_write(tmp_path, SOURCE)).publish_to == ()
+    assert bucket_of("s3://my-bucket/dash/board/") == ("my-bucket", "dash/board/")
+    assert bucket_of("s3://my-bucket") == bucket_of("s3://my-bucket/") == ("my-bucket", "")

@@ -85,12 +85,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     snapshots.start()
     publishing = None
     if api.settings is not None and api.settings.publish_to:
-        from pisa_pulse.aws.publish import DynamoPublisher, publish_every  # boto3: only when publishing
-        from pisa_pulse.aws.table import table_of
+        from pisa_pulse.aws.publish import publish_every, publisher_of  # boto3: only when publishing
 
-        api.publisher = DynamoPublisher(table_of(api.settings.publish_to))
+        api.publishers = [publisher_of(url) for url in api.settings.publish_to]
         interval = api.settings.publish_interval
-        publishing = asyncio.create_task(publish_every(api.publisher, snapshots.snapshot, interval))
+        publishing = asyncio.create_task(publish_every(api.publishers, snapshots.snapshot, interval))
     try:
         yield
     finally:

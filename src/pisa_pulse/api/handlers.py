@@ -43,12 +43,16 @@ class ApiState:
     clock: Callable[[], float]
     traffic: bool = False  # the traffic routes are on
     settings: api_settings.Settings | None = None  # echoed (without secrets) by /api/status
-    publisher: Any = None  # aws/publish.py's, when the settings publish
+    publishers: list[Any] = field(default_factory=list)  # aws/publish.py's, when the settings publish
     cache: ChartCache = field(default_factory=ChartCache)
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(self.snapshots.status, self.data_age, self.snapshots.capture)
+        self.metrics = Metrics(self.snapshots.status, self.data_age, self.snapshots.capture, self.published)
+
+    def published(self) -> list[dict[str, Any]]:
+        """What each publish target did (aws/publish.py); empty when the settings publish nowhere."""
+        return [publisher.status() for publisher in self.publishers]
 
     def data_age(self) -> float | None:
         """Seconds since the data served was complete (None: not known yet)."""
@@ -108,8 +112,8 @@ async def status(request: Request) -> Response:
     capture = api.snapshots.capture()
     if capture is not None:
         body["capture"] = capture
-    if api.publisher is not None:
-        body["publish"] = api.publisher.status()
+    if api.publishers:
+        body["publish"] = api.published()
     if api.settings is not None:
         body["settings"] = api_settings.effective(api.settings)
     return json_response(body, headers={"Cache-Control": "no-cache"})

@@ -10,6 +10,12 @@ Per source, read from the capture's status at each scrape (so they cost nothing 
     pisa_pulse_invalid_values{source,column}     rows held whose value in that column is invalid
     pisa_pulse_snapshot_age_seconds              age of the data the API serves
 
+Per publish target (`[publish] to`, aws/), read from its publisher at each scrape:
+
+    pisa_pulse_publish_writes_total{to}          items or objects written
+    pisa_pulse_publish_deletes_total{to}         stale ones deleted
+    pisa_pulse_publish_refused_total{to}         writes refused: the target held a newer version
+
 When capture runs in a process of its own (`Snapshots.capture()` is not None):
 
     pisa_pulse_capture_up                        1 while that process is running
@@ -116,13 +122,35 @@ class _Dropped(Collector):
         yield dropped
 
 
-class Metrics:
-    """One registry per app: the source collector, the snapshot and request histograms."""
+class _Published(Collector):
+    """Each publish target's counters, from its publisher at scrape time."""
 
-    def __init__(self, status: Status, age: Callable[[], float | None], capture: Capture) -> None:
+    def __init__(self, published: Status) -> None:
+        self.published = published
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = self.published()
+        for counter, text in (
+            ("writes", "Items or objects written to a publish target"),
+            ("deletes", "Stale items or objects deleted from a publish target"),
+            ("refused", "Writes a publish target refused: it held a newer version"),
+        ):
+            family = CounterMetricFamily(f"pisa_pulse_publish_{counter}", text, labels=["to"])
+            for status in statuses:
+                family.add_metric([status["to"]], status[counter])
+            yield family
+
+
+class Metrics:
+    """One registry per app: the source and publish collectors, the snapshot and request histograms."""
+
+    def __init__(
+        self, status: Status, age: Callable[[], float | None], capture: Capture, published: Status = list
+    ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_Sources(status, age, capture))
         self.registry.register(_Dropped())
+        self.registry.register(_Published(published))
         self.snapshot_build = Histogram(
             "pisa_pulse_snapshot_build_seconds",
             "Copying the aggregates for the API",

@@ -8,8 +8,8 @@ port = 8000
 [capture]
 mode = "poll"
 
-[publish]                 # optional: also write the aggregates to DynamoDB (aws/)
-to = "dynamodb://pisa-pulse-charts"
+[publish]                 # optional: also write the charts to DynamoDB and S3 (aws/)
+to = ["dynamodb://pisa-pulse-charts", "s3://my-bucket/dashboard"]
 
 [[sources]]
 name = "alb"
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pisa_pulse.aws.table import table_of
+from pisa_pulse.aws.targets import target_of
 from pisa_pulse.capture.contract import MODES, SOURCE_MODES
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import countries
@@ -199,10 +199,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "publish.to",
-        "string",
-        None,
-        "dynamodb://TABLE: serve also writes its aggregates to that DynamoDB table, for the Lambda "
-        "handler (pisa_pulse.aws.handler; docs/deploy.md); credentials and region from the standard AWS "
+        "list",
+        (),
+        "where serve also publishes, one target or a list: dynamodb://TABLE (the aggregates, for the "
+        "Lambda handler pisa_pulse.aws.handler), s3://BUCKET/PREFIX (the dashboard and the charts without "
+        "parameters, for static hosting); docs/deploy.md; credentials and region from the standard AWS "
         "chain",
         default_text="none: serve publishes nowhere",
     ),
@@ -272,7 +273,7 @@ class Settings:
     server: ServerSettings = ServerSettings()
     poll_interval: float = _default("capture.poll_interval")
     reconcile_interval: float = _default("capture.reconcile_interval")
-    publish_to: str | None = None  # dynamodb://TABLE (aws/table.py)
+    publish_to: tuple[str, ...] = ()  # dynamodb://TABLE, s3://BUCKET/PREFIX (aws/targets.py)
     publish_interval: float = _default("publish.interval")
 
 
@@ -317,14 +318,14 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
     # --mode and direct mode apply to every source; otherwise a source's own mode wins.
     every = bool(mode) or default == "direct"
     state = Path(_value(capture_raw, "capture.state_dir"))
-    publish_to = publish_raw.get("to")
-    if publish_to is not None:
-        table_of(str(publish_to))
-        if default == "direct":
-            raise PisaPulseError(
-                "publish.to needs the aggregates, which direct mode does not keep",
-                "use capture mode replication, poll or auto, or remove [publish]",
-            )
+    if isinstance(publish_raw.get("to"), str):  # one target
+        publish_raw = {**publish_raw, "to": [publish_raw["to"]]}
+    publish_to = tuple(target_of(url) for url in _value(publish_raw, "publish.to"))
+    if publish_to and default == "direct":
+        raise PisaPulseError(
+            "publish.to needs the aggregates, which direct mode does not keep",
+            "use capture mode replication, poll or auto, or remove [publish]",
+        )
     return Settings(
         sources=tuple(
             Source(s.name, s.dsn, default if every or s.mode is None else s.mode, s.password) for s in sources
@@ -357,7 +358,7 @@ def effective(settings: Settings) -> dict[str, Any]:
         "capture.state_dir": str(settings.state_dir),
         "capture.poll_interval": settings.poll_interval,
         "capture.reconcile_interval": settings.reconcile_interval,
-        "publish.to": settings.publish_to,
+        "publish.to": list(settings.publish_to),
         "publish.interval": settings.publish_interval,
     }
     body: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""`serve` publishing its aggregates to DynamoDB (`[publish] to = "dynamodb://TABLE"`).
+"""`serve` publishing its aggregates to DynamoDB (`[publish] to = "dynamodb://TABLE"`), and the
+publishing of every target (`publish_every`; S3's publisher is bucket.py's).
 
 Every `interval` seconds, if the snapshot or its as-of time moved, the items whose value changed are
 written (the touched hours first, then `sums`, so a reader never sees sums listing an hour not yet
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pisa_pulse.api.bodies import Snapshot
@@ -28,7 +29,29 @@ log = logging.getLogger(__name__)
 KEEP_HOURS = MAX_HOURS + 1  # the longest window, and the hour it starts in
 
 
-class DynamoPublisher:
+class Counted:
+    """A publish target's publisher: `publish` writes what changed of a snapshot; its version and
+    counters, and what /api/status and /metrics say of them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.version = 0  # the last version written
+        self.writes = self.deletes = self.refused = 0
+
+    def publish(self, snap: Snapshot) -> None:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "to": self.url,
+            "version": self.version,
+            "writes": self.writes,
+            "deletes": self.deletes,
+            "refused": self.refused,
+        }
+
+
+class DynamoPublisher(Counted):
     """Writes a snapshot's items to one table (see the module docstring)."""
 
     def __init__(self, name: str, client: Any = None, clock: Callable[[], float] = time.time) -> None:
@@ -36,11 +59,10 @@ class DynamoPublisher:
             import boto3  # here: only a publishing serve needs it
 
             client = boto3.client("dynamodb")
+        super().__init__(f"dynamodb://{name}")
         self.name, self.client, self.clock = name, client, clock
-        self.version = 0
         self.published: tuple[int, float] = (-1, 0.0)  # the snapshot version and as_of last published
         self.written: dict[str, bytes] = {}  # key -> the value last written
-        self.writes = self.deletes = self.refused = 0
 
     def publish(self, snap: Snapshot) -> None:
         """Write what changed since the last call: nothing if the snapshot did not, the sums alone when
@@ -102,25 +124,27 @@ class DynamoPublisher:
             log.info("table %s holds a newer version: a write was refused", self.name)
             return False
 
-    def status(self) -> dict[str, Any]:
-        """What /api/status says of the publishing."""
-        return {
-            "to": f"dynamodb://{self.name}",
-            "version": self.version,
-            "writes": self.writes,
-            "deletes": self.deletes,
-            "refused": self.refused,
-        }
+
+def publisher_of(url: str) -> Counted:
+    """The publisher of one `publish.to` target (checked by the settings already)."""
+    if url.startswith("s3://"):
+        from pisa_pulse.aws.bucket import BucketPublisher
+
+        return BucketPublisher(url)
+    return DynamoPublisher(table.table_of(url))
 
 
 async def publish_every(
-    publisher: DynamoPublisher, snapshot: Callable[[], Snapshot], interval: float
+    publishers: Sequence[Counted], snapshot: Callable[[], Snapshot], interval: float
 ) -> None:
-    """Publish every `interval` seconds until cancelled: the snapshot taken on the loop, the writes in a
-    thread; a failure (the network, the table) logged and tried again at the next round."""
+    """Publish to every target every `interval` seconds until cancelled: the snapshot taken on the
+    loop, the writes in a thread; a failure (the network, the table, the bucket) logged and tried
+    again at the next round, the other targets served meanwhile."""
     while True:
         await asyncio.sleep(interval)
-        try:
-            await asyncio.to_thread(publisher.publish, snapshot())
-        except Exception as exc:  # any failure: said, then tried again
-            log.warning("publishing to %s failed (%s); trying again", publisher.name, exc)
+        snap = snapshot()
+        for publisher in publishers:
+            try:
+                await asyncio.to_thread(publisher.publish, snap)
+            except Exception as exc:  # any failure: said, then tried again
+                log.warning("publishing to %s failed (%s); trying again", publisher.url, exc)
