@@ -10,7 +10,7 @@ BENCH_ARGS ?= --profile full
 # into docs/, which the README shows.
 SCREENSHOTS := build/screenshots
 
-.PHONY: demo test test-fast screenshots lint bench clean
+.PHONY: demo test test-fast screenshots lint bench lambda clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The Lambda function's slim package (pisa_pulse/aws/package.py), deploy/template.yaml's CodeUri.
+lambda: $(STAMP)
+	$(BIN)/python -m pisa_pulse.aws.package build/lambda
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

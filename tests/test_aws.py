@@ -228,6 +228,71 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(moto: str) -> None
     assert answer["statusCode"] == 405 and json.loads(answer["body"])["error"]["status"] == 405
 
 
+def test_the_handler_guards_as_serve_does_for_api_gateways_host_names(
+    moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def headers(path: str, sent: dict[str, str], version: str = "2.0", method: str = "GET") -> dict[str, str]:
+        asked = event(version, path, "", sent)
+        if version == "2.0":
+            asked["requestContext"]["http"]["method"] = method
+        else:
+            asked["httpMethod"] = method
+        answer = handler.handle(asked)
+        assert answer["headers"]["X-Content-Type-Options"] == "nosniff"  # on every answer
+        return {"status": str(answer["statusCode"]), "body": answer["body"], **answer["headers"]}
+
+    origin = {"origin": "https://dashboard.example.org"}
+    for version in ("2.0", "1.0"):
+        assert headers("/api/charts/nothing", origin, version)["Access-Control-Allow-Origin"] == "*"
+        assert "Access-Control-Allow-Origin" not in headers("/api/health", origin, version)
+        assert "Access-Control-Allow-Origin" not in headers("/api/charts/escs", {}, version)
+    preflight = headers(
+        "/api/charts/escs", {**origin, "access-control-request-method": "GET"}, method="OPTIONS"
+    )
+    assert preflight["status"] == "204" and "GET" in preflight["Access-Control-Allow-Methods"]
+    assert headers("/api/charts/escs", origin, method="OPTIONS")["status"] == "405"  # not a preflight
+    elsewhere = {"host": "rebound.example.net"}
+    for version in ("2.0", "1.0"):
+        refused = headers("/api/charts/escs", {**elsewhere, "Host": elsewhere["host"]}, version)
+        assert refused["status"] == "400" and handler.ALLOWED_HOSTS_ENV in refused["body"]
+    monkeypatch.setenv(handler.ALLOWED_HOSTS_ENV, "charts.example.org, rebound.example.net")
+    assert headers("/api/charts/nothing", elsewhere)["status"] == "404"  # past the guard
+
+
+def test_the_slim_package_answers_with_the_standard_library_alone(tmp_path: Path) -> None:
+    from pisa_pulse.api.bodies import Snapshot
+    from pisa_pulse.aws import package
+    from pisa_pulse.engine.aggregates import Aggregates
+
+    archive, unzipped, zipped = package.build(tmp_path / "lambda")
+    assert 0 < zipped < unzipped and archive.exists()
+    assert not (tmp_path / "lambda" / "pisa_pulse" / "web" / "static").exists()
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {str(tmp_path / "lambda")!r})
+from pisa_pulse.aws import handler
+from pisa_pulse.api.bodies import Snapshot
+from pisa_pulse.engine.aggregates import Aggregates
+agg = Aggregates()
+agg.add([0, int(time.time() // 60), 0, *([1000] * 35)])
+charts = handler.Charts(lambda columns, hours: Snapshot(1, agg, time.time()))
+event = json.load(open({str(EVENTS / "http-api-2.0.json")!r}))
+event["rawPath"], event["rawQueryString"] = "/api/charts/submissions", "countries=ALB"
+status, _, body, _ = handler.answer(charts, event)
+foreign = [m for m in sys.modules if m.split(".")[0] not in sys.stdlib_module_names | {{"pisa_pulse"}}]
+print(json.dumps([status, json.loads(body), handler.__file__, foreign]))
+"""
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    status, body, where, foreign = json.loads(done.stdout)
+    agg = Aggregates()
+    agg.add([0, int(time.time() // 60), 0, *([1000] * 35)])
+    here = handler.Charts(lambda columns, hours: Snapshot(1, agg, time.time()))
+    sample = event("2.0", "/api/charts/submissions", "countries=ALB")
+    assert status == 200 and body == json.loads(handler.answer(here, sample)[2]) and body != {"datasets": []}
+    assert where.startswith(str(tmp_path)) and foreign == ["__main__"]
+
+
 def test_the_handler_imports_neither_numpy_nor_psycopg2() -> None:
     code = "import sys, pisa_pulse.aws.handler; print([m for m in ('numpy', 'psycopg2') if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from pisa_pulse.api import settings
 from pisa_pulse.api.app import create_app
-from pisa_pulse.api.guard import host_name
+from pisa_pulse.api.bodies import host_name
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.secret import Secret
 from tests.test_api import FixedSnapshots

@@ -1,7 +1,7 @@
 """Chart answers without a web framework: the snapshot they come from, compact JSON, the ETag, the
-data headers and the cache of serialized bodies. `serve`'s handlers (handlers.py) and the Lambda
-handler (aws/handler.py) answer through these, so the same snapshot gives the same bytes and ETags
-everywhere. Imports neither starlette, numpy nor psycopg2.
+data headers, the cache of serialized bodies and the Host header's name. `serve`'s handlers
+(handlers.py, guard.py) and the Lambda handler (aws/handler.py) answer through these, so the same
+snapshot gives the same bytes and ETags everywhere. Imports neither starlette, numpy nor psycopg2.
 
 Every chart body says which snapshot it comes from and how old its data is:
 
@@ -98,3 +98,11 @@ class ChartCache:
         slot = int(query.now // width) if "bucket" in chart.parameters else 0
         key = (chart.name, query.countries, query.points, query.bucket, slot)
         return self.get(snap, key, lambda: chart.build(snap.aggregates, query))
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port or an IPv6 address's brackets, lower-case."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header

@@ -25,7 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pisa_pulse.api.bodies import DATA_HEADERS
+from pisa_pulse.api.bodies import DATA_HEADERS, host_name
 from pisa_pulse.api.responses import error_response
 
 CORS_PATHS = frozenset({"/api", "/api/charts", "/api/countries", "/api/openapi.json"})
@@ -37,14 +37,6 @@ def has_bearer(request: Request, token: str) -> bool:
     """The request sends `Authorization: Bearer <token>` (compared in constant time)."""
     sent = request.headers.get("authorization", "")
     return sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), token.encode())
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without its port or an IPv6 address's brackets, lower-case."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def allowed_names(allowed_hosts: tuple[str, ...], listening: str | None) -> frozenset[str] | None:

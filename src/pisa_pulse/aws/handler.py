@@ -7,6 +7,13 @@ and `GET /api/health` from the published as-of time. Every other route answers 4
 shape, so the dashboard falls back to polling where a route is missing. A malformed event answers
 400, never a stack trace.
 
+The guard of `serve` (api/guard.py) applies here too, for API Gateway's host names: the Host header
+must be the API's own domain name (the event's `requestContext.domainName`) or one of
+`PISA_PULSE_ALLOWED_HOSTS` (comma-separated, for a custom domain or a CDN; `*` for any), or the answer is
+400 naming that variable; chart answers carry CORS headers for any origin (and answer a preflight),
+`/api/health` none; every answer carries `nosniff`, `no-referrer` and a Content-Security-Policy that
+allows nothing (JSON only). API Gateway's own CORS configuration (deploy/template.yaml) says the same.
+
 A container keeps the items it read for `ITEM_TTL_S` (at most one read per key per second, however
 many polls it answers) and the chart bodies of the version it holds. The table comes from
 `PISA_PULSE_TABLE`; credentials, region and endpoint from the standard AWS chain. Logs are JSON
@@ -24,8 +31,17 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from pisa_pulse.api import charts
-from pisa_pulse.api.bodies import ChartCache, Snapshot, data_headers, error_body, json_bytes, not_modified
-from pisa_pulse.api.exceptions import HttpError, MethodNotAllowed, NotFound
+from pisa_pulse.api.bodies import (
+    DATA_HEADERS,
+    ChartCache,
+    Snapshot,
+    data_headers,
+    error_body,
+    host_name,
+    json_bytes,
+    not_modified,
+)
+from pisa_pulse.api.exceptions import BadRequest, HttpError, MethodNotAllowed, NotFound
 from pisa_pulse.aws import table
 
 log = logging.getLogger("pisa_pulse.aws")
@@ -34,6 +50,19 @@ ITEM_TTL_S = 1.0
 HEALTHY_AGE_S = 10.0  # /api/health: data older than this is degraded (serve publishes every second)
 BATCH = 100  # keys per BatchGetItem
 JSON = "application/json"
+ALLOWED_HOSTS_ENV = "PISA_PULSE_ALLOWED_HOSTS"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": ", ".join(DATA_HEADERS)}
+PREFLIGHT_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD",
+    "Access-Control-Allow-Headers": "If-None-Match",
+    "Access-Control-Max-Age": "600",
+}
 
 
 class BadEvent(Exception):
@@ -150,14 +179,36 @@ def _charts() -> Charts:
     return _CHARTS
 
 
+def host_allowed(event: dict[str, Any], headers: Mapping[str, str]) -> bool:
+    """The Host header names the API's own domain, or one `PISA_PULSE_ALLOWED_HOSTS` lists."""
+    names = {host_name(name) for name in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if name.strip()}
+    if "*" in names:
+        return True
+    domain = (event.get("requestContext") or {}).get("domainName")
+    if isinstance(domain, str) and domain:
+        names.add(host_name(domain))
+    return host_name(headers.get("host", "")) in names
+
+
 def answer(charts_: Charts, event: Any) -> tuple[int, dict[str, str], bytes, str]:
     """Status, headers, body and payload version of the answer to one event."""
     version = event.get("version", "1.0") if isinstance(event, dict) else "1.0"
+    cors: dict[str, str] = {}
     try:
         method, path, query, headers = request_of(event)
+        if not host_allowed(event, headers):
+            shown = headers.get("host", "")[:100] or "(none)"
+            raise BadRequest(
+                f"Host {shown} is not served here; add its name to {ALLOWED_HOSTS_ENV} in the function's "
+                "environment (the names a custom domain or CDN uses)"
+            )
+        chart = path.startswith("/api/charts/")
+        cors = CORS_HEADERS if chart and "origin" in headers else {}
+        if method == "OPTIONS" and chart and "access-control-request-method" in headers:
+            return 204, {**PREFLIGHT_HEADERS, **SECURITY_HEADERS}, b"", version
         if method not in {"GET", "HEAD"}:
             raise MethodNotAllowed(f"{method} is not allowed here", "use GET")
-        if path.startswith("/api/charts/"):
+        if chart:
             status, out, body = charts_.chart(
                 path.removeprefix("/api/charts/"), query, headers.get("if-none-match", "")
             )
@@ -165,11 +216,12 @@ def answer(charts_: Charts, event: Any) -> tuple[int, dict[str, str], bytes, str
             status, out, body = charts_.health()
         else:
             raise NotFound(f"no route {path}", "this function serves /api/charts/{chart} and /api/health")
-        return status, out, (b"" if method == "HEAD" else body), version
+        return status, {**out, **cors, **SECURITY_HEADERS}, (b"" if method == "HEAD" else body), version
     except BadEvent as exc:
-        return 400, {"Content-Type": JSON}, error_body(400, f"{exc}; send an API Gateway event"), version
+        status, body = 400, error_body(400, f"{exc}; send an API Gateway event")
     except HttpError as exc:
-        return exc.status, {"Content-Type": JSON}, error_body(exc.status, str(exc)), version
+        status, body = exc.status, error_body(exc.status, str(exc))
+    return status, {"Content-Type": JSON, **cors, **SECURITY_HEADERS}, body, version
 
 
 def handle(event: Any, context: Any = None) -> dict[str, Any]:
