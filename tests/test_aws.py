@@ -2,10 +2,14 @@
 HTTP endpoint, boto3 unmodified), and the Lambda handler answering API Gateway's sample events (payload
 2.0 and 1.0, tests/data/aws/) from that table: byte for byte what `serve` answers for the same data,
 bodies and ETags, by default and for several `countries` sets; 304 on a matching `If-None-Match`; the
-one error shape on bad input, a malformed event or an unknown route."""
+one error shape on bad input, a malformed event or an unknown route. Also: the S3 target (the
+dashboard and the parameterless charts), conditional writes that no older publisher gets past, two
+`api` replicas of which one publishes at a time and the other takes over, the handler's guard, and its
+slim package answering with the standard library alone."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -15,6 +19,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from pisa_pulse.sources.cluster import free_port
 from pisa_pulse.web import static_dir
 from tests import independent_oracle as oracle
 from tests.conftest import SharedServer, serving, stop, wait_for
+from tests.nats_cluster import NatsCluster
 from tests.test_independent_oracle import traffic
 
 EVENTS = Path(__file__).parent / "data" / "aws"
@@ -297,6 +303,86 @@ def test_the_handler_imports_neither_numpy_nor_psycopg2() -> None:
     code = "import sys, pisa_pulse.aws.handler; print([m for m in ('numpy', 'psycopg2') if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_one_api_replica_publishes_at_a_time_and_another_takes_over(
+    moto: str,
+    nats_cluster: NatsCluster,
+    shared: SharedServer,
+    new_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=100)
+    table_name = f"fleet-{uuid.uuid4().hex[:8]}"
+    boto3.client("dynamodb").create_table(
+        TableName=table_name,
+        KeySchema=KEY_SCHEMA,
+        AttributeDefinitions=ATTRIBUTES,
+        BillingMode="PAY_PER_REQUEST",
+    )
+    settings = tmp_path / "fleet.toml"
+    settings.write_text(
+        cfg.config_path(new_dir).read_text()
+        + f'\n[capture]\nslot_prefix = "{shared.slot_prefix}"\n'
+        + f'\n[publish]\nto = "dynamodb://{table_name}"\ninterval = 0.2\n'
+    )
+    nats = ["--nats", nats_cluster.servers, "--nats-prefix", f"p{uuid.uuid4().hex[:8]}"]
+    pisa_pulse = [sys.executable, "-m", "pisa_pulse"]
+    logs = (tmp_path / "fleet.log").open("a")
+    processes = [
+        subprocess.Popen([*pisa_pulse, "worker", *nats, "--config", str(settings), "--name", "w1"],
+                         stdout=logs, stderr=subprocess.STDOUT)
+    ]  # fmt: skip
+    replicas = {}
+    try:
+        for name in ("r1", "r2"):
+            port = free_port()
+            processes.append(
+                subprocess.Popen([*pisa_pulse, "api", *nats, "--config", str(settings), "--port", str(port)],
+                                 stdout=logs, stderr=subprocess.STDOUT)
+            )  # fmt: skip
+            replicas[name] = (processes[-1], f"http://127.0.0.1:{port}/")
+
+        def publishing() -> dict[str, dict[str, Any]]:
+            found = {}
+            for name, (process, url) in replicas.items():
+                if process.poll() is None:
+                    with contextlib.suppress(OSError, ValueError):
+                        found[name] = json.loads(served(url, "/api/status")[1])["publish"][0]
+            return found
+
+        rows = sum(len(oracle.ids_of(source.dsn)) for source in config.sources)
+        monkeypatch.setenv("PISA_PULSE_TABLE", table_name)
+        monkeypatch.setattr(handler, "_CHARTS", None)  # a new container: this table
+
+        def table_equals(url: str) -> bool:
+            try:
+                body = served(url, "/api/charts/submissions")[1]
+            except OSError:
+                return False  # not serving yet
+            return bool(answered("2.0", "/api/charts/submissions")[1] == body and str(rows).encode() in body)
+
+        first = replicas["r1"][1]
+        wait_for(
+            lambda: table_equals(first), 90, what="the table holding every row, as the replicas serve them"
+        )
+        wait_for(lambda: sum(p["active"] for p in publishing().values()) == 1, 30, what="one publisher")
+        statuses = publishing()
+        active = next(name for name, status in statuses.items() if status["active"])
+        idle = next(name for name in replicas if name != active)
+        assert statuses[active]["writes"] > 0 and statuses[idle]["writes"] == 0
+        replicas[active][0].kill()  # a crash: its lease expires
+        traffic(config, 200)
+        rows = sum(len(oracle.ids_of(source.dsn)) for source in config.sources)
+        wait_for(
+            lambda: publishing().get(idle, {}).get("active") is True, 60, what="the other replica publishing"
+        )
+        wait_for(lambda: table_equals(replicas[idle][1]), 60, what="the table following the new publisher")
+        assert publishing()[idle]["refused"] == 0
+    finally:
+        for process in processes:
+            stop(process)
 
 
 def test_an_older_publisher_cannot_roll_the_table_back(moto: str) -> None:

@@ -67,7 +67,8 @@ def add_commands(
     api.add_argument(
         "--config",
         type=Path,
-        help="settings file (TOML) for its [server] table; the sources in it are not used",
+        help="settings file (TOML) for its [server] and [publish] tables (one replica publishes at a "
+        "time); the sources in it are not used",
     )
     http_options(api, traffic_controls=False)
     fleet = commands.add_parser("fleet", help="inspect the workers and sources of a NATS deployment")

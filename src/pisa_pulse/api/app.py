@@ -89,7 +89,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
         api.publishers = [publisher_of(url) for url in api.settings.publish_to]
         interval = api.settings.publish_interval
-        publishing = asyncio.create_task(publish_every(api.publishers, snapshots.snapshot, interval))
+        publishing = asyncio.create_task(
+            publish_every(api.publishers, snapshots.snapshot, interval, snapshots.may_publish)
+        )
     try:
         yield
     finally:

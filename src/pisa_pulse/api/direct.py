@@ -77,6 +77,10 @@ class DirectSnapshots:
             self._connections[source.name].append(conn)
         return result
 
+    async def may_publish(self) -> bool:
+        """Never: direct mode keeps no aggregates to publish (the settings refuse [publish] with it)."""
+        return False
+
     def data_as_of(self) -> float | None:
         """Each request queries the sources: the data is as of the request."""
         return None

@@ -35,6 +35,7 @@ class Snapshots(Protocol):
     def status(self) -> list[dict[str, Any]]: ...
     def data_as_of(self) -> float | None: ...
     def capture(self) -> dict[str, Any] | None: ...  # the capture process (None: there is none)
+    async def may_publish(self) -> bool: ...  # this process writes to the publish targets this round
 
 
 class LiveSnapshots:
@@ -109,6 +110,10 @@ class LiveSnapshots:
     def status(self) -> list[dict[str, Any]]:
         """Per source, as the capture process last reported it."""
         return self._status
+
+    async def may_publish(self) -> bool:
+        """Always: `serve` is the one publisher of its data."""
+        return True
 
     def data_as_of(self) -> float | None:
         """Unix time up to which every source's changes are in (None: not yet)."""

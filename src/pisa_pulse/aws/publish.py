@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pisa_pulse.api.bodies import Snapshot
@@ -37,6 +37,7 @@ class Counted:
         self.url = url
         self.version = 0  # the last version written
         self.writes = self.deletes = self.refused = 0
+        self.active = False  # whether the last round published (API replicas: one at a time)
 
     def publish(self, snap: Snapshot) -> None:
         raise NotImplementedError
@@ -44,6 +45,7 @@ class Counted:
     def status(self) -> dict[str, Any]:
         return {
             "to": self.url,
+            "active": self.active,
             "version": self.version,
             "writes": self.writes,
             "deletes": self.deletes,
@@ -135,13 +137,26 @@ def publisher_of(url: str) -> Counted:
 
 
 async def publish_every(
-    publishers: Sequence[Counted], snapshot: Callable[[], Snapshot], interval: float
+    publishers: Sequence[Counted],
+    snapshot: Callable[[], Snapshot],
+    interval: float,
+    may_publish: Callable[[], Awaitable[bool]],
 ) -> None:
-    """Publish to every target every `interval` seconds until cancelled: the snapshot taken on the
-    loop, the writes in a thread; a failure (the network, the table, the bucket) logged and tried
-    again at the next round, the other targets served meanwhile."""
+    """Publish to every target every `interval` seconds until cancelled, in the rounds `may_publish()`
+    allows (an API replica: while it holds the publisher lease; fleet/replica.py): the snapshot
+    taken on the loop, the writes in a thread; a failure (the network, the table, the bucket, the
+    lease) logged and tried again at the next round, the other targets served meanwhile."""
     while True:
         await asyncio.sleep(interval)
+        try:
+            active = await may_publish()
+        except Exception as exc:  # any failure: said, then tried again
+            log.warning("cannot tell whether to publish (%s); trying again", exc)
+            active = False
+        for publisher in publishers:
+            publisher.active = active
+        if not active:
+            continue
         snap = snapshot()
         for publisher in publishers:
             try:

@@ -6,6 +6,13 @@ and merges the sources' parts into a snapshot when they have changed, at most ev
 seconds (as `LiveSnapshots` does), on the event loop that also serves: no lock is needed. It holds
 no state of its own beyond what it read, so replicas can come and go.
 
+With `[publish] to` in its settings (aws/), the replicas publish too, one at a time: the one that
+holds the publisher lease (`may_publish`: one key in the KV bucket `<prefix>_publisher`, whose TTL is
+the lease, renewed at every publishing round) writes; the others wait, and the first to find the
+lease free takes it over when that one stops (it releases it) or dies (the lease expires after
+`PUBLISH_LEASE_S`). A former publisher that wakes up late cannot roll the target back: each write is
+conditional on the version.
+
 Its status lists, per source, the capture status its worker last published, with the worker, the
 lease's epoch, the position the sums reflect and their lag; a source whose status is older than
 `STALE_S` (its worker gone, the lease not yet taken over) says `unowned`, which makes
@@ -15,6 +22,7 @@ lease's epoch, the position the sums reflect and their lag; a source whose statu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,12 +34,15 @@ from pisa_pulse.api.bodies import Snapshot
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.fleet.bus import PartsView, parts_bucket
 from pisa_pulse.fleet.connect import NatsOptions, connect, replicas_for
+from pisa_pulse.fleet.leases import LeaseBook, bucket, bucket_name
 from pisa_pulse.secret import scrub
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 2.0
 STALE_S = 10.0  # a status older than this: no worker reports the source (leases last 6 s)
+PUBLISHER = "publisher"  # the bucket of the publisher lease, and its one key
+PUBLISH_LEASE_S = 6  # as the workers' leases: a dead publisher is replaced within this
 
 
 class FleetSnapshots:
@@ -50,6 +61,7 @@ class FleetSnapshots:
         self._started: asyncio.Task[None] | None = None
         self._current = Snapshot(-1, Aggregates(), 0.0)
         self._taken = 0.0
+        self._publisher: LeaseBook | None = None
 
     def start(self) -> None:
         """Connect and follow the parts, in the background of the serving loop."""
@@ -73,9 +85,27 @@ class FleetSnapshots:
                 log.warning("cannot follow the parts on NATS yet (%s); retrying", scrub(str(exc)))
                 await asyncio.sleep(RETRY_S)
 
+    async def may_publish(self) -> bool:
+        """Whether this replica publishes this round: it holds the publisher lease, renewed now, or
+        has just taken it (see the module docstring)."""
+        if self._client is None or self.view is None:
+            return False
+        if self._publisher is None:
+            js = self._client.jetstream(timeout=10)
+            replicas = replicas_for(self._client, self.options)
+            leases = await bucket(js, bucket_name(self.options.prefix, PUBLISHER), replicas, PUBLISH_LEASE_S)
+            self._publisher = LeaseBook(leases, leases, self.name, js, self.options.prefix)
+        held = self._publisher.held.get(PUBLISHER)
+        if held is not None and await self._publisher.renew(held) is not None:
+            return True
+        return await self._publisher.acquire(PUBLISHER) is not None
+
     def stop(self) -> None:
-        """Close the connection (called off the loop, at shutdown)."""
+        """Hand the publisher lease over and close the connection (called off the loop, at shutdown)."""
         if self._loop is not None and self._client is not None:
+            if self._publisher is not None:
+                with contextlib.suppress(Exception):  # unreachable: it expires by itself
+                    asyncio.run_coroutine_threadsafe(self._publisher.release(PUBLISHER), self._loop).result(5)
             asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(10)
 
     def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot:
