@@ -33,6 +33,7 @@ from pisa_pulse.api.exceptions import (
     ServiceUnavailable,
     Unauthorized,
 )
+from pisa_pulse.api.openapi import history_path
 from pisa_pulse.api.settings import Settings
 from pisa_pulse.api.snapshots import LiveSnapshots
 from pisa_pulse.engine.aggregates import Aggregates
@@ -237,9 +238,10 @@ def test_cors_allows_get_from_any_origin(client: TestClient) -> None:
 def served_paths(app: Starlette) -> set[str]:
     """The app's routes (the static files' mount aside), `{chart}` filled in with every chart."""
     paths = {route.path for route in app.routes if isinstance(route, Route)}
-    charts_route = "/api/charts/{chart}"
-    assert charts_route in paths
-    return (paths - {charts_route}) | {c.path for c in charts.REGISTRY}
+    charts_route, history_route = "/api/charts/{chart}", "/api/history/{chart}"
+    assert {charts_route, history_route} <= paths
+    filled = {c.path for c in charts.REGISTRY} | {history_path(c.name) for c in charts.REGISTRY}
+    return (paths - {charts_route, history_route}) | filled
 
 
 def test_openapi_documents_every_route_and_every_chart(client: TestClient) -> None:
@@ -247,8 +249,8 @@ def test_openapi_documents_every_route_and_every_chart(client: TestClient) -> No
     documented = set(doc["paths"])
     assert isinstance(client.app, Starlette)
     assert documented == served_paths(client.app)
-    for path in documented:
-        assert client.get(path).status_code == 200, path
+    for path in documented:  # the history needs ?at= (and a store: these snapshots keep none)
+        assert client.get(path).status_code == (404 if path.startswith("/api/history/") else 200), path
 
 
 def test_status_and_health(client: TestClient) -> None:
@@ -296,6 +298,7 @@ class FixedSnapshots:
     given state: what the API makes of them needs no server."""
 
     mode = "replication"
+    history = None  # no history store
 
     def __init__(self, capture: dict[str, Any] | None, states: tuple[str, ...] = ("streaming", "polling")):
         self.observe_build: Callable[[float], None] | None = None
@@ -385,6 +388,7 @@ def test_status_echoes_the_settings_without_secrets(tmp_path: Path, monkeypatch:
         '[[sources]]\nname = "alb"\ndsn = "postgresql://reader@db.example.org/alb?sslmode=require"\n'
         'password_env = "ALB_SECRET_VARIABLE"\n'
         '[[sources]]\nname = "arg"\ndsn = "postgresql://u:inline-pw@db.example.org/arg?password=query-pw"\n'
+        '[history]\nstore = "postgresql://analyst:history-pw@warehouse.example.org/pisa"\n'
     )
     loaded = settings.load(path)
     # The driver gets each password apart from its DSN ...
@@ -393,11 +397,18 @@ def test_status_echoes_the_settings_without_secrets(tmp_path: Path, monkeypatch:
         answer = client.get("/api/status")
     echoed = answer.json()["settings"]
     for text in (answer.text, repr(loaded), str(loaded), repr(loaded.sources)):  # ... nothing shows it
-        for secret in ("pa%3Ass%40w0rd", "w0rd-9f3", "inline-pw", "query-pw", "ALB_SECRET_VARIABLE"):
+        for secret in (
+            "pa%3Ass%40w0rd",
+            "w0rd-9f3",
+            "inline-pw",
+            "query-pw",
+            "ALB_SECRET_VARIABLE",
+            "history-pw",
+        ):
             assert secret not in text
     # Every setting of the table but the hidden ones, with the values in force.
     shown = {row.name for row in settings.SETTINGS if row.echo != "hidden"}
-    assert {f"{t}.{k}" for t in ("server", "capture", "publish") for k in echoed[t]} | {
+    assert {f"{t}.{k}" for t in ("server", "capture", "publish", "history") for k in echoed[t]} | {
         f"sources[].{k}" for k in echoed["sources"][0]
     } == shown
     assert echoed["server"]["port"] == 9100 and echoed["capture"]["mode"] == "poll"

@@ -55,6 +55,7 @@ def routes() -> list[BaseRoute]:
         Mount("/static", _RevalidatedStaticFiles(directory=static_dir()), name="static"),
         Route("/api/charts", handlers.chart_index, methods=["GET"]),
         Route("/api/charts/{chart}", handlers.chart, methods=["GET"]),
+        Route("/api/history/{chart}", handlers.history_chart, methods=["GET"]),
         Route("/api/countries", handlers.country_list, methods=["GET"]),
         Route("/api/status", handlers.status, methods=["GET"]),
         Route("/api/health", handlers.health, methods=["GET"]),

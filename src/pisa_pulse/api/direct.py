@@ -19,6 +19,7 @@ from pisa_pulse.api.bodies import Snapshot
 from pisa_pulse.capture.contract import State
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.engine.oracle import aggregates_from_sql
+from pisa_pulse.history.recorder import Recorder
 from pisa_pulse.sources.config import Source, first_line
 from pisa_pulse.sources.databases import Connection, connect
 
@@ -27,6 +28,7 @@ class DirectSnapshots:
     """The aggregate SQL on every source per snapshot (see the module docstring)."""
 
     mode = "direct"
+    history: Recorder | None = None  # no history store here (yet)
 
     def __init__(self, sources: tuple[Source, ...]) -> None:
         self.sources = sources

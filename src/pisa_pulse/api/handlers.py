@@ -27,6 +27,7 @@ from pisa_pulse.api.openapi import openapi_document
 from pisa_pulse.api.responses import json_response
 from pisa_pulse.api.snapshots import Snapshots
 from pisa_pulse.capture.contract import HEALTHY, healthy
+from pisa_pulse.history.query import parse_at
 from pisa_pulse.pisa2018 import countries
 from pisa_pulse.web import static_dir
 
@@ -77,13 +78,18 @@ def state_of(request: Request) -> ApiState:
     return state_of_app(request.app)
 
 
-async def chart(request: Request) -> Response:
-    """`GET /api/charts/{chart}`: the chart's JSON from the cache, or 304 for a known ETag."""
-    api = state_of(request)
-    name = request.path_params["chart"]
+def chart_named(name: str) -> charts.Chart:
+    """The chart of a route's `{chart}`; NotFound naming the charts there are."""
     found = charts.BY_NAME.get(name)
     if found is None:
         raise NotFound(f"no chart {name!r}", f"the charts are {', '.join(charts.CHARTS)}")
+    return found
+
+
+async def chart(request: Request) -> Response:
+    """`GET /api/charts/{chart}`: the chart's JSON from the cache, or 304 for a known ETag."""
+    api = state_of(request)
+    found = chart_named(request.path_params["chart"])
     now = api.clock()
     query = charts.parse_query(found, request.query_params, now)
     snap = await api.snapshot(found.columns)
@@ -92,6 +98,18 @@ async def chart(request: Request) -> Response:
     if not_modified(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return Response(body, headers=headers, media_type="application/json")
+
+
+async def history_chart(request: Request) -> Response:
+    """`GET /api/history/{chart}?at=ISO-TIME`: the chart as it was shown at that minute (history/)."""
+    api = state_of(request)
+    found = chart_named(request.path_params["chart"])
+    recorder = api.snapshots.history
+    if recorder is None:
+        raise NotFound("this server keeps no history", "set history.store in its settings (README, History)")
+    minute = parse_at(request.query_params.get("at"))
+    body = await run_in_threadpool(recorder.chart_at, found, minute, request.query_params)
+    return json_response(body)
 
 
 async def status(request: Request) -> Response:
@@ -114,6 +132,8 @@ async def status(request: Request) -> Response:
         body["capture"] = capture
     if api.publishers:
         body["publish"] = api.published()
+    if api.snapshots.history is not None:
+        body["history"] = api.snapshots.history.status()
     if api.settings is not None:
         body["settings"] = api_settings.effective(api.settings)
     return json_response(body, headers={"Cache-Control": "no-cache"})

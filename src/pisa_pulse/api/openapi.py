@@ -46,6 +46,14 @@ _BUCKET = {
     "schema": {"type": "string", "enum": ["hour", "minute"], "default": "hour"},
 }
 _PARAMETERS = {"countries": _COUNTRIES, "hours": _HOURS, "bucket": _BUCKET}  # what a chart may take
+_AT = {
+    "name": "at",
+    "in": "query",
+    "required": True,
+    "description": "An ISO 8601 time (UTC unless it says otherwise): the chart as shown at the end of "
+    "its minute",
+    "schema": {"type": "string", "example": "2026-12-02T12:00Z"},
+}
 _DATA_HEADERS = {
     name: {"schema": {"type": "string"}, "description": text}
     for name, text in (
@@ -125,6 +133,11 @@ def _traffic_paths() -> dict[str, Any]:
     return {"/api/traffic": {**status, "post": steer}, "/api/traffic/empty": {"post": empty}}
 
 
+def history_path(chart: str) -> str:
+    """Where the history answers `chart` (`GET /api/history/<chart>?at=`)."""
+    return f"/api/history/{chart}"
+
+
 def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
     """The whole document (with the traffic routes when they are enabled)."""
     paths: dict[str, Any] = {}
@@ -136,6 +149,9 @@ def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
             {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}
         )
         paths[chart.path] = op
+        past = _get(f"{chart.title}, as shown at a past minute (the history)", chart.schema, [_AT, *params])
+        past["get"]["responses"]["404"] = {"description": "No such minute in the history, or no history here"}
+        paths[history_path(chart.name)] = past
     any_object = {"type": "object"}
     paths["/api/status"] = _get(
         "Per-source state, lag, rows and invalid values; snapshot version and age; the capture "

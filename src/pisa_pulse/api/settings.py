@@ -11,6 +11,10 @@ mode = "poll"
 [publish]                 # optional: also write the charts to DynamoDB and S3 (aws/)
 to = ["dynamodb://pisa-pulse-charts", "s3://my-bucket/dashboard"]
 
+[history]                 # optional: where each minute's aggregates go (default: DuckDB in state_dir)
+store = "duckdb"
+retention_days = 30
+
 [[sources]]
 name = "alb"
 dsn = "postgresql://reader@db.example.org/alb"
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -215,6 +219,22 @@ SETTINGS: tuple[Setting, ...] = (
         least=0.2,
         most=3600,
     ),
+    Setting(
+        "history.store",
+        "string",
+        "duckdb",
+        "where serve appends what the charts showed each minute (README, History): duckdb (history.duckdb "
+        "in capture.state_dir), duckdb:PATH, a postgresql:// DSN, or none",
+        echo="redacted",
+    ),
+    Setting(
+        "history.retention_days",
+        "integer",
+        30,
+        "days of minutes the history store keeps (older ones are deleted once a day)",
+        least=1,
+        most=3650,
+    ),
     Setting("sources[].name", "string", None, "the PISA country code of the database (alb)"),
     Setting(
         "sources[].dsn",
@@ -275,6 +295,9 @@ class Settings:
     reconcile_interval: float = _default("capture.reconcile_interval")
     publish_to: tuple[str, ...] = ()  # dynamodb://TABLE, s3://BUCKET/PREFIX (aws/targets.py)
     publish_interval: float = _default("publish.interval")
+    # "none": no history (history/store.py); a DSN may carry a password: not in the repr
+    history_store: str = field(default=_default("history.store"), repr=False)
+    history_retention_days: int = _default("history.retention_days")
 
 
 def load(path: Path, host: str | None = None, port: int | None = None, mode: str | None = None) -> Settings:
@@ -288,13 +311,15 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
         ) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PisaPulseError(f"settings file {path} is not readable TOML: {exc}", "fix the file") from None
-    _only(raw, {"server", "capture", "publish", "sources"} | _WRITTEN_BY_SOURCES_UP, "")
+    _only(raw, {"server", "capture", "publish", "history", "sources"} | _WRITTEN_BY_SOURCES_UP, "")
     server_raw = _table(raw, "server")
     capture_raw = _table(raw, "capture")
     publish_raw = _table(raw, "publish")
+    history_raw = _table(raw, "history")
     _only(server_raw, _keys("server"), "server.")
     _only(capture_raw, _keys("capture"), "capture.")
     _only(publish_raw, _keys("publish"), "publish.")
+    _only(history_raw, _keys("history"), "history.")
     server = ServerSettings(
         host=host or _value(server_raw, "server.host"),
         port=_value({"port": port} if port is not None else server_raw, "server.port"),
@@ -338,6 +363,8 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
         reconcile_interval=_value(capture_raw, "capture.reconcile_interval"),
         publish_to=publish_to,
         publish_interval=_value(publish_raw, "publish.interval"),
+        history_store=_history_store(_value(history_raw, "history.store")),
+        history_retention_days=_value(history_raw, "history.retention_days"),
     )
 
 
@@ -360,18 +387,24 @@ def effective(settings: Settings) -> dict[str, Any]:
         "capture.reconcile_interval": settings.reconcile_interval,
         "publish.to": list(settings.publish_to),
         "publish.interval": settings.publish_interval,
+        "history.store": settings.history_store,
+        "history.retention_days": settings.history_retention_days,
     }
     body: dict[str, Any] = {
         "server": {},
         "capture": {},
         "publish": {},
+        "history": {},
         "sources": [{} for _ in settings.sources],
     }
     for row in SETTINGS:
         if row.echo == "hidden":
             continue
         if row.table != "sources":
-            body[row.table][row.key] = values[row.name]
+            value = values[row.name]
+            body[row.table][row.key] = (
+                scrub(value) if row.echo == "redacted" and isinstance(value, str) else value
+            )
             continue
         for entry, source in zip(body["sources"], settings.sources, strict=True):
             value = getattr(source, row.key)
@@ -386,6 +419,16 @@ def markdown_table() -> str:
         override = f"`serve {row.option}`" if row.option else (f"`${row.env}`" if row.env else "")
         lines.append(f"| `{row.name}` | {row.valid} | {row.shown_default} | {override} | {row.help} |")
     return "\n".join(lines) + "\n"
+
+
+def _history_store(value: str) -> str:
+    """`history.store`, checked here so that a typo stops serve before it starts."""
+    if value == "none" or value == "duckdb" or value.startswith(("duckdb:", "postgresql://", "postgres://")):
+        return value
+    raise PisaPulseError(
+        f"history.store {value!r} is neither duckdb, duckdb:PATH, a postgresql:// DSN nor none",
+        'write e.g. store = "duckdb" or store = "postgresql://analyst@warehouse/pisa"',
+    )
 
 
 def _keys(table: str) -> set[str]:

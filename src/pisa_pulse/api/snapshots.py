@@ -21,6 +21,7 @@ from pisa_pulse.api.capture_process import CaptureProcess
 from pisa_pulse.api.settings import Settings
 from pisa_pulse.engine import feed
 from pisa_pulse.engine.aggregates import Aggregates
+from pisa_pulse.history.recorder import Recorder
 
 
 class Snapshots(Protocol):
@@ -28,6 +29,7 @@ class Snapshots(Protocol):
 
     mode: str
     observe_build: Callable[[float], None] | None  # told how long each merge of the aggregates took
+    history: Recorder | None  # appends each minute to the history store (None: no history here)
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -61,14 +63,25 @@ class LiveSnapshots:
         self._lock = threading.Lock()  # guards the parts and the fields above
         self._current = Snapshot(-1, Aggregates(), 0.0)
         self._taken = 0.0
+        self.history: Recorder | None = None
+        if settings.history_store != "none":
+            self.history = Recorder(
+                settings.history_store, settings.state_dir, settings.history_retention_days
+            )
 
     def start(self) -> None:
-        """Start the capture process."""
+        """Start the capture process, and the history's writer."""
+        if self.history is not None:
+            self.history.start()
         self.process.start()
 
     def stop(self) -> None:
-        """Stop the capture process (it checkpoints first)."""
+        """Stop the capture process (it checkpoints first), then record the minute in progress."""
         self.process.stop()
+        if self.history is not None:
+            with self._lock:
+                as_of, parts = self._as_of, {name: part.copy() for name, part in self._parts.items()}
+            self.history.stop(as_of, parts)
 
     def _take(self, update: feed.Update) -> None:
         """One update of the feed (in the supervisor's thread)."""
@@ -85,6 +98,8 @@ class LiveSnapshots:
             self._as_of = update.as_of
             if update.status is not None:
                 self._status = update.status
+            if self.history is not None:
+                self.history.observe(self._as_of, self._parts)
 
     def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot:
         """The latest merge, renewed when a part has changed and `min_interval` has passed.

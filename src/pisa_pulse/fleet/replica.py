@@ -35,6 +35,7 @@ from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.fleet.bus import PartsView, parts_bucket
 from pisa_pulse.fleet.connect import NatsOptions, connect, replicas_for
 from pisa_pulse.fleet.leases import LeaseBook, bucket, bucket_name
+from pisa_pulse.history.recorder import Recorder
 from pisa_pulse.secret import scrub
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class FleetSnapshots:
     """Snapshots of the parts published on NATS (see the module docstring)."""
 
     mode = "fleet"
+    history: Recorder | None = None  # no history store here (yet)
 
     def __init__(self, options: NatsOptions, name: str, min_interval: float = 0.02) -> None:
         self.options = options
