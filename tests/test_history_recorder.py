@@ -6,6 +6,7 @@ charts of a written minute come back as they were built from those aggregates.""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.history.query import parse_at
 from pisa_pulse.history.recorder import Recorder
 from pisa_pulse.history.store import Store
-from tests.conftest import wait_for
+from pisa_pulse.sources import databases
+from tests.conftest import SharedServer, wait_for
 
 START = 29_940_000  # a minute since the epoch (2026-12-04T16:00Z)
 
@@ -144,3 +146,42 @@ def test_a_bad_at_is_a_400_that_says_how(text: str | None) -> None:
     with pytest.raises(Exception, match="at") as info:
         parse_at(text)
     assert getattr(info.value, "status", None) == 400 and "?at=" in str(info.value)
+
+
+@pytest.mark.server
+def test_a_postgresql_store_down_for_30_s_loses_nothing(shared: SharedServer, tmp_path: Path) -> None:
+    dsn = shared.create_database("outage")
+    database = shared.prefix + "outage"
+    recorder = Recorder(dsn, tmp_path, retention_days=30)
+    recorder.start()
+
+    def admin(statement: str) -> None:
+        with databases.connected(shared.admin_dsn) as conn, conn.cursor() as cur:
+            cur.execute(statement, (database,))
+
+    try:
+        recorder.observe(START * 60, {"alb": part(1, START)})
+        recorder.observe(START * 60 + 61, {"alb": part(1, START)})
+        wait_for(lambda: recorder.written == 1, 30, what="the first minute written")
+        admin("UPDATE pg_database SET datallowconn = false WHERE datname = %s")  # the store goes down
+        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s")
+        down_until = time.monotonic() + 30
+        minute = START + 1
+        while time.monotonic() < down_until:  # a minute of the watermark every half second meanwhile
+            minute += 1
+            recorder.observe(minute * 60 + 1, {"alb": part(minute - START, minute)})
+            time.sleep(0.5)
+        assert recorder.failing and recorder.written < minute - START
+        admin("UPDATE pg_database SET datallowconn = true WHERE datname = %s")
+        wait_for(lambda: recorder.written == minute - START, 60, what="every minute written after the outage")
+        assert recorder.skipped == 0 and recorder.dropped == 0
+    finally:
+        recorder.stop(0, {})
+    store = Store.open(dsn, tmp_path)
+    try:
+        assert store._run("SELECT count(*), count(DISTINCT minute) FROM minutes") == [
+            (minute - START, minute - START)
+        ]
+        assert store.minute(minute - 1)["alb"]["ALB"].totals.rows == minute - START  # as it stood at its end
+    finally:
+        store.close()
