@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pisa_pulse import __version__, cli_fleet, cli_pipeline, cli_serve
+from pisa_pulse import __version__, cli_fleet, cli_pipeline, cli_serve, cli_sync
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.secret import scrub
 from pisa_pulse.sources import config as cfg
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_pipeline.add_commands(commands, _data_dir)
     cli_serve.add_command(commands, _data_dir)
     cli_fleet.add_commands(commands, _data_dir)
+    cli_sync.add_command(commands, _data_dir)
     commands.add_parser(
         "bench",
         add_help=False,  # --help and every option go to bench/run.py
@@ -436,6 +437,7 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("worker", None): lambda args: cli_fleet.cmd_worker(_resolve(args), args),
     ("api", None): cli_fleet.cmd_api,
     ("fleet", "status"): cli_fleet.cmd_fleet_status,
+    ("sync", None): lambda args: cli_sync.cmd_sync(_resolve(args), args),
 }
 
 

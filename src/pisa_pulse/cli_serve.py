@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -18,6 +19,7 @@ from pisa_pulse.api.snapshots import LiveSnapshots, Snapshots
 from pisa_pulse.api.traffic import TOKEN_FILE, new_token, traffic_routes
 from pisa_pulse.capture.contract import MODES
 from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.history.sync import exclusive
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.terminal import on_stop_signals, out
 
@@ -142,6 +144,7 @@ def run_server(
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     routes = traffic_routes(traffic_control, new_token(traffic_control)) if traffic_control else None
+    own_state = snapshots is None and settings.mode != "direct"  # capture's checkpoint and slots
     if snapshots is None:
         snapshots, what = snapshots_for(settings), f"{len(settings.sources)} sources ({settings.mode})"
     app = create_app(snapshots, traffic_routes=routes, settings=settings)
@@ -155,8 +158,11 @@ def run_server(
         )
     # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
     # there before it: make that one a no-op, so a requested stop exits 0 like the other commands.
-    with on_stop_signals(lambda: None):
-        server.run(sockets=[sock])
+    with contextlib.ExitStack() as held:
+        if own_state:  # one serve or sync at a time per state dir (history/sync.py)
+            held.enter_context(exclusive(settings.state_dir, f"pisa-pulse serve at {url}"))
+        with on_stop_signals(lambda: None):
+            server.run(sockets=[sock])
 
 
 def cmd_serve(data_dir: Path, args: argparse.Namespace) -> int:

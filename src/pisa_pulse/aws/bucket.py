@@ -45,6 +45,11 @@ def chart_key(name: str) -> str:
     return f"api/charts/{name}"
 
 
+def md5(body: bytes) -> str:
+    """S3's ETag of a body written in one part (without its quotes)."""
+    return hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+
 def site_files(root: Path) -> dict[str, Path]:
     """The dashboard's files by their key under the prefix."""
     return {path.relative_to(root).as_posix(): path for path in sorted(root.rglob("*")) if path.is_file()}
@@ -63,7 +68,7 @@ class BucketPublisher(Counted):
         self.client, self.clock = client, clock
         self.cache = ChartCache()
         self.published: tuple[int, float] = (-1, 0.0)  # the snapshot version and as_of last published
-        self.bodies: dict[str, bytes] = {}  # key -> the body last written
+        self.md5s: dict[str, str] = {}  # key -> the MD5 of the body last written, or found at start
         self.etags: dict[str, str] = {}  # key -> the object's ETag as this publisher last saw it
         self.site_written = False
 
@@ -82,18 +87,23 @@ class BucketPublisher(Counted):
             ]
         refused = 0
         for key, body in bodies.items():
-            if self.bodies.get(key) != body:
+            if self.md5s.get(key) != md5(body):
                 refused += not self._put(key, body, version)
         self.version = version
         if not refused:
             self.published = (snap.version, snap.as_of)
 
     def _write_site(self) -> None:
+        """The dashboard's files that differ from the bucket's; what the bucket holds of the charts is
+        taken as written (a restart, a batch run: an unchanged chart is not written again)."""
         files = site_files(static_dir())
         held = self._listing()
+        ours = {"api", *(chart_key(chart.name) for chart in charts.REGISTRY)}
+        for key in ours & set(held):
+            self.md5s[key], self.etags[key] = held[key], f'"{held[key]}"'
         for key, path in files.items():
             body = path.read_bytes()
-            if held.get(key) != hashlib.md5(body, usedforsecurity=False).hexdigest():
+            if held.get(key) != md5(body):
                 kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
                 self.client.put_object(
                     Bucket=self.bucket,
@@ -103,7 +113,6 @@ class BucketPublisher(Counted):
                     CacheControl="no-cache",
                 )
                 self.writes += 1
-        ours = {"api", *(chart_key(chart.name) for chart in charts.REGISTRY)}
         for key in sorted(set(held) - set(files) - ours):
             self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
             self.deletes += 1
@@ -147,7 +156,7 @@ class BucketPublisher(Counted):
                     return False
                 self.etags[key] = there[1] if there is not None else ""
                 continue
-            self.etags[key], self.bodies[key] = answer["ETag"], body
+            self.etags[key], self.md5s[key] = answer["ETag"], md5(body)
             self.writes += 1
             return True
         return False

@@ -42,6 +42,11 @@ class Counted:
     def publish(self, snap: Snapshot) -> None:
         raise NotImplementedError
 
+    def holds(self, snap: Snapshot) -> bool:
+        """Whether the target holds `snap`'s data already, its as-of time aside (a batch run with no
+        new commits then writes nothing); False where that cannot be told."""
+        return False
+
     def status(self) -> dict[str, Any]:
         return {
             "to": self.url,
@@ -64,15 +69,39 @@ class DynamoPublisher(Counted):
         super().__init__(f"dynamodb://{name}")
         self.name, self.client, self.clock = name, client, clock
         self.published: tuple[int, float] = (-1, 0.0)  # the snapshot version and as_of last published
-        self.written: dict[str, bytes] = {}  # key -> the value last written
+        self.written: dict[str, bytes] = {}  # key -> the value last written (or found by `seed`)
+        self.seeded = False
+        self.held_as_of = 0.0  # the as-of time of the sums `seed` found
+
+    def seed(self) -> None:
+        """Take what the table holds as written (at the first publication: a restart, a batch run),
+        so that only what differs is written. Not its versions: ours come from our data's as-of time,
+        so that a publisher with older data stays refused."""
+        for page in self.client.get_paginator("scan").paginate(TableName=self.name, ConsistentRead=True):
+            for item in page.get("Items", []):
+                self.written[item["key"]["S"]] = bytes(item["value"]["B"])
+                if "as_of" in item:
+                    self.held_as_of = float(item["as_of"]["N"])
+        self.seeded = True
+
+    def _items(self, snap: Snapshot, as_of: float) -> list[table.Item]:
+        hour = int(self.clock() // 3600)
+        return table.items_of(snap.aggregates, as_of, range(hour - KEEP_HOURS, hour + 2))
+
+    def holds(self, snap: Snapshot) -> bool:
+        if not self.seeded:
+            self.seed()
+        items = self._items(snap, self.held_as_of)
+        return {item.key: item.value for item in items} == self.written
 
     def publish(self, snap: Snapshot) -> None:
         """Write what changed since the last call: nothing if the snapshot did not, the sums alone when
         only its as_of moved (an idle source stays provably fresh, for /api/health)."""
         if (snap.version, snap.as_of) == self.published:
             return
-        hour = int(self.clock() // 3600)
-        items = table.items_of(snap.aggregates, snap.as_of, range(hour - KEEP_HOURS, hour + 2))
+        if not self.seeded:
+            self.seed()
+        items = self._items(snap, snap.as_of)
         version = max(int(snap.as_of * 1_000_000), self.version + 1)
         keys = {item.key for item in items}
         refused = 0

@@ -3,7 +3,7 @@
 Two tables, the same in both back ends (README, "History"):
 
 - `minutes (minute, source, written_at)`: one row per minute boundary and source written, the key
-  that makes a repeat write nothing;
+  that makes a repeat write nothing (a batch run replaces its own minute when run twice in it);
 - `country_minutes (minute, source, country, rows, arrivals, <index>_valid, <index>_sum,
   <domain>_weights, <domain>_scores)`: each country's exact totals as the charts showed them at the
   end of that minute (the sums and counts behind every chart, not the rounded answers), and the rows
@@ -156,23 +156,36 @@ class Store:
             steps = [(sql, ()) for sql in MIGRATIONS[version]]
             self._transaction([*steps, ("INSERT INTO pisa_pulse_schema VALUES (?)", (version,))])
 
-    def write_minute(self, minute: int, source: str, countries: Mapping[str, CountryMinute]) -> bool:
-        """Append one source's minute, once: False (and nothing written) when it is there already."""
-        if self._run("SELECT 1 FROM minutes WHERE minute = ? AND source = ?", (minute, source)):
+    def write_minute(
+        self, minute: int, source: str, countries: Mapping[str, CountryMinute], replace: bool = False
+    ) -> bool:
+        """Append one source's minute, once: False (and nothing written) when it is there already;
+        with `replace` (a batch run's own minute, run twice within it) its rows are replaced."""
+        there = bool(self._run("SELECT 1 FROM minutes WHERE minute = ? AND source = ?", (minute, source)))
+        if there and not replace:
             return False
         marks = ", ".join("?" * len(COLUMNS))
         insert = f"INSERT INTO country_minutes ({', '.join(COLUMNS)}) VALUES ({marks})"
+        key = (minute, source)
         self._transaction(
             [
+                *(
+                    (f"DELETE FROM {name} WHERE minute = ? AND source = ?", key)
+                    for name in ("country_minutes", "minutes")
+                    if there
+                ),
                 ("INSERT INTO minutes VALUES (?, ?, ?)", (minute, source, time.time())),
                 *((insert, row_of(minute, source, code, entry)) for code, entry in sorted(countries.items())),
             ]
         )
         return True
 
-    def last_minute(self, source: str) -> int | None:
-        """The last minute written for `source` (None: none yet)."""
-        found = self._run("SELECT max(minute) FROM minutes WHERE source = ?", (source,))[0][0]
+    def last_minute(self, source: str, before: int | None = None) -> int | None:
+        """The last minute written for `source` (before minute `before`, if given; None: none)."""
+        bound = 2**62 if before is None else before
+        found = self._run("SELECT max(minute) FROM minutes WHERE source = ? AND minute < ?", (source, bound))[
+            0
+        ][0]
         return None if found is None else int(found)
 
     def minute(self, minute: int) -> dict[str, dict[str, CountryMinute]]:
