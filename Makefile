@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Apache Airflow, for the DAG in deploy/airflow/: a virtual environment of its own (its pins are not ours).
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 # make bench: the full profile (about an hour), which regenerates docs/benchmarks.md's tables;
 # make bench BENCH_ARGS='--profile quick' for a few minutes, '--suite serving' for one suite.
 BENCH_ARGS ?= --profile full
@@ -18,10 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(AIRFLOW_STAMP): deploy/airflow/requirements.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install --quiet -r deploy/airflow/requirements.txt
+	touch $(AIRFLOW_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/pisa-pulse demo
 
-test: $(STAMP)
+test: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests that need no server (no PostgreSQL, browser or server process): under a minute. A test that
@@ -47,4 +56,4 @@ lambda: $(STAMP)
 	$(BIN)/python -m pisa_pulse.aws.package build/lambda
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) $(AIRFLOW_VENV) build dist src/*.egg-info
