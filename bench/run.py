@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.browser, shared with the browser tests
 
 import api_bench
+import aws_bench
 import capture_bench
 import clients_bench
 import dashboard_bench
@@ -67,6 +68,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 2_000,
         "clients_rounds": 1,
         "fleet_sizes": (2_000,),
+        "aws_sizes": (2_000,),
+        "aws_dashboards": 5,
+        "aws_runs": 3,
         "soak": (0.5, 10, 2_000),
         "page": (0.25, 5.0),
         # rate: demo minutes, warm-up s, sample s, demo options; students, rate, minutes of the big case
@@ -84,6 +88,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 50_000,
         "clients_rounds": 2,
         "fleet_sizes": (60_000,),
+        "aws_sizes": (60_000,),
+        "aws_dashboards": 50,
+        "aws_runs": 5,
         "soak": (5.0, 200, 60_000),
         "page": (2.0, 15.0),
         "rate": (2.0, 30.0, 10.0, [], 60_000, 1_000.0, 1.0),
@@ -100,6 +107,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 200_000,
         "clients_rounds": 2,
         "fleet_sizes": (60_000, 600_000),  # checkpoint bytes at both; the failover target at 600,000
+        "aws_sizes": (60_000, 600_000),  # the Lambda handler and the direct one side by side
+        "aws_dashboards": 50,  # polling six charts a second each, through one container
+        "aws_runs": 9,  # fresh interpreters per import time (median)
         "soak": (30.0, 200, 60_000),  # minutes, dashboards, students, at 1,000 operations/s
         "page": (10.0, 30.0),  # the dashboard left open: minutes, seconds between samples
         "rate": (10.0, 30.0, 10.0, [], 600_000, 1_000.0, 2.0),  # `make demo` as is; 600,000 at 1,000/s
@@ -186,6 +196,21 @@ def run_fleet(p: dict[str, Any], r: dict[str, Any]) -> None:
         r["fleet"].append(fleet_bench.fleet(students, RATE, p["seconds"]))
 
 
+def run_aws(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["aws"], r["aws_latency"] = [], []
+    for students in p["aws_sizes"]:
+        print(
+            f"aws: serve publishing to DynamoDB and S3 (moto), the Lambda handler and the direct one, "
+            f"{students:,} students, {RATE:,.0f} ops/s ...",
+            flush=True,
+        )
+        case = aws_bench.aws(students, RATE, p["seconds"], p["aws_dashboards"], p["aws_runs"])
+        r["aws_latency"] += case.pop("latency")
+        r["aws"].append(case)
+    print("aws: the slim package against a full install ...", flush=True)
+    r["aws_package"] = [aws_bench.sizes()]
+
+
 def run_dashboard(p: dict[str, Any], r: dict[str, Any]) -> None:
     minutes, sample_s = p["page"]
     print(f"dashboard left open for {minutes} minutes ...", flush=True)
@@ -221,6 +246,7 @@ SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "limits": run_limits,
     "clients": run_clients,
     "fleet": run_fleet,
+    "aws": run_aws,
     "dashboard": run_dashboard,
     "soak": run_soak,
     "rate": run_rate,

@@ -200,7 +200,135 @@ def _ratio(part: float | None, whole: float | None) -> str:
     return "-" if not part or not whole else f"{part / whole:.2f}"
 
 
+def _mb(count: int | None) -> str:
+    return "-" if count is None else f"{count / 1e6:,.2f}"
+
+
+def _per_s(case: Row, to: str, what: str) -> Any:
+    """Writes, deletions or refused writes per second to the first target of that kind."""
+    found = [figures for target, figures in case["writes"]["per_s"].items() if target.startswith(to)]
+    return found[0][what] if found else None
+
+
 TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
+    "aws_latency": (
+        "aws_latency",
+        "| students | traffic ops/s | Lambda handler in process, cache hit: p50 ms | p99 ms | `countries=`: "
+        "p50 ms | p99 ms | cache miss (BatchGetItem, body rendered): p50 ms | p99 ms | `countries=`: p50 ms "
+        "| p99 ms | ceiling, a bare GetItem to moto: p50 ms | p99 ms | miss / ceiling (p50) | `direct` "
+        "handler: p50 ms | p99 ms | requests | direct / miss (p50) |",
+        lambda c: _cells(
+            c["students"],
+            c["ops_per_s"] or "paused",
+            *_p50_p99(c["hit_default"]),
+            *_p50_p99(c["hit_countries"]),
+            *_p50_p99(c["miss_default"]),
+            *_p50_p99(c["miss_countries"]),
+            *_p50_p99(c["get_item"]),
+            _ratio(c["miss_default"]["p50_ms"], c["get_item"]["p50_ms"]),
+            *_p50_p99(c["direct"]),
+            c["direct"]["calls"],
+            f"{c['direct']['p50_ms'] / c['miss_default']['p50_ms']:,.0f}x",
+        ),
+    ),
+    "aws_reads": (
+        "aws",
+        "| students | dashboards (six charts/s each) | polls/s answered by one container | BatchGetItem per "
+        "1,000 polls | keys | items | read units | handler ms per poll (mean) | CPU ms | GB-ms per poll at "
+        "128 MB | `direct`: SQL queries per poll | rows read per poll | PostgreSQL CPU ms per poll | GB-ms "
+        "per poll at 128 MB |",
+        lambda c: _cells(
+            c["students"],
+            c["crowd"]["dashboards"],
+            c["crowd"]["polls_per_s"],
+            c["crowd"]["batch_gets_per_1000"],
+            c["crowd"]["keys_per_1000"],
+            c["crowd"]["items_per_1000"],
+            c["crowd"]["read_units_per_1000"],
+            c["crowd"]["ms_mean"],
+            c["crowd"]["cpu_ms_mean"],
+            c["crowd"]["gb_ms_per_poll"],
+            c["direct"]["queries_per_poll"],
+            c["direct"]["rows_read_per_poll"],
+            c["direct"]["pg_cpu_ms_per_poll"],
+            c["direct"]["gb_ms_per_poll"],
+        ),
+    ),
+    "aws_writes": (
+        "aws",
+        "| students | traffic ops/s | DynamoDB: writes/s | deletions/s | refused/s | S3: writes/s | "
+        "deletions/s | refused/s | `sums` item bytes | `minutes.<hour>` items | largest bytes |",
+        lambda c: _cells(
+            c["students"],
+            c["target_ops_per_s"],
+            _per_s(c, "dynamodb://", "writes"),
+            _per_s(c, "dynamodb://", "deletes"),
+            _per_s(c, "dynamodb://", "refused"),
+            _per_s(c, "s3://", "writes"),
+            _per_s(c, "s3://", "deletes"),
+            _per_s(c, "s3://", "refused"),
+            c["writes"]["sums_item_bytes"],
+            c["writes"]["minutes_items"],
+            c["writes"]["minutes_item_bytes_max"],
+        ),
+    ),
+    "aws_start": (
+        "aws",
+        "| students | fresh interpreters per figure (ms beyond a bare `python -c pass`, median) | handler "
+        "import, as shipped (no bytecode) | compiled | handler's first request cold, as shipped | compiled "
+        "| `direct` handler import | its first request cold | `pisa_pulse.api.app` import (for an "
+        "adapter) | app / handler (compiled) | bare python ms |",
+        lambda c: _cells(
+            c["students"],
+            c["imports"]["runs"],
+            c["imports"]["handler_import_ms"],
+            c["imports"]["handler_import_pyc_ms"],
+            c["imports"]["handler_first_request_ms"],
+            c["imports"]["handler_first_request_pyc_ms"],
+            c["imports"]["direct_import_ms"],
+            c["imports"]["direct_first_request_ms"],
+            c["imports"]["app_import_ms"],
+            _ratio(c["imports"]["app_import_ms"], c["imports"]["handler_import_pyc_ms"]),
+            c["imports"]["bare_python_ms"],
+        ),
+    ),
+    "aws_cold": (
+        "aws",
+        "| students | the handler's cold start by stage, as shipped (median ms): import the handler | import "
+        "boto3 | make the client | first read (sums and 13 hours) | the six charts' first bodies | peak RSS "
+        "MB |",
+        lambda c: _cells(
+            c["students"],
+            *(
+                c["imports"]["handler_cold_stages_ms"][stage]
+                for stage in (
+                    "import_handler",
+                    "import_boto3",
+                    "client",
+                    "first_read",
+                    "six_first_bodies",
+                    "peak_rss_mb",
+                )
+            ),
+        ),
+    ),
+    "aws_package": (
+        "aws_package",
+        "| MB | slim package (`make lambda`): unzipped | zipped | full install (ours and the runtime "
+        "dependencies): unzipped | zipped | `direct` handler's need (slim, and what its import brings: "
+        "psycopg2 ...) | the ASGI app's need (ours and what `pisa_pulse.api.app` imports) | boto3 and its "
+        "dependencies (in Lambda's runtime) |",
+        lambda c: _cells(
+            "bytes / 10^6",
+            _mb(c["slim_unzipped_bytes"]),
+            _mb(c["slim_zipped_bytes"]),
+            _mb(c["full_unzipped_bytes"]),
+            _mb(c["full_zipped_bytes"]),
+            _mb(c["direct_unzipped_bytes"]),
+            _mb(c["app_unzipped_bytes"]),
+            _mb(c["boto3_unzipped_bytes"]),
+        ),
+    ),
     "fleet": (
         "fleet",
         "| students | commit to chart via workers, NATS, a replica: p50 ms | p99 ms | `serve`: p50 ms | "

@@ -12,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import subprocess
 import sys
-import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +33,7 @@ from pisa_pulse.sources.cluster import free_port
 from pisa_pulse.web import static_dir
 from tests import independent_oracle as oracle
 from tests.conftest import SharedServer, serving, stop, wait_for
+from tests.moto_server import running_moto
 from tests.nats_cluster import NatsCluster
 from tests.test_independent_oracle import traffic
 
@@ -61,41 +60,8 @@ COUNTRY_SETS = (
 @pytest.fixture(scope="module")
 def moto(scratch: Path) -> Iterator[str]:
     """moto in server mode on 127.0.0.1, and this process's AWS settings pointing at it (restored after)."""
-    port = free_port()
-    binary = Path(sysconfig.get_path("scripts")) / "moto_server"
-    proc = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION", "PISA_PULSE_TABLE")}  # fmt: skip
-    os.environ.update(
-        AWS_ENDPOINT_URL=url,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        PISA_PULSE_TABLE=TABLE,
-    )
-    try:
-        wait_for(lambda: _answers(url), 30, what="moto_server answering")
+    with running_moto(scratch / f"moto-{uuid.uuid4().hex[:8]}.log", TABLE) as url:
         yield url
-    finally:
-        stop(proc)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/moto-api/", timeout=2):
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def event(version: str, path: str, query: str = "", headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import rate_bench  # noqa: E402
 import run  # noqa: E402  (bench/run.py, found through the path above)
 import tables  # noqa: E402
 
-# The smoke run of every suite takes about 5 minutes here; a machine 4 times slower needs 20 and more.
+# The smoke run of every suite takes about 6 minutes here; a machine 4 times slower needs 25 and more.
 SMOKE_TIMEOUT_S = 2400
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(SMOKE_TIMEOUT_S)]
 
@@ -73,6 +73,28 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
     assert fleet["failover"]["restored_from"] == ["checkpoint"]
     assert fleet["into_nats"]["bytes_per_s"] > 0 and fleet["into_nats"]["checkpoint_bytes_per_min"] > 0
     assert fleet["one_replica"]["requests_per_s"] > 0 and fleet["two_replicas"]["requests_per_s"] > 0
+    [aws] = result["aws"]
+    assert [c["state"] for c in result["aws_latency"]] == ["traffic", "paused"]
+    for case in result["aws_latency"]:
+        for key in ("hit_default", "hit_countries", "miss_default", "miss_countries", "get_item", "direct"):
+            assert case[key]["calls"] > 0 and 0 < case[key]["p50_ms"] <= case[key]["p99_ms"], key
+        assert case["direct"]["queries_per_poll"] == 20  # one per source per chart request
+    writes = aws["writes"]["per_s"]
+    assert set(writes) == {"dynamodb://pisa-pulse-charts", "s3://pisa-pulse-site/dash"}
+    assert all(t["writes"] > 0 and t["refused"] == 0 for t in writes.values())
+    crowd = aws["crowd"]
+    assert crowd["polls"] > 0 and 0 < crowd["batch_gets_per_1000"] < 1000  # the items cache holds
+    assert crowd["keys_per_1000"] >= crowd["items_per_1000"] > 0 and crowd["gb_ms_per_poll"] > 0
+    imports = aws["imports"]
+    assert all(imports[f"{name}_ms"] > 0 for name in ("handler_import", "direct_import", "app_import"))
+    assert "boto3" in imports["handler_first_request_imports"]
+    assert not {"numpy", "psycopg2"} & set(imports["handler_first_request_imports"])
+    assert "psycopg2" in imports["direct_first_request_imports"]
+    [package] = result["aws_package"]
+    assert 0 < package["slim_zipped_bytes"] < package["slim_unzipped_bytes"]
+    assert package["slim_unzipped_bytes"] < package["direct_unzipped_bytes"] < package["full_unzipped_bytes"]
+    assert "psycopg2-binary" in package["direct_distributions"] and "numpy" in package["full_distributions"]
+    assert "numpy" not in package["direct_distributions"]
 
 
 def test_markdown_has_every_table(smoke: tuple[dict, str, str]) -> None:

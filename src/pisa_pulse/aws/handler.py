@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -49,6 +50,7 @@ log = logging.getLogger("pisa_pulse.aws")
 ITEM_TTL_S = 1.0
 HEALTHY_AGE_S = 10.0  # /api/health: data older than this is degraded (serve publishes every second)
 BATCH = 100  # keys per BatchGetItem
+SNAPSHOTS_KEPT = 8  # decoded snapshots per container: the sums, and a few chart 2 windows
 JSON = "application/json"
 ALLOWED_HOSTS_ENV = "PISA_PULSE_ALLOWED_HOSTS"
 SECURITY_HEADERS = {
@@ -99,12 +101,23 @@ class Items:
 
 
 def from_table(items: Items) -> Callable[[frozenset[str], range], Snapshot]:
-    """Snapshots of the published aggregates: the sums, and the minutes of the hours a chart shows."""
+    """Snapshots of the published aggregates: the sums, and the minutes of the hours a chart shows.
+    Each is decoded once per version of the items it comes from (a cache hit then costs a lookup:
+    decoding was 78 % of one, profiled), for the last `SNAPSHOTS_KEPT` windows asked."""
+    decoded: OrderedDict[tuple[tuple[str, str], ...], Snapshot] = OrderedDict()
 
     def snapshot(columns: frozenset[str], hours: range) -> Snapshot:
-        keys = [table.SUMS, *(table.hour_key(h) for h in hours)]
-        agg, as_of, version = table.aggregates_of(items.get(keys))
-        return Snapshot(version, agg, as_of)
+        found = items.get([table.SUMS, *(table.hour_key(h) for h in hours)])
+        key = tuple((item["key"]["S"], item["version"]["N"]) for item in found)
+        held = decoded.get(key)
+        if held is None:
+            agg, as_of, version = table.aggregates_of(found)
+            held = decoded[key] = Snapshot(version, agg, as_of)
+            if len(decoded) > SNAPSHOTS_KEPT:
+                decoded.popitem(last=False)
+        else:
+            decoded.move_to_end(key)
+        return held
 
     return snapshot
 

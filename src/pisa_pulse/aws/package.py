@@ -1,6 +1,7 @@
 """The Lambda function's code, slim: `python -m pisa_pulse.aws.package build/lambda` (`make lambda`).
 
-The package is this project's own Python code and the PISA data the charts name countries from,
+The package is this project's own Python code (and its bytecode) and the PISA data the charts name
+countries from,
 without the dashboard's files and without any dependency: the handler imports nothing but the
 standard library and, at its first request, boto3, which Lambda's Python runtime provides. So
 the function ships about half a megabyte zipped instead of the hundred or so megabytes of numpy,
@@ -12,6 +13,8 @@ deploy/template.yaml's `CodeUri` points at the folder this writes; `sam build` z
 from __future__ import annotations
 
 import argparse
+import compileall
+import py_compile
 import shutil
 import sys
 import zipfile
@@ -55,7 +58,15 @@ def build(out: Path) -> tuple[Path, int, int]:
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / relative, target / relative)
             zipped.write(root / relative, f"pisa_pulse/{relative.as_posix()}")
-    unzipped = sum((target / relative).stat().st_size for relative in files(root))
+        # Bytecode too: Lambda's code folder is read-only, so without it every cold start compiles
+        # our modules (40-48 ms measured). For the runtime's Python (3.11), as the template says;
+        # unchecked hashes, since a zip does not keep the sources' times the checks would compare.
+        compileall.compile_dir(
+            target, quiet=1, legacy=False, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+        )
+        for compiled in sorted(target.rglob("*.pyc")):
+            zipped.write(compiled, compiled.relative_to(out).as_posix())
+    unzipped = sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
     return archive, unzipped, archive.stat().st_size
 
 
