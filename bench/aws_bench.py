@@ -23,8 +23,9 @@ with the table and a bucket, and `pisa-pulse serve` publishing to both (`[publis
 
 The latencies are measured again with the traffic stopped (the paused case; the unpaused one is
 above). Then the start: import times in fresh interpreters (median of `runs`, less a bare
-`python -c pass`), the handler from the slim package as Lambda loads it (no bytecode: /var/task is
-read-only, so every cold start compiles) and compiled, its first request cold, the direct handler,
+`python -c pass`), the handler from the slim package as Lambda loads it (with the unchecked-hash
+bytecode `make lambda` ships, since /var/task is read-only) and compiled here, its first request
+cold, the direct handler,
 and the ASGI app an adapter would wrap. `sizes` measures the slim package against a full install.
 """
 

@@ -275,7 +275,8 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
     "aws_start": (
         "aws",
         "| students | fresh interpreters per figure (ms beyond a bare `python -c pass`, median) | handler "
-        "import, as shipped (no bytecode) | compiled | handler's first request cold, as shipped | compiled "
+        "import, as `make lambda` ships it (bytecode included) | compiled here | handler's first "
+        "request cold, as shipped | compiled "
         "| `direct` handler import | its first request cold | `pisa_pulse.api.app` import (for an "
         "adapter) | app / handler (compiled) | bare python ms |",
         lambda c: _cells(
