@@ -141,11 +141,18 @@ def test_at_takes_iso_times(text: str, minute: int) -> None:
     assert parse_at(text) == minute
 
 
-@pytest.mark.parametrize("text", [None, "", "yesterday", "2026-13-01T00:00Z"])
+@pytest.mark.parametrize("text", [None, "", "yesterday", "2026-12-02 12:00", "2026-12-02T12"])
 def test_a_bad_at_is_a_400_that_says_how(text: str | None) -> None:
     with pytest.raises(Exception, match="at") as info:
         parse_at(text)
     assert getattr(info.value, "status", None) == 400 and "?at=" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["2026-13-01T00:00Z", "2026-02-31T12:00", "2026-12-02T24:30Z"])
+def test_an_at_written_right_that_names_no_moment_is_a_404(text: str) -> None:
+    with pytest.raises(Exception, match="names no moment") as info:
+        parse_at(text)
+    assert getattr(info.value, "status", None) == 404
 
 
 @pytest.mark.server

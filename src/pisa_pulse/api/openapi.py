@@ -12,6 +12,7 @@ from pisa_pulse.api.charts import (
     REGISTRY,
     object_schema,
 )
+from pisa_pulse.history.query import AT_PATTERN
 
 _ERROR = {
     "description": "Error",
@@ -52,7 +53,7 @@ _AT = {
     "required": True,
     "description": "An ISO 8601 time (UTC unless it says otherwise): the chart as shown at the end of "
     "its minute",
-    "schema": {"type": "string", "example": "2026-12-02T12:00Z"},
+    "schema": {"type": "string", "pattern": AT_PATTERN, "example": "2026-12-02T12:00Z"},
 }
 _DATA_HEADERS = {
     name: {"schema": {"type": "string"}, "description": text}

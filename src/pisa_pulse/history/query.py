@@ -8,6 +8,7 @@ then, for the same parameters.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,20 +18,25 @@ from pisa_pulse.api.exceptions import BadRequest, NotFound
 from pisa_pulse.engine.aggregates import Aggregates, CountryTotals
 from pisa_pulse.history.store import Store
 
+# ISO 8601 to the minute or finer, with Z or an offset (none: UTC); also the OpenAPI document's pattern
+AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$"
+
 
 def parse_at(text: str | None) -> int:
-    """The minute (since the Unix epoch) an ISO 8601 time falls in; BadRequest when it is none."""
-    if not text:
-        raise BadRequest("at is missing", "ask e.g. ?at=2026-12-02T12:00Z (UTC unless it says otherwise)")
+    """The minute (since the Unix epoch) of an ISO 8601 time (UTC unless it names an offset):
+    BadRequest when it is not written so, NotFound when it is but names no real moment (2026-02-31)."""
+    if not text or not re.fullmatch(AT_PATTERN, text):
+        shown = "at is missing" if not text else f"at={text[:40]!r} is not an ISO 8601 time"
+        raise BadRequest(shown, "ask e.g. ?at=2026-12-02T12:00Z (UTC unless it names an offset)")
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise BadRequest(
-            f"at={text[:40]!r} is not an ISO 8601 time", "ask e.g. ?at=2026-12-02T12:00Z"
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() // 60)
+    except (ValueError, OverflowError):
+        raise NotFound(
+            f"at={text!r} names no moment in the calendar", "ask e.g. ?at=2026-12-02T12:00Z"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() // 60)
 
 
 def aggregates_at(store: Store, minute: int, arrivals_from: int | None = None) -> Aggregates | None:
