@@ -9,17 +9,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from pisa_pulse.api import charts
-from pisa_pulse.history.query import chart_at
-from pisa_pulse.history.store import Store
 from pisa_pulse.sources import config as cfg
-from tests import independent_oracle as oracle
 from tests.conftest import SharedServer
+from tests.test_sync import store_equals_the_oracle
 
 ROOT = Path(__file__).parent.parent
 DAGS = ROOT / "deploy" / "airflow"
@@ -96,12 +92,4 @@ def test_airflow_runs_the_dag_once_and_the_store_equals_the_oracle(
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    totals = oracle.all_totals({s.name.upper(): s.dsn for s in config.sources})
-    expected = oracle.chart_bodies(totals, time.time(), {}, None)
-    store = Store.open("duckdb", state)
-    try:
-        minute = max(m for s in config.sources if (m := store.last_minute(s.name)) is not None)
-        for name in (*oracle.PER_COUNTRY, "submissions"):
-            assert chart_at(store, charts.BY_NAME[name], minute, {}) == expected[name], name
-    finally:
-        store.close()
+    store_equals_the_oracle(state, config)

@@ -40,6 +40,19 @@ def written(done: subprocess.CompletedProcess[str]) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
+def store_equals_the_oracle(state: Path, config: cfg.SourcesConfig) -> None:
+    """The charts of the last minute a DuckDB store in `state` holds equal the independent oracle's."""
+    totals = oracle.all_totals({s.name.upper(): s.dsn for s in config.sources})
+    expected = oracle.chart_bodies(totals, time.time(), {}, None)
+    store = Store.open("duckdb", state)
+    try:
+        minute = max(m for s in config.sources if (m := store.last_minute(s.name)) is not None)
+        for name in (*oracle.PER_COUNTRY, "submissions"):
+            assert chart_at(store, charts.BY_NAME[name], minute, {}) == expected[name], name
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("mode", ["replication", "poll"])
 def test_each_run_leaves_the_store_equal_to_the_oracle_and_a_quiet_run_writes_nothing(
     mode: str, shared: SharedServer, new_dir: Path, tmp_path: Path
@@ -51,24 +64,12 @@ def test_each_run_leaves_the_store_equal_to_the_oracle_and_a_quiet_run_writes_no
         cfg.config_path(new_dir).read_text()
         + f'\n[capture]\nmode = "{mode}"\nslot_prefix = "{shared.slot_prefix}"\nstate_dir = "{state}"\n'
     )
-    codes = {s.name.upper(): s.dsn for s in config.sources}
-
-    def store_equals_the_oracle() -> None:
-        totals = oracle.all_totals(codes)
-        expected = oracle.chart_bodies(totals, time.time(), {}, None)
-        store = Store.open("duckdb", state)
-        try:
-            minute = max(m for s in config.sources if (m := store.last_minute(s.name)) is not None)
-            for name in (*oracle.PER_COUNTRY, "submissions"):
-                assert chart_at(store, charts.BY_NAME[name], minute, {}) == expected[name], name
-        finally:
-            store.close()
 
     assert written(sync(settings, "--once")) == (2, 0)  # a fresh copy of each source
-    store_equals_the_oracle()
+    store_equals_the_oracle(state, config)
     traffic(config, 200)  # corrections and withdrawals
     assert written(sync(settings, "--once"))[0] == 2  # from the checkpoint
-    store_equals_the_oracle()
+    store_equals_the_oracle(state, config)
     assert written(sync(settings, "--once")) == (0, 2)  # no new commits: nothing written
     with exclusive(state, "this test"):
         refused = sync(settings, "--once")

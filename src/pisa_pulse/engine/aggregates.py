@@ -264,8 +264,9 @@ class Aggregates:
         """The countries that have rows, in code order."""
         return sorted(COUNTRY_CODES[i] for i, t in self._tallies.items() if t.sums[0])
 
-    def totals(self, country: str) -> CountryTotals:
-        """One country's exact totals (all zero for a country without rows)."""
+    def totals(self, country: str, minutes: bool = True) -> CountryTotals:
+        """One country's exact totals (all zero for a country without rows); `minutes=False`: without
+        its rows per arrival minute (which grow with the days of arrivals)."""
         tally = self._tally(country) or _Tally()
         s, first = tally.sums, _FIRST_DOMAIN_SUM
         return CountryTotals(
@@ -274,8 +275,13 @@ class Aggregates:
             sums={name: s[2 + 2 * k] for k, name in enumerate(INDEX_COLUMNS)},
             weights={name: s[first + 2 * d] for d, name in enumerate(DOMAINS)},
             weighted_scores={name: s[first + 2 * d + 1] for d, name in enumerate(DOMAINS)},
-            minutes=dict(sorted(tally.minutes.items())),
+            minutes=dict(sorted(tally.minutes.items())) if minutes else {},
         )
+
+    def arrived(self, country: str, minute: int) -> int:
+        """The country's rows that arrived in `minute`."""
+        tally = self._tally(country)
+        return 0 if tally is None else tally.minutes.get(minute, 0)
 
     def as_dict(self) -> dict[str, CountryTotals]:
         """Every country with rows -> its totals, in code order."""

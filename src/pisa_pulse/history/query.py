@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pisa_pulse.api import charts
 from pisa_pulse.api.exceptions import BadRequest, NotFound
-from pisa_pulse.engine.aggregates import Aggregates, CountryTotals
+from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.history.store import Store
 
 # ISO 8601 to the minute or finer, with Z or an offset (none: UTC); also the OpenAPI document's pattern
@@ -47,18 +48,14 @@ def aggregates_at(store: Store, minute: int, arrivals_from: int | None = None) -
         return None
     arrivals = store.arrivals(arrivals_from, minute) if arrivals_from is not None else {}
     merged = Aggregates()
-    for countries in sources.values():
-        totals: dict[str, CountryTotals] = {}
-        for code, entry in countries.items():
-            t = entry.totals
-            totals[code] = CountryTotals(t.rows, t.valid, t.sums, t.weights, t.weighted_scores)
-        merged.merge(Aggregates.from_totals(totals))
-    with_minutes = {code: merged.totals(code) for code in merged.country_codes()}
-    for code, minutes in arrivals.items():
-        if code in with_minutes:
-            t = with_minutes[code]
-            with_minutes[code] = CountryTotals(t.rows, t.valid, t.sums, t.weights, t.weighted_scores, minutes)
-    return Aggregates.from_totals(with_minutes)
+    for countries in sources.values():  # stored totals carry no arrival minutes
+        merged.merge(Aggregates.from_totals({code: entry.totals for code, entry in countries.items()}))
+    if not arrivals:
+        return merged
+    totals = {code: merged.totals(code) for code in merged.country_codes()}
+    return Aggregates.from_totals(
+        {code: replace(t, minutes=arrivals.get(code, {})) for code, t in totals.items()}
+    )
 
 
 def chart_at(store: Store, chart: charts.Chart, minute: int, params: Mapping[str, str]) -> dict[str, Any]:

@@ -41,15 +41,14 @@ Minute = tuple[int, dict[str, dict[str, CountryMinute]]]  # minute -> source -> 
 
 
 def minute_of(minute: int, parts: Mapping[str, Aggregates]) -> Minute:
-    """Each source's countries at the end of `minute`: their totals and that minute's arrivals."""
-    sources = {}
-    for source, part in parts.items():
-        countries = {}
-        for code in part.country_codes():
-            totals = part.totals(code)
-            countries[code] = CountryMinute(totals, totals.minutes.get(minute, 0))
-        sources[source] = countries
-    return minute, sources
+    """Each source's countries at the end of `minute`: their sums and that minute's arrivals."""
+    return minute, {
+        source: {
+            code: CountryMinute(part.totals(code, minutes=False), part.arrived(code, minute))
+            for code in part.country_codes()
+        }
+        for source, part in parts.items()
+    }
 
 
 class Recorder:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from pisa_pulse.api import settings as api_settings
 from pisa_pulse.api.bodies import Snapshot
 from pisa_pulse.capture.contract import HEALTHY, State
-from pisa_pulse.engine.aggregates import Aggregates, CountryTotals
+from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.history.store import CountryMinute, Store
 
@@ -156,10 +156,6 @@ def run_once(settings: api_settings.Settings, timeout: float = CAUGHT_UP_TIMEOUT
     return result
 
 
-def without_minutes(totals: CountryTotals) -> CountryTotals:
-    return CountryTotals(totals.rows, totals.valid, totals.sums, totals.weights, totals.weighted_scores)
-
-
 def _record(
     settings: api_settings.Settings, parts: dict[str, Aggregates], started: float, result: SyncResult
 ) -> None:
@@ -172,11 +168,9 @@ def _record(
             previous = store.last_minute(source, before=minute)  # this minute's arrivals come after it
             countries = {}
             for code in part.country_codes():
-                totals = part.totals(code)
-                arrived = sum(
-                    n for m, n in totals.minutes.items() if m >= 0 and (previous is None or m > previous)
-                )
-                countries[code] = CountryMinute(without_minutes(totals), arrived)
+                minutes = part.totals(code).minutes
+                arrived = sum(n for m, n in minutes.items() if m >= 0 and (previous is None or m > previous))
+                countries[code] = CountryMinute(part.totals(code, minutes=False), arrived)
             same = {code: entry.totals for code, entry in held.items()} == {
                 code: entry.totals for code, entry in countries.items()
             }
