@@ -344,6 +344,20 @@ def running_cluster(root: Path, size: int = 3, timeout: float = 60) -> Iterator[
         cluster.stop()
 
 
+def run_within(cluster: NatsCluster, scenario: Callable[[], Awaitable[None]], timeout: float = 200) -> None:
+    """`asyncio.run(scenario())`, failed after `timeout` seconds with every node's log: a whole
+    scenario's deadline inside pytest-timeout's, so that a hang is reported with what the servers
+    said (and the scenario's own cleanup still runs) rather than as a bare timeout."""
+
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), timeout)
+
+    try:
+        asyncio.run(bounded())
+    except TimeoutError:
+        pytest.fail(f"the scenario did not end within {timeout} s\n{cluster.report()}")
+
+
 # -- clients -------------------------------------------------------------------------------------------
 
 WAIT = 60.0  # seconds for anything the cluster does: an expiry, an election, a catch-up

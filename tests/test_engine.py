@@ -516,3 +516,58 @@ def test_without_arrivals_compares_everything_else() -> None:
     assert a.by_minute() == {5: 1}  # the copy left the original alone
     Ledger("ALB").upsert(2, _row("ALB", belong="1.0000"), -1, b)
     assert a.without_arrivals() != b.without_arrivals()
+
+
+def test_forgotten_arrival_minutes_stay_forgotten_and_the_sums_stay_exact() -> None:
+    """Only a window of arrival minutes is kept (memory flat over days): a row of a forgotten minute,
+    withdrawn or corrected later, changes the sums exactly and leaves the minutes alone."""
+    rng = random.Random(5)
+    kept, forgetting = Aggregates(), Aggregates()
+    ledgers = (Ledger("ALB"), Ledger("ALB"))
+    for pk in range(600):  # ten hours of arrivals, a few from the initial copy
+        minute = -1 if pk < 20 else pk
+        values = _random_row(rng, pk, 0.05)
+        for ledger, agg in zip(ledgers, (kept, forgetting), strict=True):
+            ledger.upsert(pk, values, minute, agg)
+    forgetting.export()  # what was touched so far has been sent
+    assert forgetting.forget_before(300) == 280 and forgetting.forget_before(200) == 0  # only forward
+    assert set(forgetting.by_minute()) == {-1, *range(300, 600)}
+    assert forgetting.export() == {c: (sums, {}) for c, (sums, _) in forgetting.export_sums().items()}
+    for pk in (25, 100, 299, 300, 450, 5):  # withdrawals of forgotten, kept and copied rows
+        for ledger, agg in zip(ledgers, (kept, forgetting), strict=True):
+            ledger.delete(pk, agg)
+    for pk in (30, 301):  # a correction keeps its first arrival
+        values = _random_row(rng, pk, 0.05)
+        for ledger, agg in zip(ledgers, (kept, forgetting), strict=True):
+            ledger.upsert(pk, values, 590, agg)
+    assert forgetting.without_arrivals() == kept.without_arrivals()  # the sums: exact
+    expected = {m: n for m, n in kept.by_minute().items() if m == -1 or m >= 300}
+    assert forgetting.by_minute() == expected and min(expected.values()) > 0
+    assert forgetting != kept  # the comparison is not vacuous: kept still has the early minutes
+    copied = forgetting.copy()
+    assert copied.horizon == 300 and copied == forgetting
+    merged = Aggregates()
+    merged.forget_before(300)
+    assert merged.merge(kept) == forgetting  # a merge into a window leaves the older minutes out
+    absorbed = Aggregates()
+    absorbed.forget_before(300)
+    absorbed.absorb(kept.export(full=True), full=True)
+    assert absorbed == forgetting
+    block = np.random.default_rng(5).integers(VALID_MIN, 1000, size=(2, ROW_WIDTH)).astype(np.int32)
+    block[:, COUNTRY] = COUNTRY_CODES.index("ALB")
+    block[:, ARRIVAL] = (10, 400)  # a restore (bulk) of a forgotten minute's row and of a kept one's
+    bulk, one_by_one = forgetting.copy(), forgetting.copy()
+    bulk.add_rows(block)
+    for one in block.tolist():
+        one_by_one.add(one)
+    assert bulk == one_by_one and bulk.count() == forgetting.count() + 2
+    assert bulk.by_minute() == {**forgetting.by_minute(), 400: forgetting.by_minute().get(400, 0) + 1}
+
+
+def test_the_window_kept_is_a_week_and_more_at_the_given_time() -> None:
+    agg = Aggregates()
+    now = 1_780_000_000.0
+    agg.keep_window(now)
+    week = 7 * 24 * 60
+    assert int(now // 60) - agg.horizon > week  # chart 2's longest window is answered from memory
+    assert int(now // 60) - agg.horizon < week + 24 * 60  # and a day later it is gone

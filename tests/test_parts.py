@@ -112,3 +112,20 @@ def test_after_a_fresh_copy_the_hours_the_new_owner_no_longer_has_drop_out() -> 
 def test_a_newer_schema_is_refused_with_the_fix() -> None:
     with pytest.raises(PisaPulseError, match="upgrade this process"):
         SourceView().take("sums.alb", b'{"schema": 99, "epoch": 1}')
+
+
+def test_hours_out_of_the_workers_window_leave_the_replica_and_the_edge_hour_is_cut_alike() -> None:
+    rng = random.Random(9)
+    worker = Worker(epoch=3)
+    for pk in range(300):  # five hours of arrivals
+        worker.ledger.upsert(pk, row("ALB", rng), MINUTE - 300 + pk, worker.part)
+    worker.publish(full=True)
+    edge = MINUTE - 150  # in the middle of an hour
+    worker.part.forget_before(edge)
+    worker.ledger.delete(3, worker.part)  # a withdrawal of a forgotten minute's row
+    worker.publish()
+    view = replay(worker.written)
+    assert min(m for m in view.aggregates().by_minute()) == edge
+    assert view.aggregates() == worker.part and bodies(view.aggregates()) == bodies(worker.part)
+    assert set(view.hours) == set(worker.part.hourly())  # the older hours' minutes are not kept
+    assert len(set(view.hours)) < len({(MINUTE - 300 + pk) // 60 for pk in range(300)})

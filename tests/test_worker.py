@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -26,23 +29,41 @@ from pisa_pulse.sources.config import Source
 from pisa_pulse.sources.databases import connected
 from pisa_pulse.sources.traffic import Traffic
 from tests.conftest import SharedServer, wait_for
-from tests.nats_cluster import NatsCluster, until
+from tests.nats_cluster import NatsCluster, run_within, running_cluster, until
 from tests.nats_cluster import connected as connected_nats
 from tests.test_parts import bodies
 from tests.test_pipeline import traffic_made
 
 pytestmark = pytest.mark.server
+logger = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """This module's own three-node cluster, not the session's: its scenarios make and drop R3
+    buckets every few seconds under 2 s leases, and on CI machines they twice hung for minutes on a
+    session cluster that the fleet and cluster tests had killed nodes of and stepped leaders down on
+    a quarter of an hour before (not reproduced here). A fresh cluster takes seconds."""
+    with running_cluster(tmp_path_factory.mktemp("nats-worker"), size=3) as cluster:
+        yield cluster
 
 
 async def delete_stores(js: JetStreamContext, prefix: str) -> None:
-    """Remove every bucket and stream a test made under `prefix` (the cluster is shared)."""
-    for what in (parts.PARTS, leases.WORKERS, leases.LEASES):
-        with contextlib.suppress(NotFoundError):
-            await js.delete_key_value(leases.bucket_name(prefix, what))
-    with contextlib.suppress(NotFoundError):
-        await js.delete_stream(leases.bucket_name(prefix, checkpoints.CHECKPOINTS))
-    with contextlib.suppress(NotFoundError):
-        await js.delete_object_store(leases.bucket_name(prefix, checkpoints.SNAPSHOTS))
+    """Remove every bucket and stream a test made under `prefix`; a cleanup that fails is logged, so
+    that it cannot hide why the scenario failed."""
+    names = [leases.bucket_name(prefix, what) for what in (parts.PARTS, leases.WORKERS, leases.LEASES)]
+    deletions: list[Callable[[], Awaitable[object]]] = [
+        *(functools.partial(js.delete_key_value, name) for name in names),
+        functools.partial(js.delete_stream, leases.bucket_name(prefix, checkpoints.CHECKPOINTS)),
+        functools.partial(js.delete_object_store, leases.bucket_name(prefix, checkpoints.SNAPSHOTS)),
+    ]
+    for delete in deletions:
+        try:
+            await asyncio.wait_for(delete(), 10)
+        except NotFoundError:
+            pass
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.warning("cleanup of %s: %r", prefix, exc)
 
 
 ROWS = 200
@@ -100,7 +121,7 @@ def test_a_source_under_traffic_reaches_a_replica_exactly(
                     await task
                 await delete_stores(js, prefix)
 
-    asyncio.run(scenario())
+    run_within(nats_cluster, scenario)
 
 
 def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
@@ -157,7 +178,7 @@ def test_workers_share_the_sources_and_the_survivor_takes_over_a_crashed_ones(
                         await task
                 await delete_stores(js, prefix)
 
-    asyncio.run(scenario())
+    run_within(nats_cluster, scenario)
 
 
 def test_a_source_removed_from_the_settings_is_retired_with_its_slot(
@@ -207,5 +228,5 @@ def test_a_source_removed_from_the_settings_is_retired_with_its_slot(
             finally:
                 await delete_stores(js, prefix)
 
-    asyncio.run(scenario())
+    run_within(nats_cluster, scenario)
     wait_for(lambda: slot not in slots(), 30, what="the removed source's slot dropped")

@@ -39,11 +39,12 @@ from typing import Any, Literal
 
 from pisa_pulse.api.exceptions import BadRequest
 from pisa_pulse.capture.contract import INITIAL_COPY_MINUTE
-from pisa_pulse.engine.aggregates import Aggregates
+from pisa_pulse.engine.aggregates import ARRIVAL_WINDOW_MINUTES, Aggregates
 from pisa_pulse.engine.values import COUNTRY_INDEX
 
 Bucket = Literal["hour", "minute"]
 MAX_HOURS = 168  # the longest window, in hours (a week: 168 hourly or 10,080 minute points)
+assert MAX_HOURS * 60 < ARRIVAL_WINDOW_MINUTES - 60  # the arrival minutes kept in memory cover it
 DEFAULT_HOURS = {"hour": 12, "minute": 1}
 # Codes of 3 ASCII letters, any case, comma-separated, blanks allowed around each (the OpenAPI
 # document publishes this same pattern, so the documented and the accepted inputs agree).

@@ -93,6 +93,8 @@ class LiveSnapshots:
                 if part is None:
                     part = self._parts[name] = Aggregates()
                 part.absorb(exported, full=update.full)
+            for part in self._parts.values():  # the engine forgets them too; a replaced part keeps none
+                part.keep_window(time.time())
             if update.parts or update.full:
                 self._version += 1
             self._as_of = update.as_of

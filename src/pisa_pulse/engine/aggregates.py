@@ -11,6 +11,12 @@ Aggregates are mergeable (sum across sources) and comparable with `==` (through 
 which leaves out countries without rows and minutes without rows). `export` / `absorb` carry them
 across a process boundary as plain lists and dicts, with only the minutes touched since the last
 export, so what crosses follows the changes, not the hours of history.
+
+Only a recent window of arrival minutes is kept (`ARRIVAL_WINDOW_MINUTES`, a little over the longest
+window chart 2 shows from memory): `forget_before` drops older ones, and from then on a row of such
+a minute changes the sums but not the minutes (a withdrawal of a week-old row leaves the forgotten
+minute forgotten, rather than making it -1). So memory stays flat over days; the history store
+keeps what is older (history/).
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ if TYPE_CHECKING:  # numpy only where ledgers are: serving aggregates (API, repl
     import numpy as np
     import numpy.typing as npt
 
+# Arrival minutes kept in memory: the longest window chart 2 answers from memory (a week, api/charts.py's
+# MAX_HOURS) plus the hour in progress and one of slack for clocks that differ between processes.
+ARRIVAL_WINDOW_MINUTES = (168 + 2) * 60
 _N_SUMS = 1 + 2 * len(INDEX_COLUMNS) + 2 * len(DOMAINS)  # rows, (valid, sum) per index, (Σw, Σw·pv)
 _FIRST_DOMAIN_SUM = 1 + 2 * len(INDEX_COLUMNS)
 _W, _PV = WEIGHT - FIRST_VALUE, FIRST_PV - FIRST_VALUE  # positions among the numeric values
@@ -89,6 +98,7 @@ class Aggregates:
     def __init__(self) -> None:
         self._tallies: dict[int, _Tally] = {}
         self._touched: set[tuple[int, int]] = set()  # (country index, minute) changed since `export`
+        self.horizon = 0  # arrival minutes before it (but -1, the initial copy) are forgotten
 
     # -- updates (hot path) -----------------------------------------------------------------------
 
@@ -125,13 +135,16 @@ class Aggregates:
             sums[14] += weight * sum(values[_PV + 20 : _PV + 30])
         else:
             self._apply_some(sums, values, sign)
+        arrival = row[ARRIVAL]
+        if arrival < self.horizon and arrival >= 0:
+            return  # a forgotten minute stays forgotten
         minutes = tally.minutes
-        count = minutes.get(row[ARRIVAL], 0) + sign
+        count = minutes.get(arrival, 0) + sign
         if count:
-            minutes[row[ARRIVAL]] = count
+            minutes[arrival] = count
         else:
-            del minutes[row[ARRIVAL]]
-        self._touched.add((row[COUNTRY], row[ARRIVAL]))
+            del minutes[arrival]
+        self._touched.add((row[COUNTRY], arrival))
 
     @staticmethod
     def _apply_some(sums: list[int], values: Sequence[int], sign: int) -> None:
@@ -176,6 +189,8 @@ class Aggregates:
                 sums[_FIRST_DOMAIN_SUM + 2 * d + 1] += int(scores.sum())
             minutes, counts = np.unique(block[:, ARRIVAL], return_counts=True)
             for minute, count in zip(minutes.tolist(), counts.tolist(), strict=True):
+                if 0 <= minute < self.horizon:
+                    continue
                 total = tally.minutes.get(minute, 0) + count
                 if total:
                     tally.minutes[minute] = total
@@ -191,6 +206,8 @@ class Aggregates:
                 mine = self._tallies[index] = _Tally()
             mine.sums = [a + b for a, b in zip(mine.sums, theirs.sums, strict=True)]
             for minute, count in theirs.minutes.items():
+                if 0 <= minute < self.horizon:
+                    continue
                 total = mine.minutes.get(minute, 0) + count
                 if total:
                     mine.minutes[minute] = total
@@ -219,7 +236,7 @@ class Aggregates:
                 tally = self._tallies[country] = _Tally()
             tally.sums = list(sums)
             for minute, count in minutes.items():
-                if count:
+                if count and not 0 <= minute < self.horizon:
                     tally.minutes[minute] = count
                 else:
                     tally.minutes.pop(minute, None)
@@ -243,9 +260,31 @@ class Aggregates:
                 result[country] = inside
         return result
 
+    def forget_before(self, minute: int) -> int:
+        """Forget the arrival minutes before `minute` (not the initial copy's -1), now and for every
+        later change (see the module docstring); the horizon only moves forward. Returns how many
+        (country, minute) entries went."""
+        if minute <= self.horizon:
+            return 0
+        self.horizon = minute
+        gone = 0
+        for tally in self._tallies.values():
+            old = [m for m in tally.minutes if 0 <= m < minute]
+            for m in old:
+                del tally.minutes[m]
+            gone += len(old)
+        self._touched = {(c, m) for c, m in self._touched if not 0 <= m < minute}
+        return gone
+
+    def keep_window(self, now: float) -> int:
+        """`forget_before` the start of the window of arrival minutes kept at Unix time `now`."""
+        return self.forget_before(int(now // 60) - ARRIVAL_WINDOW_MINUTES)
+
     def copy(self) -> Aggregates:
-        """An independent copy."""
-        return Aggregates().merge(self)
+        """An independent copy (with the same horizon)."""
+        result = Aggregates()
+        result.horizon = self.horizon
+        return result.merge(self)
 
     def without_arrivals(self) -> Aggregates:
         """A copy without the arrival counts, to compare with aggregates that cannot know them."""

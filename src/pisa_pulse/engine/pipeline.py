@@ -98,6 +98,7 @@ class Pipeline:
             log.debug("started source=%s", name)
         try:
             while not stop.wait(self.checkpoint_interval):
+                self.keep_window(time.time())
                 self.checkpoint()
         finally:
             # All at once: each stop waits for its source's thread (or the loop's next turn).
@@ -146,6 +147,13 @@ class Pipeline:
             self.latencies_ms.append((time.time_ns() // 1000 - batch.commit_time_us) / 1000)
         if changed and self._on_change is not None:
             self._on_change()
+
+    def keep_window(self, now: float) -> None:
+        """Forget the arrival minutes that fell out of the window kept in memory (`Aggregates.keep_window`:
+        a scan of the minutes once a minute, a comparison otherwise)."""
+        with self.lock:
+            for h in self.held.values():
+                h.part.keep_window(now)
 
     def checkpoint(self) -> int:
         """Write changed rows and positions, then confirm the positions to the sources."""

@@ -1,7 +1,8 @@
 """The parts on NATS: a worker's writes of a source, and a replica's view of every source.
 
 - `PartsPublisher.publish` writes what `parts` encodes for one source: the hours a batch touched,
-  then the sums (which list the hours that hold rows). A write that meets an election
+  then the sums (which list the hours that hold rows), then deletes the hours it listed last time
+  and no longer does. A write that meets an election
   (`NoStreamResponseError`, no responders: nothing stored) or no answer is retried; the values are
   states, so a write that did land twice changes nothing.
 - `PartsView` follows the bucket's stream with an ordered push consumer of its own: the last value of
@@ -65,6 +66,7 @@ class PartsPublisher:
         self.source = source
         self.bytes_written = 0
         self.messages_written = 0
+        self._listed: set[int] = set()  # the hours the last sums written listed
 
     async def publish(
         self, epoch: int, as_of: float, position: str | None, part: Aggregates, hours: Iterable[int]
@@ -75,13 +77,21 @@ class PartsPublisher:
             (parts.hour_key(self.source, hour), parts.hour_value(epoch, part.minutes_of_hour(hour)))
             for hour in sorted(hours)
         ]
-        writes.append((parts.sums_key(self.source), parts.sums_value(epoch, as_of, position, part)))
+        listed = set(part.hourly())
+        sums = parts.sums_value(epoch, as_of, position, part, listed)
+        writes.append((parts.sums_key(self.source), sums))
         # Sent in this order on one connection, so stored and seen in it; their acks awaited together.
         await asyncio.gather(*(self._put(key, value) for key, value in writes))
+        for hour in sorted(self._listed - listed):  # after the sums that no longer list them
+            await self._delete(parts.hour_key(self.source, hour))
+        self._listed = listed
 
     async def publish_status(self, epoch: int, worker: str, status: dict[str, Any]) -> None:
         """Write the source's capture status."""
         await self._put(parts.status_key(self.source), parts.status_value(epoch, worker, status))
+
+    async def _delete(self, key: str) -> None:
+        await retried(f"delete {key}", lambda: self.kv.delete(key))
 
     async def _put(self, key: str, value: bytes) -> None:
         await retried(f"write {key}", lambda: self.kv.put(key, value))

@@ -5,11 +5,13 @@ its piece, never a delta, so that a reader needs only the latest value of each k
 changes nothing:
 
 - `sums.<source>`: every country's sums (`Aggregates.export`), the source position they reflect, the
-  Unix time up to which its changes are in (`as_of`) and the hours that hold rows (a reader uses only
-  those hours' keys: after a fresh copy, hours the new owner no longer has drop out at once);
+  Unix time up to which its changes are in (`as_of`), the hours that hold rows (a reader uses only
+  those hours' keys: after a fresh copy, hours the new owner no longer has drop out at once) and the
+  part's horizon (the arrival minutes before it are forgotten, so a reader cuts the edge hour alike);
 - `minutes.<source>.<hour>`: every country's rows per arrival minute within that hour (hours since the
   epoch; `-1` for the rows of the initial copy). Only the hours a batch touched are written, so the
-  bytes follow the changes, not the days of history.
+  bytes follow the changes, not the days of history; an hour that no longer holds rows (the window of
+  arrival minutes kept in memory moved past it, `Aggregates.keep_window`) is deleted.
 - `status.<source>`: the source's capture status as `serve` reports it (state, lag, rows, invalid
   values), with the worker that holds it, about once a second.
 
@@ -22,6 +24,7 @@ worker that paused past its lease and wrote on waking cannot take a source back 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +47,22 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps({"schema": SCHEMA, **body}, separators=(",", ":")).encode()
 
 
-def sums_value(epoch: int, as_of: float, position: str | None, part: Aggregates) -> bytes:
-    """The value of `sums.<source>`: the countries' sums of `part` and the hours that hold rows."""
+def sums_value(
+    epoch: int, as_of: float, position: str | None, part: Aggregates, hours: Iterable[int] | None = None
+) -> bytes:
+    """The value of `sums.<source>`: the countries' sums of `part` and the hours that hold rows
+    (`part.hourly()`, unless the caller has them)."""
     countries = {str(c): sums for c, (sums, _) in part.export_sums().items()}
-    hours = sorted(part.hourly())
+    listed = sorted(part.hourly() if hours is None else hours)
     return _encode(
-        {"epoch": epoch, "as_of": as_of, "position": position, "hours": hours, "countries": countries}
+        {
+            "epoch": epoch,
+            "as_of": as_of,
+            "position": position,
+            "hours": listed,
+            "horizon": part.horizon,
+            "countries": countries,
+        }
     )
 
 
@@ -96,6 +109,7 @@ class SourceView:
     position: str | None = None
     sums: dict[int, list[int]] = field(default_factory=dict)
     listed: frozenset[int] = frozenset()  # the hours that hold rows, as the sums value says
+    horizon: int = 0  # the worker's `Aggregates.horizon`: its arrival minutes before it are forgotten
     hours: dict[int, dict[int, dict[int, int]]] = field(default_factory=dict)  # hour -> country -> minutes
     status: dict[str, Any] = field(default_factory=dict)  # the capture status, with its worker
     _built: Aggregates | None = field(default=None, repr=False)  # `aggregates()` until a value changes it
@@ -116,7 +130,10 @@ class SourceView:
         if key.startswith("sums."):
             self.as_of, self.position = float(body["as_of"]), body["position"]
             self.listed = frozenset(body["hours"])
+            self.horizon = int(body.get("horizon", 0))
             self.sums = {int(c): list(sums) for c, sums in countries.items()}
+            for gone in self.hours.keys() - self.listed:  # hours the worker no longer holds (its
+                del self.hours[gone]  # window of arrival minutes moved on, or it copied afresh)
         else:
             hour = int(key.rsplit(".", 1)[1])
             self.hours[hour] = {
@@ -142,5 +159,6 @@ class SourceView:
                 if country in minutes:
                     minutes[country].update(counts)
         part = Aggregates()
+        part.forget_before(self.horizon)  # the hour at the edge of the worker's window, cut alike
         part.absorb({c: (sums, minutes[c]) for c, sums in self.sums.items()}, full=True)
         return part
