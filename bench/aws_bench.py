@@ -46,7 +46,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from unittest import mock
@@ -282,7 +282,7 @@ def _crowd(client: Any, dashboards: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def _q(values: list[float], q: float, scale: float = 1.0) -> float | None:
+def _q(values: Sequence[float], q: float, scale: float = 1.0) -> float | None:
     """The q-quantile of values (x scale), to 3 significant digits."""
     if not values:
         return None

@@ -41,8 +41,10 @@ import aws_bench
 import capture_bench
 import clients_bench
 import dashboard_bench
+import days_bench
 import e2e_bench
 import fleet_bench
+import history_bench
 import limits_bench
 import poll_bench
 import rate_bench
@@ -50,7 +52,10 @@ import serving_bench
 import soak_bench
 import sources_bench
 import tables
+from pisa_pulse.cli import DEMO_RATE
 from pisa_pulse.sources.schema import SchemaName
+
+tables.TABLES.update(history_bench.TABLES)  # the history suite's tables live beside it
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 DOCS = CHECKOUT / "docs" / "benchmarks.md"
@@ -71,7 +76,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "aws_sizes": (2_000,),
         "aws_dashboards": 5,
         "aws_runs": 3,
+        # history: countries, boundaries, minutes held; days read, students per country, requests, s
+        # per case; sync --once sizes, changes before the second run
+        "history": ((20, 79), 5, 60, 7, 100, 20, 1.0, (2_000,), 100),
         "soak": (0.5, 10, 2_000),
+        "history_soak": (0.5, 2, 2_000),
+        "days": 1,  # simulated days (bench/days_bench.py), with and without the window
         "page": (0.25, 5.0),
         # rate: demo minutes, warm-up s, sample s, demo options; students, rate, minutes of the big case
         "rate": (0.1, 5.0, 3.0, ["--countries", "alb,arg", "--rows-per-country", "50"], 2_000, 200.0, 0.1),
@@ -91,7 +101,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "aws_sizes": (60_000,),
         "aws_dashboards": 50,
         "aws_runs": 5,
+        "history": ((20, 79), 30, 1_440, 7, 2_000, 200, 10.0, (60_000,), 1_000),
         "soak": (5.0, 200, 60_000),
+        "history_soak": (10.0, 10, 60_000),
+        "days": 3,
         "page": (2.0, 15.0),
         "rate": (2.0, 30.0, 10.0, [], 60_000, 1_000.0, 1.0),
     },
@@ -110,7 +123,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "aws_sizes": (60_000, 600_000),  # the Lambda handler and the direct one side by side
         "aws_dashboards": 50,  # polling six charts a second each, through one container
         "aws_runs": 9,  # fresh interpreters per import time (median)
+        # history: store writes at 20 and 79 countries (a source each), 60 boundaries on a day held; a
+        # week of 20 sources read through serve (make demo's 2,000 students each), 1,000 requests or
+        # 30 s per case; sync --once at 60,000 and 600,000 students, 1,000 changes before the rerun
+        "history": ((20, 79), 60, 1_440, 7, 2_000, 1_000, 30.0, (60_000, 600_000), 1_000),
         "soak": (30.0, 200, 60_000),  # minutes, dashboards, students, at 1,000 operations/s
+        "history_soak": (120.0, 10, 60_000),  # minutes, dashboards, students, at `make demo`'s rate
+        "days": 14,  # simulated days: a week to fill the window of arrival minutes, a week beyond
         "page": (10.0, 30.0),  # the dashboard left open: minutes, seconds between samples
         "rate": (10.0, 30.0, 10.0, [], 600_000, 1_000.0, 2.0),  # `make demo` as is; 600,000 at 1,000/s
     },
@@ -211,6 +230,18 @@ def run_aws(p: dict[str, Any], r: dict[str, Any]) -> None:
     r["aws_package"] = [aws_bench.sizes()]
 
 
+def run_history(p: dict[str, Any], r: dict[str, Any]) -> None:
+    counts, boundaries, held, days, per_country, requests, budget_s, sizes, changes = p["history"]
+    print(f"history: writes per minute boundary, {boundaries} boundaries, DuckDB, PostgreSQL ...", flush=True)
+    r["history_writes"] = history_bench.writes(counts, boundaries, held)
+    print(f"history: {days} days of minutes read back through serve, DuckDB and PostgreSQL ...", flush=True)
+    r["history_reads"] = history_bench.reads(days, per_country, requests, budget_s)
+    r["history_sync"] = []
+    for students in sizes:
+        print(f"history: sync --once, {students:,} students, {changes:,} changes ...", flush=True)
+        r["history_sync"] += history_bench.sync_runs(students, changes)
+
+
 def run_dashboard(p: dict[str, Any], r: dict[str, Any]) -> None:
     minutes, sample_s = p["page"]
     print(f"dashboard left open for {minutes} minutes ...", flush=True)
@@ -221,6 +252,20 @@ def run_soak(p: dict[str, Any], r: dict[str, Any]) -> None:
     minutes, dashboards, students = p["soak"]
     print(f"soak: {minutes} minutes, 1,000 ops/s, {dashboards} dashboards ...", flush=True)
     r["soak"] = [soak_bench.soak(minutes, RATE, dashboards, students)]
+
+
+def run_history_soak(p: dict[str, Any], r: dict[str, Any]) -> None:
+    minutes, dashboards, students = p["history_soak"]
+    print(f"history soak: {minutes} minutes, {DEMO_RATE:,.0f} ops/s, {dashboards} dashboards ...", flush=True)
+    r["history_soak"] = [soak_bench.soak(minutes, DEMO_RATE, dashboards, students)]
+
+
+def run_days(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["days"] = []
+    for window in (True, False):
+        what = "the window of arrival minutes" if window else "every arrival minute kept (before)"
+        print(f"{p['days']} simulated days, {what} ...", flush=True)
+        r["days"].append(days_bench.simulate(p["days"], 1, window))
 
 
 def run_rate(p: dict[str, Any], r: dict[str, Any]) -> None:
@@ -247,11 +292,14 @@ SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "clients": run_clients,
     "fleet": run_fleet,
     "aws": run_aws,
+    "history": run_history,
     "dashboard": run_dashboard,
     "soak": run_soak,
+    "history-soak": run_history_soak,
+    "days": run_days,
     "rate": run_rate,
 }
-ALL = tuple(s for s in SUITES if s not in ("soak", "rate"))  # the long ones run when named
+ALL = tuple(s for s in SUITES if s not in ("soak", "history-soak", "rate"))  # the long ones run when named
 
 
 def machine() -> dict[str, Any]:

@@ -43,6 +43,7 @@ def soak(minutes: float, rate: float, dashboards: int, students: int) -> dict[st
             traffic = _traffic(data_dir, rate, minutes * 60 + 30)
             try:
                 samples = asyncio.run(_crowd(server.url, server.pid, config, minutes * 60, dashboards))
+                history = _status(server.url).get("history")  # the store serve writes each minute to
             finally:
                 traffic.terminate()
                 traffic.wait()
@@ -76,6 +77,8 @@ def soak(minutes: float, rate: float, dashboards: int, students: int) -> dict[st
         "age_p99_ms": _percentile(ages, 0.99),
         "wal_retained_max_mb": max(s["wal_retained_mb"] for s in samples),
         "wal_retained_last_mb": samples[-1]["wal_retained_mb"],
+        "rss_beyond_rows_slope_mb_per_day": round(slope(times, residual) * 86_400, 1),
+        "history": history,
         "samples": [{k: v for k, v in s.items() if k != "ages_ms"} for s in samples],
     }
 
@@ -106,10 +109,15 @@ async def _crowd(
     return samples
 
 
+def _status(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url.rstrip("/") + "/api/status", timeout=30) as response:
+        body: dict[str, Any] = json.loads(response.read())
+        return body
+
+
 def _rows_served(url: str) -> int:
     """The submissions in the snapshot `serve` answers from (/api/status)."""
-    with urllib.request.urlopen(url.rstrip("/") + "/api/status", timeout=30) as response:
-        return int(json.loads(response.read())["snapshot"]["submissions"])
+    return int(_status(url)["snapshot"]["submissions"])
 
 
 def _rss_mb(pid: int) -> float:

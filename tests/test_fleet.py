@@ -63,6 +63,8 @@ class Fleet:
     initial: dict[str, list[int]]  # the ids seeded before capture started
     prefix: str
     logs: Path
+    replica_settings: Path  # the sources' settings with a PostgreSQL history store
+    history_dsn: str
     workers: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
 
@@ -81,7 +83,10 @@ class Fleet:
 
     def start_replica(self, name: str) -> None:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pisa_pulse", "api", *self.nats_options(), "--port", "0"],
+            [
+                sys.executable, "-m", "pisa_pulse", "--log-level", "info", "api", *self.nats_options(),
+                "--config", str(self.replica_settings), "--port", "0",
+            ],
             stdout=subprocess.PIPE, stderr=(self.logs / f"api-{name}.log").open("a"), text=True,
         )  # fmt: skip
         assert process.stdout is not None
@@ -153,10 +158,13 @@ def fleet(
         sources = {s.name.upper(): s.dsn for s in config.sources}
         logs = root / "logs"
         logs.mkdir()
+        history_dsn = shared.create_database("fleet_history")
+        replica_settings = root / "replica.toml"
+        replica_settings.write_text(config_path.read_text() + f'\n[history]\nstore = "{history_dsn}"\n')
         made = Fleet(
             nats_cluster, config, config_path, sources,
             {code: oracle.ids_of(dsn) for code, dsn in sources.items()},
-            f"f{uuid.uuid4().hex[:8]}", logs,
+            f"f{uuid.uuid4().hex[:8]}", logs, replica_settings, history_dsn,
         )  # fmt: skip
         try:
             for name in ("w1", "w2", "w3"):
@@ -362,6 +370,72 @@ def test_a_fourth_worker_joins_then_leaves(fleet: Fleet) -> None:
     wait_for(lambda: counts() == [2, 2, 2], WAIT, what="back to two sources each", detail=fleet.statuses)
     settle(fleet, time.time(), before)
     del fleet.workers["w4"]
+
+
+def history_of(fleet: Fleet, replica: str) -> dict[str, Any]:
+    """/api/status's history at one replica ({} while it cannot answer)."""
+    try:
+        return dict(get_json(fleet.replicas[replica].url + "api/status").get("history") or {})
+    except OSError:
+        return {}
+
+
+def written_minutes(fleet: Fleet) -> dict[str, list[int]]:
+    """Source -> the minutes the PostgreSQL history store holds for it, in order."""
+    from pisa_pulse.sources.databases import connected
+
+    with connected(fleet.history_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT source, minute FROM minutes ORDER BY source, minute")
+        found: dict[str, list[int]] = {}
+        for source, minute in cur.fetchall():
+            found.setdefault(source, []).append(int(minute))
+        return found
+
+
+def test_one_replica_writes_the_history_and_another_takes_over_without_a_gap(fleet: Fleet) -> None:
+    from tests.test_history import get, iso
+
+    wait_for(
+        lambda: sorted(str(history_of(fleet, r).get("writer")) for r in fleet.replicas) == ["False", "True"],
+        WAIT,
+        what="one replica writing the history, the other not",
+        detail=lambda: {r: history_of(fleet, r) for r in fleet.replicas},
+    )
+    writer = next(r for r in fleet.replicas if history_of(fleet, r)["writer"])
+    other = next(r for r in fleet.replicas if r != writer)
+    settle(fleet, paused_traffic(fleet))
+    quiet = int(time.time() // 60) + 1  # a minute that starts after the traffic paused
+    live = charts_and_etags(fleet.replicas[other].url)
+    wait_for(
+        lambda: (
+            all(quiet in minutes for minutes in written_minutes(fleet).values())
+            and len(written_minutes(fleet)) == 6
+        ),
+        150,
+        what=f"minute {quiet} written for every source",
+        detail=lambda: (written_minutes(fleet), {r: history_of(fleet, r) for r in fleet.replicas}),
+    )
+    for chart in oracle.CHART_NAMES:  # as shown live then, by either replica
+        first, second = (get(f"{r.url}api/history/{chart}?at={iso(quiet)}") for r in fleet.replicas.values())
+        assert first == second and first[0] == 200, (chart, first, second)
+        if chart != "submissions-over-time":  # its window ends at the minute asked, not now
+            assert first[1] == json.loads(live[chart][0]), chart
+    assert history_of(fleet, other)["written"] == 0  # only the lease holder writes
+
+    fleet.replicas[writer].process.kill()
+    fleet.replicas[writer].process.wait()
+    killed = int(time.time() // 60)
+    del fleet.replicas[writer]
+    wait_for(lambda: history_of(fleet, other).get("writer") is True, WAIT, what=f"{other} writing now")
+    wait_for(
+        lambda: min(minutes[-1] for minutes in written_minutes(fleet).values()) > killed,
+        150,
+        what="a minute after the kill written for every source",
+    )
+    for source, minutes in written_minutes(fleet).items():  # no minute lost over the takeover
+        assert minutes == list(range(minutes[0], minutes[-1] + 1)), (source, minutes)
+    fleet.start_replica(writer)
+    settle(fleet, time.time())
 
 
 def test_a_lost_checkpoint_means_a_fresh_copy_said_in_the_status(fleet: Fleet) -> None:

@@ -192,3 +192,36 @@ def test_a_postgresql_store_down_for_30_s_loses_nothing(shared: SharedServer, tm
         assert store.minute(minute - 1)["alb"]["ALB"].totals.rows == minute - START  # as it stood at its end
     finally:
         store.close()
+
+
+def test_a_source_removed_from_the_settings_leaves_the_minutes_after_it_even_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    def shown_at(minute: int) -> set[str]:
+        store = Store.open("duckdb", tmp_path)
+        try:
+            return set(store.as_of(minute))
+        finally:
+            store.close()
+
+    both = {"alb": part(3, START), "arg": part(2, START, country=1)}
+    recorder = Recorder("duckdb", tmp_path, retention_days=30)
+    recorder.start()
+    recorder.observe(START * 60 + 10, both)
+    recorder.observe(START * 60 + 61, both)
+    wait_for(lambda: recorder.written == 2, 30, what="minute START of both sources")
+    recorder.observe(START * 60 + 121, {"alb": both["alb"]})  # arg removed from the settings
+    wait_for(lambda: recorder.written == 4, 30, what="minute START+1, arg written empty")
+    recorder.stop(START * 60 + 130, {"alb": both["alb"]})
+    assert shown_at(START) == {"alb", "arg"} and shown_at(START + 1) == shown_at(START + 5) == {"alb"}
+    assert (
+        recorder.status()["oldest"] == "2026-12-04T16:00Z"
+        and recorder.status()["newest"] == "2026-12-04T16:02Z"
+    )
+
+    again = Recorder("duckdb", tmp_path, retention_days=30)  # a restart: arg back, then alb removed
+    again.start()
+    again.observe(START * 60 + 190, both)
+    again.observe(START * 60 + 250, {"arg": both["arg"]})
+    again.stop(START * 60 + 251, {"arg": both["arg"]})
+    assert shown_at(START + 3) == {"arg"} and shown_at(START + 4) == {"arg"}

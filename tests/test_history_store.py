@@ -1,6 +1,7 @@
 """The analytical store (history/store.py), the same tests on both back ends: DuckDB in a file and
 PostgreSQL on the shared cluster. Exact totals (past 2**63) round-trip, a minute is written once,
-arrivals come back per minute, retention prunes, and a store newer than this version is refused."""
+arrivals come back per minute, reads are as of each source's newest minute (sparse sources), retention
+prunes, and a store newer than this version is refused."""
 
 from __future__ import annotations
 
@@ -55,6 +56,31 @@ def test_a_minute_round_trips_exactly_and_is_written_once(target: str, tmp_path:
         assert store.last_minute("alb") == minute + 1 and store.last_minute("aus") is None
         assert store.prune(minute + 1) == 2
         assert store.minute(minute) == {} and store.last_minute("alb") == minute + 1
+    finally:
+        store.close()
+
+
+def test_reads_are_as_of_each_sources_newest_minute_when_sources_write_sparsely(
+    target: str, tmp_path: Path
+) -> None:
+    store = Store.open(target, tmp_path)  # as `sync --once` writes: a source only when it changed
+    try:
+        minute = 29_933_000
+        assert store.span() is None and store.as_of(minute) == {}
+        alb = [{"ALB": CountryMinute(totals(rows, 3), arrivals=rows - 10)} for rows in (10, 12)]
+        arg = {"ARG": CountryMinute(totals(80), arrivals=80), "AUS": CountryMinute(totals(4), arrivals=4)}
+        store.write_minute(minute, "alb", alb[0])
+        store.write_minute(minute + 2, "arg", arg)
+        store.write_minute(minute + 5, "alb", alb[1])
+        store.write_minute(minute + 7, "arg", {})  # its countries all emptied
+        assert not store.write_minute(minute + 5, "alb", alb[0])  # still written once
+        assert store.span() == (minute, minute + 7)
+        assert store.as_of(minute - 1) == {}
+        assert store.as_of(minute) == store.as_of(minute + 1) == {"alb": alb[0]}
+        assert store.as_of(minute + 2) == store.as_of(minute + 4) == {"alb": alb[0], "arg": arg}
+        assert store.as_of(minute + 5) == store.as_of(minute + 6) == {"alb": alb[1], "arg": arg}
+        assert store.as_of(minute + 7) == store.as_of(minute + 99) == {"alb": alb[1]}
+        assert store.minute(minute + 4) == {}  # `minute` still reads that minute's own rows
     finally:
         store.close()
 

@@ -71,6 +71,16 @@ def test_each_run_leaves_the_store_equal_to_the_oracle_and_a_quiet_run_writes_no
     assert written(sync(settings, "--once"))[0] == 2  # from the checkpoint
     store_equals_the_oracle(state, config)
     assert written(sync(settings, "--once")) == (0, 2)  # no new commits: nothing written
+    kept = settings.read_text()  # arg removed from the settings: from the next run on it shows nothing
+    settings.write_text(re.sub(r'\[\[sources\]\]\nname = "arg"\n(?:\w+ = [^\n]*\n)*', "", kept))
+    assert written(sync(settings, "--once")) == (1, 1)  # arg's minute with no countries
+    store = Store.open("duckdb", state)
+    try:
+        assert store.shown_sources() == {"alb"}
+    finally:
+        store.close()
+    assert written(sync(settings, "--once")) == (0, 1)
+    settings.write_text(kept)
     with exclusive(state, "this test"):
         refused = sync(settings, "--once")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1

@@ -30,6 +30,7 @@ from pisa_pulse.fleet import connect
 from pisa_pulse.fleet.bus import PartsView, retried
 from pisa_pulse.fleet.leases import LEASE_S, LeaseBook
 from pisa_pulse.fleet.replica import FleetSnapshots, source_statuses
+from pisa_pulse.history.recorder import Recorder
 from pisa_pulse.terminal import out
 
 LEASE_CHOICES = range(2, 61)
@@ -67,8 +68,8 @@ def add_commands(
     api.add_argument(
         "--config",
         type=Path,
-        help="settings file (TOML) for its [server] and [publish] tables (one replica publishes at a "
-        "time); the sources in it are not used",
+        help="settings file (TOML) for its [server], [publish] and [history] tables (one replica "
+        "publishes at a time, one writes a PostgreSQL history store); the sources in it are not used",
     )
     http_options(api, traffic_controls=False)
     fleet = commands.add_parser("fleet", help="inspect the workers and sources of a NATS deployment")
@@ -147,7 +148,16 @@ def cmd_api(args: argparse.Namespace) -> int:
             defaults, host=args.host or defaults.host, port=defaults.port if args.port is None else args.port
         )
         settings = api_settings.Settings(sources=(), mode="fleet", state_dir=Path("."), server=server)
-    snapshots = FleetSnapshots(options, f"pisa-pulse api {socket.gethostname()}-{os.getpid()}")
+    history = None
+    if settings.history_store.startswith(("postgresql://", "postgres://")):
+        history = Recorder(settings.history_store, settings.state_dir, settings.history_retention_days)
+    elif settings.history_store != "none":
+        out.print(
+            "history: off on api replicas, which cannot share a DuckDB file; set history.store to a "
+            "postgresql:// DSN to keep it (README, History)"
+        )
+    name = f"pisa-pulse api {socket.gethostname()}-{os.getpid()}"
+    snapshots = FleetSnapshots(options, name, history=history)
     run_server(
         settings, snapshots=snapshots, what=f"the charts of the workers on NATS (buckets {options.prefix}_*)"
     )

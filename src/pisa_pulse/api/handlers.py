@@ -27,7 +27,7 @@ from pisa_pulse.api.openapi import openapi_document
 from pisa_pulse.api.responses import json_response
 from pisa_pulse.api.snapshots import Snapshots
 from pisa_pulse.capture.contract import HEALTHY, healthy
-from pisa_pulse.history.query import parse_at
+from pisa_pulse.history.query import SeriesRange, parse_asked
 from pisa_pulse.pisa2018 import countries
 from pisa_pulse.web import static_dir
 
@@ -101,14 +101,18 @@ async def chart(request: Request) -> Response:
 
 
 async def history_chart(request: Request) -> Response:
-    """`GET /api/history/{chart}?at=ISO-TIME`: the chart as it was shown at that minute (history/)."""
+    """`GET /api/history/{chart}?at=ISO-TIME`: the chart as it was shown at that minute; with
+    `?from=ISO-TIME&to=ISO-TIME&step=1h` instead, that at every step from `from` to `to` (history/)."""
     api = state_of(request)
     found = chart_named(request.path_params["chart"])
     recorder = api.snapshots.history
     if recorder is None:
         raise NotFound("this server keeps no history", "set history.store in its settings (README, History)")
-    minute = parse_at(request.query_params.get("at"))
-    body = await run_in_threadpool(recorder.chart_at, found, minute, request.query_params)
+    asked = parse_asked(request.query_params)
+    if isinstance(asked, SeriesRange):
+        body = await run_in_threadpool(recorder.series, found, asked, request.query_params)
+    else:
+        body = await run_in_threadpool(recorder.chart_at, found, asked, request.query_params)
     return json_response(body)
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from pisa_pulse.api.charts import (
+    CODE,
     COUNTRIES_PATTERN,
     DEFAULT_HOURS,
     INTEGER,
     MAX_HOURS,
     REGISTRY,
+    Chart,
     object_schema,
 )
-from pisa_pulse.history.query import AT_PATTERN
+from pisa_pulse.history.query import AT_PATTERN, DEFAULT_STEP, MAX_POINTS, MINUTE_PATTERN, STEP_PATTERN
 
 _ERROR = {
     "description": "Error",
@@ -47,14 +49,40 @@ _BUCKET = {
     "schema": {"type": "string", "enum": ["hour", "minute"], "default": "hour"},
 }
 _PARAMETERS = {"countries": _COUNTRIES, "hours": _HOURS, "bucket": _BUCKET}  # what a chart may take
+# The history takes either `at`, or `from` and `to` (and `step`): a rule OpenAPI 3.0 cannot state, so
+# every one is optional, the descriptions say it, and a request that breaks it answers 400.
+_EITHER = "Give either at, or from and to (both or neither: 400)."
 _AT = {
     "name": "at",
     "in": "query",
-    "required": True,
+    "required": False,
     "description": "An ISO 8601 time (UTC unless it says otherwise): the chart as shown at the end of "
-    "its minute",
+    f"its minute. {_EITHER}",
     "schema": {"type": "string", "pattern": AT_PATTERN, "example": "2026-12-02T12:00Z"},
 }
+_FROM, _TO = (
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"A series: {what} (ISO 8601, as at); the chart as shown at the end of each minute "
+        f"from, from + step, ... up to to, at most {MAX_POINTS:,} points, those the history holds. "
+        + _EITHER,
+        "schema": {"type": "string", "pattern": AT_PATTERN, "example": example},
+    }
+    for name, what, example in (
+        ("from", "its first point", "2026-12-02T10:00Z"),
+        ("to", "its last minute (not before from)", "2026-12-02T12:00Z"),
+    )
+)
+_STEP = {
+    "name": "step",
+    "in": "query",
+    "required": False,
+    "description": "A series' step: n minutes, hours or days (15m, 1h, 1d)",
+    "schema": {"type": "string", "pattern": STEP_PATTERN, "default": DEFAULT_STEP},
+}
+_HISTORY = [_AT, _FROM, _TO, _STEP]
 _DATA_HEADERS = {
     name: {"schema": {"type": "string"}, "description": text}
     for name, text in (
@@ -134,6 +162,53 @@ def _traffic_paths() -> dict[str, Any]:
     return {"/api/traffic": {**status, "post": steer}, "/api/traffic/empty": {"post": empty}}
 
 
+def series_schema(chart: Chart) -> dict[str, Any]:
+    """The body of `/api/history/<chart>?from=&to=&step=`: a dataset per country whose points are its
+    entries in the chart (without the code) at each minute, or one of counts (submissions, and for
+    submissions-over-time the rows that arrived in each step)."""
+    at = {"type": "string", "pattern": MINUTE_PATTERN}
+    if chart.per_country:
+        entry = chart.schema["properties"]["datasets"]["items"]["properties"]
+        fields = {name: value for name, value in entry.items() if name not in ("id", "country")}
+        ident: dict[str, Any] = CODE
+    else:
+        fields = {"count": INTEGER}
+        ident = {"type": "string", "enum": ["Submissions" if "bucket" in chart.parameters else chart.name]}
+    dataset = object_schema(
+        {"id": ident, "data": {"type": "array", "items": object_schema({"at": at, **fields})}}
+    )
+    return object_schema(
+        {
+            "from": at,
+            "to": at,
+            "step": {"type": "string", "pattern": STEP_PATTERN},
+            "datasets": {"type": "array", "items": dataset},
+        }
+    )
+
+
+def _history(chart: Chart, params: list[dict[str, Any]]) -> dict[str, Any]:
+    """The history's operation for `chart`: one minute (`at`, the chart's own body) or a series."""
+    body = {"oneOf": [chart.schema, series_schema(chart)]}
+    past = _get(
+        f"{chart.title}, as shown at a past minute (at) or at every step from one to another (from, to, "
+        "step): the history",
+        body,
+        [*_HISTORY, *params],
+    )
+    responses = past["get"]["responses"]
+    responses["400"] = {
+        **_ERROR,
+        "description": "A parameter not written right; both at and from/to, or neither; to before from; "
+        f"more than {MAX_POINTS:,} points",
+    }
+    responses["404"] = {
+        **_ERROR,
+        "description": "No such minute (or none of the series') in the history, or no history here",
+    }
+    return past
+
+
 def history_path(chart: str) -> str:
     """Where the history answers `chart` (`GET /api/history/<chart>?at=`)."""
     return f"/api/history/{chart}"
@@ -150,9 +225,7 @@ def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
             {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}
         )
         paths[chart.path] = op
-        past = _get(f"{chart.title}, as shown at a past minute (the history)", chart.schema, [_AT, *params])
-        past["get"]["responses"]["404"] = {"description": "No such minute in the history, or no history here"}
-        paths[history_path(chart.name)] = past
+        paths[history_path(chart.name)] = _history(chart, params)
     any_object = {"type": "object"}
     paths["/api/status"] = _get(
         "Per-source state, lag, rows and invalid values; snapshot version and age; the capture "

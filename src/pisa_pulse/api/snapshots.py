@@ -43,8 +43,13 @@ class Snapshots(Protocol):
 class LiveSnapshots:
     """The capture process's pushed aggregates, merged into snapshots (see the module docstring)."""
 
-    def __init__(self, settings: Settings, min_interval: float = 0.02):
+    def __init__(
+        self, settings: Settings, min_interval: float = 0.02, clock: Callable[[], float] = time.time
+    ):
+        """`clock`: Unix time, for the window of arrival minutes kept and the history's minutes (a
+        simulation of days passes its own: bench/days_bench.py)."""
         self.mode = settings.mode
+        self.clock = clock
         config = feed.EngineConfig(
             sources=settings.sources,
             state_dir=settings.state_dir,
@@ -66,7 +71,7 @@ class LiveSnapshots:
         self.history: Recorder | None = None
         if settings.history_store != "none":
             self.history = Recorder(
-                settings.history_store, settings.state_dir, settings.history_retention_days
+                settings.history_store, settings.state_dir, settings.history_retention_days, clock=clock
             )
 
     def start(self) -> None:
@@ -94,7 +99,7 @@ class LiveSnapshots:
                     part = self._parts[name] = Aggregates()
                 part.absorb(exported, full=update.full)
             for part in self._parts.values():  # the engine forgets them too; a replaced part keeps none
-                part.keep_window(time.time())
+                part.keep_window(self.clock())
             if update.parts or update.full:
                 self._version += 1
             self._as_of = update.as_of

@@ -135,6 +135,11 @@ class PartsView:
             return
         await asyncio.wait_for(self._caught_up.wait(), timeout)
 
+    @property
+    def is_caught_up(self) -> bool:
+        """Whether every value stored when the view started has been taken (see `caught_up`)."""
+        return self._caught_up.is_set()
+
     async def _take(self, msg: Msg) -> None:
         if msg.metadata.num_pending == 0:
             self._caught_up.set()

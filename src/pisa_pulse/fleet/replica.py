@@ -13,6 +13,13 @@ lease free takes it over when that one stops (it releases it) or dies (the lease
 `PUBLISH_LEASE_S`). A former publisher that wakes up late cannot roll the target back: each write is
 conditional on the version.
 
+With a PostgreSQL history store in its settings (`[history] store`, history/), every replica answers
+`/api/history/...` from it, and one writes it: the one that holds the historian lease (a second key of
+the same bucket, renewed every `PUBLISH_LEASE_S / 3`) records each minute of the merged parts, as
+`serve` does; a replica that takes the lease over records the last `CATCH_UP_MINUTES` too, so a
+minute that ended while no one held it is not missing (the store's key keeps those already written).
+DuckDB is one process's file, so replicas keep no history with it (the default): say so, once.
+
 Its status lists, per source, the capture status its worker last published, with the worker, the
 lease's epoch, the position the sums reflect and their lag; a source whose status is older than
 `STALE_S` (its worker gone, the lease not yet taken over) says `unowned`, which makes
@@ -44,15 +51,22 @@ RETRY_S = 2.0
 STALE_S = 10.0  # a status older than this: no worker reports the source (leases last 6 s)
 PUBLISHER = "publisher"  # the bucket of the publisher lease, and its one key
 PUBLISH_LEASE_S = 6  # as the workers' leases: a dead publisher is replaced within this
+HISTORIAN = "historian"  # the key of the lease of the replica that writes the history
+CATCH_UP_MINUTES = 2  # a lease expires within PUBLISH_LEASE_S: at most one boundary passes meanwhile
 
 
 class FleetSnapshots:
     """Snapshots of the parts published on NATS (see the module docstring)."""
 
     mode = "fleet"
-    history: Recorder | None = None  # no history store here (yet)
 
-    def __init__(self, options: NatsOptions, name: str, min_interval: float = 0.02) -> None:
+    def __init__(
+        self, options: NatsOptions, name: str, min_interval: float = 0.02, history: Recorder | None = None
+    ) -> None:
+        """`history`: the recorder of a PostgreSQL store (see the module docstring), or None."""
+        self.history = history
+        if history is not None:
+            history.writer = False  # until this replica holds the historian lease
         self.options = options
         self.name = name
         self.min_interval = min_interval
@@ -63,12 +77,17 @@ class FleetSnapshots:
         self._started: asyncio.Task[None] | None = None
         self._current = Snapshot(-1, Aggregates(), 0.0)
         self._taken = 0.0
-        self._publisher: LeaseBook | None = None
+        self._publisher: LeaseBook | None = None  # the leases of the publisher and the historian
+        self._opening = asyncio.Lock()
+        self._historian: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Connect and follow the parts, in the background of the serving loop."""
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.create_task(self._follow())
+        if self.history is not None:
+            self.history.start()
+            self._historian = self._loop.create_task(self._keep_historian())
 
     async def _follow(self) -> None:
         """Connect, make the parts bucket if no worker has yet (as a worker would), and follow it;
@@ -79,7 +98,7 @@ class FleetSnapshots:
                     self._client = await connect(self.options, self.name)
                 js = self._client.jetstream(timeout=10)
                 await parts_bucket(js, replicas_for(self._client, self.options), self.options.prefix)
-                view = PartsView(js, self.options.prefix)
+                view = PartsView(js, self.options.prefix, self._observe)
                 await view.start()
                 self.view = view
                 return
@@ -90,24 +109,73 @@ class FleetSnapshots:
     async def may_publish(self) -> bool:
         """Whether this replica publishes this round: it holds the publisher lease, renewed now, or
         has just taken it (see the module docstring)."""
+        return await self._holds(PUBLISHER)
+
+    async def _holds(self, key: str) -> bool:
+        """Renew the lease `key` of the publisher bucket if this replica holds it, else try to take
+        it: whether it holds it now."""
         if self._client is None or self.view is None:
             return False
-        if self._publisher is None:
-            js = self._client.jetstream(timeout=10)
-            replicas = replicas_for(self._client, self.options)
-            leases = await bucket(js, bucket_name(self.options.prefix, PUBLISHER), replicas, PUBLISH_LEASE_S)
-            self._publisher = LeaseBook(leases, leases, self.name, js, self.options.prefix)
-        held = self._publisher.held.get(PUBLISHER)
-        if held is not None and await self._publisher.renew(held) is not None:
+        async with self._opening:  # the publishing round and the historian's task, made once
+            if self._publisher is None:
+                js = self._client.jetstream(timeout=10)
+                replicas = replicas_for(self._client, self.options)
+                name = bucket_name(self.options.prefix, PUBLISHER)
+                leases = await bucket(js, name, replicas, PUBLISH_LEASE_S)
+                self._publisher = LeaseBook(leases, leases, self.name, js, self.options.prefix)
+        book = self._publisher
+        held = book.held.get(key)
+        if held is not None and await book.renew(held) is not None:
             return True
-        return await self._publisher.acquire(PUBLISHER) is not None
+        return await book.acquire(key) is not None
+
+    async def _keep_historian(self) -> None:
+        """Hold the historian lease whenever it is free (see the module docstring)."""
+        assert self.history is not None
+        while True:
+            try:
+                holds = await self._holds(HISTORIAN)
+            except Exception as exc:  # NATS unreachable: the lease lapses, another replica writes
+                log.warning("history: cannot renew the writer's lease (%s)", scrub(str(exc)))
+                holds = False
+            if holds and not self.history.writer:
+                log.info("history: this replica writes the minutes now")
+                self.history.resume(CATCH_UP_MINUTES)
+            self.history.writer = holds
+            await asyncio.sleep(PUBLISH_LEASE_S / 3)
+
+    def _parts(self) -> dict[str, Aggregates]:
+        assert self.view is not None
+        return {name: source.aggregates() for name, source in self.view.sources.items()}
+
+    async def _last_minute(self) -> tuple[float, dict[str, Aggregates]]:
+        """On the loop: the watermark and the parts, for the history's last minute."""
+        if self.history is None or not self.history.writer or self.view is None:
+            return 0.0, {}
+        self.history.writer = False
+        return self.view.as_of(), self._parts()
+
+    def _observe(self) -> None:
+        """A part changed: the history's writer looks for a minute boundary (once the view holds
+        every source: a minute of some of them would say the others were removed)."""
+        view = self.view
+        if self.history is not None and self.history.writer and view is not None and view.is_caught_up:
+            self.history.observe(view.as_of(), self._parts())
 
     def stop(self) -> None:
-        """Hand the publisher lease over and close the connection (called off the loop, at shutdown)."""
+        """Record the minute in progress (the history's writer), hand the leases over and close the
+        connection (called off the loop, at shutdown)."""
+        if self.history is not None:
+            last: tuple[float, dict[str, Aggregates]] = (0.0, {})
+            if self._loop is not None:
+                with contextlib.suppress(Exception):  # the loop is gone: the minute with it
+                    last = asyncio.run_coroutine_threadsafe(self._last_minute(), self._loop).result(5)
+            self.history.stop(*last)
         if self._loop is not None and self._client is not None:
             if self._publisher is not None:
-                with contextlib.suppress(Exception):  # unreachable: it expires by itself
-                    asyncio.run_coroutine_threadsafe(self._publisher.release(PUBLISHER), self._loop).result(5)
+                for key in (PUBLISHER, HISTORIAN):
+                    with contextlib.suppress(Exception):  # unreachable: it expires by itself
+                        asyncio.run_coroutine_threadsafe(self._publisher.release(key), self._loop).result(5)
             asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(10)
 
     def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot:

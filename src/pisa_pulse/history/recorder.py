@@ -68,6 +68,10 @@ class Recorder:
         self.next_minute: int | None = None  # the first minute not yet taken
         self.written = self.skipped = self.dropped = 0
         self.failing: str | None = None  # why the store is not reachable now
+        self._catch_up = 0  # minutes before the first observed that it records too (`resume`)
+        self.writer: bool | None = None  # an API replica: it holds the writer's lease (None: serve)
+        self.span: tuple[int, int] | None = None  # the oldest and newest minute in the store, as last seen
+        self._shown: set[str] | None = None  # the sources the newest minute written holds
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._write_all, name="history", daemon=True)
@@ -75,14 +79,22 @@ class Recorder:
     def start(self) -> None:
         self._thread.start()
 
+    def resume(self, catch_up: int) -> None:
+        """Start again from the next `observe`, and record the `catch_up` minutes before it too: an
+        API replica taking the writer's lease over (fleet/replica.py) writes the minutes that ended
+        while no one held it, with the arrivals of each and the totals as they are now (the store's
+        key leaves the minutes the former writer did write as they were)."""
+        self.next_minute, self._catch_up = None, catch_up
+
     def observe(self, as_of: float, parts: Mapping[str, Aggregates]) -> None:
         """Queue every minute that ended at or before `as_of` since the last call (cheap otherwise)."""
         if not as_of:
             return
         ended = int(as_of // 60)  # minutes before this one have ended
-        if self.next_minute is None:
-            self.next_minute = ended  # nothing before the start is ours to say
-            return
+        if self.next_minute is None:  # nothing before the start is ours to say, but a writer that
+            self.next_minute = ended - self._catch_up  # takes over says the last few (`resume`)
+            if not self._catch_up:
+                return
         if ended <= self.next_minute:
             return
         first = max(self.next_minute, ended - MAX_PENDING)  # a jump of days: the last week of it
@@ -114,6 +126,17 @@ class Recorder:
     def chart_at(self, chart: charts.Chart, minute: int, params: Mapping[str, str]) -> dict[str, Any]:
         """`chart` as shown at the end of `minute` (query.py), read on a connection of its own (the
         writer's is its thread's); ServiceUnavailable while the store cannot be read."""
+        return self._read(lambda store: query.chart_at(store, chart, minute, params))
+
+    def series(
+        self, chart: charts.Chart, asked: query.SeriesRange, params: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """`chart` at every point of `asked` (query.py), read as `chart_at` reads."""
+        return self._read(lambda store: query.series(store, chart, asked, params))
+
+    def _read(self, answer: Callable[[Store], dict[str, Any]]) -> dict[str, Any]:
+        """`answer` on a connection of this thread's own, closed after; ServiceUnavailable while the
+        store cannot be opened."""
         try:
             store = self.opener(self.target, self.data_dir)
         except Exception as exc:  # down, or (DuckDB) held by another process
@@ -122,7 +145,7 @@ class Recorder:
                 "try again; /api/status says what the history last reported",
             ) from None
         try:
-            return query.chart_at(store, chart, minute, params)
+            return answer(store)
         finally:
             store.close()
 
@@ -134,6 +157,9 @@ class Recorder:
             "pending": len(self.pending),
             "dropped": self.dropped,
             "failing": self.failing,
+            "oldest": None if self.span is None else query.iso_minute(self.span[0]),
+            "newest": None if self.span is None else query.iso_minute(self.span[1]),
+            **({} if self.writer is None else {"writer": self.writer}),
         }
 
     def _write_all(self) -> None:
@@ -157,6 +183,7 @@ class Recorder:
                 if time.monotonic() - pruned_at > PRUNE_EVERY_S or not pruned_at:
                     store.prune(int((self.clock() - self.retention_days * 86_400) // 60))
                     pruned_at = time.monotonic()
+                    self.span = store.span()
                 if head is not None:
                     self._write(store, head)
                     with self._wake:
@@ -185,9 +212,16 @@ class Recorder:
             store.close()
 
     def _write(self, store: Store, entry: Minute) -> None:
+        """One minute of every source; a source shown before and gone now (removed from the
+        settings) is written with no countries, so that reads as of later minutes leave it out."""
         minute, sources = entry
-        for source, countries in sorted(sources.items()):
+        if self._shown is None:
+            self._shown = store.shown_sources()
+        gone: dict[str, dict[str, CountryMinute]] = {source: {} for source in self._shown - set(sources)}
+        for source, countries in sorted({**sources, **gone}.items()):
             if store.write_minute(minute, source, countries):
                 self.written += 1
             else:
                 self.skipped += 1
+        self._shown = {source for source, countries in sources.items() if countries}
+        self.span = store.span()

@@ -10,7 +10,8 @@ store and the publish targets up to date:
 
 - the store gets, per source whose totals changed since the last minute it holds, one minute: the
   run's, with the rows that arrived since the minute before (a second run within the same minute
-  replaces the first one's rows of it: both describe that minute, the second as it ended);
+  replaces the first one's rows of it: both describe that minute, the second as it ended); a source
+  the store shows and the settings no longer list gets a minute with no countries;
 - each publish target is first read back, so only what differs is written (`seed`).
 
 With no new commits, a second run writes nothing anywhere. The state dir is locked (`exclusive`)
@@ -180,6 +181,9 @@ def _record(
             if same and quiet:
                 result.unchanged += 1
             elif store.write_minute(minute, source, countries, replace=True):
+                result.minutes_written += 1
+        for gone in sorted(store.shown_sources() - set(parts)):  # removed from the settings: from
+            if store.write_minute(minute, gone, {}, replace=True):  # this minute on, it shows nothing
                 result.minutes_written += 1
     finally:
         store.close()

@@ -3,14 +3,19 @@
 // description, contract, parameters) and the views of those contracts (views/index.js), wires them
 // to their pollers (poller.js), the country picker (picker.js) and the endpoint settings
 // (settings.js) and, where the server allows it, the traffic panel (traffic.js); keeps the picker's
-// countries and the time bucket in the URL.
+// countries and the time bucket in the URL. The time control (time.js) swaps the charts' polling
+// for one question each to the history at a past minute (past.js), and back; where a view has a
+// per-country trend, its strip (trend.js) follows the same minute.
 
 import { loadIndex } from "./catalog.js";
 import { CountryPicker } from "./picker.js";
 import { Poller } from "./poller.js";
+import { PastCharts } from "./past.js";
 import { Endpoints, settingsDialog } from "./settings.js";
 import { registerTheme } from "./theme.js";
+import { TimeControl } from "./time.js";
 import { trafficPanel } from "./traffic.js";
+import { TrendStrip } from "./trend.js";
 import { HealthView } from "./views/health.js";
 import { VIEWS } from "./views/index.js";
 
@@ -20,7 +25,7 @@ const STATUS_FEED = {
   path: "api/status",
   View: HealthView,
 };
-const LEVELS = ["ok", "waiting", "amber", "red"]; // worse to the right (idle charts do not count)
+const LEVELS = ["ok", "waiting", "amber", "red"]; // worse to the right (idle and past charts do not count)
 const BUCKET_TEXT = {
   hour: "Per hour, last 12 hours (UTC)",
   minute: "Per minute, last hour (UTC)",
@@ -121,7 +126,7 @@ async function start() {
   for (const feed of charts) buildCard(feed, grid, pickerRoot);
   pickerRoot.hidden = !charts.some((feed) => feed.perCountry);
   grid.removeAttribute("aria-busy");
-  const state = readQuery();
+  const state = { ...readQuery(), at: null }; // at: the past minute shown, null while live
   const endpoints = new Endpoints(charts); // the status strip is always this server's (same-origin)
   const pollers = new Map();
 
@@ -139,13 +144,15 @@ async function start() {
     writeQuery(countries, state.bucket);
     state.countries = countries;
     emptyWithoutCountries();
+    past.reload(charts.filter((f) => f.perCountry).map((f) => f.id));
+    for (const trend of trends) trend.countriesChanged();
   });
   const learnCountries = (codes) => {
     if (picker.value() === null) picker.addPresent(codes); // answers for "all": what the server has
   };
 
-  function urlFor(feed) {
-    const url = new URL(feed === STATUS_FEED ? feed.path : endpoints.url(feed.id), location.href);
+  /** `url` with the feed's parameters as the page asks them now; null: nothing to ask. */
+  function withParameters(feed, url) {
     if (feed.perCountry && state.countries !== null) {
       if (state.countries.length === 0) return null;
       url.searchParams.set("countries", state.countries.join(","));
@@ -154,8 +161,41 @@ async function start() {
       if (state.bucket === "minute") url.searchParams.set("bucket", "minute");
       else url.searchParams.delete("bucket");
     }
-    return url.href.replace(/%2C/gi, ","); // codes are letters: commas read better unescaped
+    // Codes are letters and times digits: commas and colons read better unescaped.
+    return url.href.replace(/%2C/gi, ",").replace(/%3A/gi, ":");
   }
+
+  function urlFor(feed) {
+    const path = feed === STATUS_FEED ? feed.path : endpoints.url(feed.id);
+    return withParameters(feed, new URL(path, location.href));
+  }
+
+  /** The chart's history on this server (whichever server it polls live), with `query` and its parameters. */
+  function historyUrl(feed, query) {
+    const url = new URL(`api/history/${encodeURIComponent(feed.id)}`, location.href);
+    for (const [name, value] of Object.entries(query)) url.searchParams.set(name, value);
+    return withParameters(feed, url);
+  }
+
+  const past = new PastCharts(
+    charts.map((feed) => ({ feed, root: document.querySelector(`[data-feed="${feed.id}"]`), view: null })),
+    (feed, at) => historyUrl(feed, { at }),
+    (problem) => {
+      time.problem(problem);
+      if (problem?.includes("keeps no history")) time.noHistory();
+    },
+  );
+  const trends = charts
+    .filter((feed) => feed.trend)
+    .map(
+      (feed) =>
+        new TrendStrip(document.querySelector(`[data-feed="${feed.id}"]`), feed.trend, (from, to) =>
+          historyUrl(feed, { from, to, step: "1h" }),
+        ),
+    );
+  const time = new TimeControl(showTime, (available) => {
+    for (const trend of trends) trend.enable(available);
+  });
 
   for (const feed of FEEDS) {
     const root = document.querySelector(`[data-feed="${feed.id}"]`);
@@ -164,17 +204,52 @@ async function start() {
         ? new feed.View(root, (codes) => picker.addPresent(codes))
         : new feed.View(root, learnCountries);
     views.set(feed.id, view);
+    if (feed.id !== "status") past.cards.get(feed.id).view = view;
     const poller = new Poller({
       url: () => urlFor(feed),
-      onBody: (body) => view.render(body),
-      onAnswer: () => view.answered?.(),
+      onBody:
+        feed.id === "status"
+          ? (body) => {
+              view.render(body);
+              time.learnStatus(body);
+            }
+          : (body) => {
+              if (state.at !== null) return; // a live answer still on its way when a past minute was chosen
+              view.render(body);
+              past.live(feed.id);
+            },
+      onAnswer: () => {
+        if (state.at === null || feed.id === "status") view.answered?.();
+      },
     });
     pollers.set(feed.id, { feed, root, poller, badge: root.querySelector(".age"), shown: "" });
-    showSource(feed, root, endpoints);
+    showSource(feed, root, endpoints, false);
     poller.start();
   }
 
   emptyWithoutCountries();
+
+  /** Live (at null) or the past minute `at`: the charts poll, or ask the history once each. */
+  function showTime(at) {
+    if (at === state.at) return;
+    const switched = (state.at === null) !== (at === null);
+    state.at = at;
+    for (const [id, { feed, root, poller }] of pollers) {
+      if (id === "status") continue; // the sources' health is always now
+      root.dataset.time = at === null ? "live" : "past";
+      showSource(feed, root, endpoints, at !== null);
+      if (at !== null) poller.stop();
+      else {
+        poller.reset(); // its ETag is of a body not drawn: the first live poll gets the whole body
+        if (!document.hidden) poller.start();
+      }
+      if (switched) views.get(id).timeChanged?.();
+    }
+    if (at === null) past.clear();
+    else past.show(at);
+    for (const trend of trends) trend.show(at);
+    emptyWithoutCountries();
+  }
 
   settingsDialog(
     document.querySelector("#settings"),
@@ -184,7 +259,7 @@ async function start() {
       for (const id of changed) {
         const { feed, root, poller } = pollers.get(id);
         poller.reset();
-        showSource(feed, root, endpoints);
+        showSource(feed, root, endpoints, state.at !== null);
       }
     },
   );
@@ -201,34 +276,43 @@ async function start() {
       state.bucket = button.dataset.bucket;
       writeQuery(state.countries, state.bucket);
       showBucket();
+      past.reload(charts.filter((f) => f.bucket).map((f) => f.id));
     });
   }
   showBucket();
 
   trafficPanel(document.querySelector(".health"), index); // only where the server has traffic controls
 
-  setInterval(() => showFreshness(pollers, overall, charts.length), 200);
+  time.start(); // the minute in the URL's fragment, if any
+
+  setInterval(() => showFreshness(pollers, overall, charts.length, past, state.at), 200);
   document.addEventListener("visibilitychange", () => {
-    // A hidden tab asks nothing; on return every chart polls at once and catches up.
-    for (const { poller } of pollers.values()) document.hidden ? poller.stop() : poller.start();
+    // A hidden tab asks nothing; on return every chart polls at once and catches up (at a past
+    // minute, only the status strip polls).
+    for (const [id, { poller }] of pollers) {
+      if (document.hidden) poller.stop();
+      else if (id === "status" || state.at === null) poller.start();
+    }
+    for (const trend of trends) trend.pause(document.hidden);
   });
 }
 
 /** Names the server a chart polls when it is not this one: the health strip shows this server's
- * sources only (other servers' /api/status is not readable from here), so that chart's is unknown. */
-function showSource(feed, root, endpoints) {
+ * sources only (other servers' /api/status is not readable from here), so that chart's is unknown.
+ * A past minute comes from this server's history, whichever server the chart polls live. */
+function showSource(feed, root, endpoints, past) {
   const tag = root.querySelector(".card-source");
   if (!tag) return;
   const host = endpoints.foreignHost(feed.id);
-  tag.hidden = host === null;
+  tag.hidden = host === null || past;
   tag.textContent = host === null ? "" : `from ${host}; its sources' health is unknown here`;
 }
 
-function showFreshness(pollers, overall, chartCount) {
+function showFreshness(pollers, overall, chartCount, past, at) {
   const now = performance.now();
-  const counts = { waiting: 0, ok: 0, amber: 0, red: 0, idle: 0 };
+  const counts = { waiting: 0, ok: 0, amber: 0, red: 0, idle: 0, past: 0 };
   for (const [id, entry] of pollers) {
-    const fresh = entry.poller.freshness(now);
+    const fresh = (id !== "status" && past.badge(id)) || entry.poller.freshness(now);
     if (id !== "status") counts[fresh.level] += 1;
     const key = `${fresh.level}|${fresh.text}`;
     if (key === entry.shown) continue;
@@ -237,13 +321,14 @@ function showFreshness(pollers, overall, chartCount) {
     entry.badge.title = fresh.title;
     entry.badge.querySelector(".age-text").textContent = fresh.text;
   }
-  const worst = LEVELS.findLast((level) => counts[level] > 0) ?? "ok";
+  const worst = at !== null ? "past" : (LEVELS.findLast((level) => counts[level] > 0) ?? "ok");
   const polled = chartCount - counts.idle;
   const text = {
     waiting: "Connecting…",
     ok: `Live · all ${polled} charts up to date`,
     amber: `${counts.amber + counts.red} of ${polled} charts delayed`,
     red: `${counts.red} of ${polled} charts stale or unreachable`,
+    past: `Not live · ${at?.slice(11, 16)} UTC`,
   }[worst];
   if (overall.dataset.level !== worst) overall.dataset.level = worst;
   const label = overall.querySelector(".overall-text");

@@ -168,12 +168,51 @@ export class Poller {
 
 async function describeError(response) {
   try {
-    const body = await response.json();
-    if (body?.error?.message) return `HTTP ${response.status}: ${body.error.message}`;
+    const message = errorMessage(await response.json());
+    if (message) return `HTTP ${response.status}: ${message}`;
   } catch {
     // not the API's error shape: the status says enough
   }
   return `HTTP ${response.status}`;
+}
+
+/** The message of the API's error shape ({"error": {"status", "message"}}), or null. */
+export function errorMessage(body) {
+  const error = body?.error;
+  if (typeof error?.message === "string") return error.message;
+  if (typeof error === "string") return typeof body.fix === "string" ? `${error}; ${body.fix}` : error;
+  return null;
+}
+
+/**
+ * One request, not a polling loop (the history: a past minute does not change).
+ * Resolves to {ok: true, status, body} or {ok: false, status (0: no answer), message}; never throws.
+ */
+export async function fetchOnce(url, timeout = 15_000) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeout);
+  try {
+    const response = await fetch(url, {
+      headers: { Accept: "application/json" },
+      cache: "no-store", // a minute not written yet may be there on the next ask
+      credentials: "omit",
+      signal: abort.signal,
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      // not JSON: said below
+    }
+    if (response.ok && body !== null) return { ok: true, status: response.status, body };
+    const message = response.ok ? "unexpected answer: not JSON" : errorMessage(body);
+    return { ok: false, status: response.status, message: message ?? `HTTP ${response.status}` };
+  } catch {
+    const message = abort.signal.aborted ? `no answer in ${timeout / 1000} s` : "unreachable";
+    return { ok: false, status: 0, message };
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** 120 ms, 3.4 s, 42 s, 5 min, 3 h */

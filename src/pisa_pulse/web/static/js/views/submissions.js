@@ -58,6 +58,14 @@ export class SubmissionsView {
     this.announce();
   }
 
+  /** The page moved between live and a past minute: the last minute's rate and line start again. */
+  timeChanged() {
+    this.samples = [];
+    this.rate.textContent = "";
+    this.sparkLine.removeAttribute("d");
+    this.sparkArea.removeAttribute("d");
+  }
+
   /** The last minute's count as a sparkline (viewBox 300 x 64), newest at the right edge. */
   drawSpark(now) {
     const counts = this.samples.map(([, count]) => count);
