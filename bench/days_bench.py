@@ -9,18 +9,23 @@ sends them). Not here: PostgreSQL, the capture's decoding, HTTP, and the history
 `Recorder` writes a minute of 20 sources in about 10 ms, so a simulated day took 5 minutes: its queue
 is bounded by design, and the hours soak, `history-soak`, runs it and its DuckDB for real).
 
-Each minute, every country gets `arrivals` new rows (their arrival minute: now), as many
-withdrawals of random earlier rows (often days old: the forgotten minutes' case) and a correction,
-so the rows held stay level and only the minutes could grow (the ledger's changes are taken each
-minute, as the checkpoint takes them each second). Memory is the process's RSS after a
-collection, sampled every simulated day; `window=False` runs the code as it was before the window
-(`Aggregates.keep_window` a no-op), side by side in the same run.
+Each minute, every country gets one new row (its arrival minute: now) and loses one of the initial
+copy's (so the rows held stay level, 600,000 in all at the full profile, while every minute's bucket
+keeps its row, as submissions that stay do); every tenth minute a random arrived row, often days old
+(the forgotten minutes' case), is withdrawn or corrected. Memory is the RSS after a collection,
+sampled every simulated day, each variant in a process of its own, and beside it the bytes of the
+minute buckets themselves in every holder (RSS moves by tens of MB at once when a ledger's dict is
+rebuilt by its churn, in both variants alike); `window=False` runs the code as it
+was before the window (`Aggregates.keep_window` a no-op), side by side in the same run.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
+import multiprocessing
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +42,6 @@ from pisa_pulse.engine.values import NUMERIC_COLUMNS
 from pisa_pulse.pisa2018 import DEFAULT_COUNTRIES
 
 START = 1_780_000_020.0  # a Unix time (2026-05-28 20:27 UTC); the clock then moves a minute per step
-ROWS_PER_COUNTRY = 3_000  # from the initial copy (arrival minute -1), as `make demo`'s sources
 
 
 def _rss_mb() -> float:
@@ -51,9 +55,17 @@ def _values(rng: random.Random, pk: int, country: str) -> list[object]:
     return [str(pk), country, *(str(rng.randint(1, 900)) for _ in NUMERIC_COLUMNS)]
 
 
-def simulate(days: int, arrivals: int, window: bool) -> dict[str, Any]:
-    """`days` simulated days at `arrivals` rows per country per minute; RSS per day (see the module
-    docstring). `window=False`: the arrival minutes are never forgotten (the code before)."""
+def simulate(days: int, window: bool, copied_per_country: int) -> dict[str, Any]:
+    """`days` simulated days in a process of its own (RSS is the process's); see `_simulate`."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as child:
+        return child.submit(_simulate, days, window, copied_per_country).result()
+
+
+def _simulate(days: int, window: bool, copied_per_country: int) -> dict[str, Any]:
+    """`days` simulated days (see the module docstring), from `copied_per_country` rows of the initial
+    copy a country (more than `days` x 1,440: one leaves each minute). `window=False`: the arrival
+    minutes are never forgotten (the code before)."""
     countries = [code.upper() for code in DEFAULT_COUNTRIES]
     rng = random.Random(7)
     now = START
@@ -62,13 +74,15 @@ def simulate(days: int, arrivals: int, window: bool) -> dict[str, Any]:
         snapshots = LiveSnapshots(settings, min_interval=0.0, clock=lambda: now)
         ledgers = {code: Ledger(code) for code in countries}
         parts = {code: Aggregates() for code in countries}
-        keys: dict[str, list[int]] = {code: [] for code in countries}
+        copied: dict[str, list[int]] = {code: [] for code in countries}  # the initial copy's rows left
+        arrived: dict[str, list[int]] = {code: [] for code in countries}
         next_pk = 0
         for code in countries:
-            for _ in range(ROWS_PER_COUNTRY):
+            for _ in range(copied_per_country):
                 ledgers[code].upsert(next_pk, _values(rng, next_pk, code), -1, parts[code])
-                keys[code].append(next_pk)
+                copied[code].append(next_pk)
                 next_pk += 1
+            list(ledgers[code].take_changes())
         snapshots._take(feed.Update(now, {c: p.export(full=True) for c, p in parts.items()}, full=True))
         samples: list[dict[str, Any]] = []
         started = time.monotonic()
@@ -82,15 +96,15 @@ def simulate(days: int, arrivals: int, window: bool) -> dict[str, Any]:
                 now = START + 60 * minute
                 arrival = int(now // 60)
                 for code in countries:
-                    ledger, part, held = ledgers[code], parts[code], keys[code]
-                    for _ in range(arrivals):
-                        ledger.upsert(next_pk, _values(rng, next_pk, code), arrival, part)
-                        held.append(next_pk)
-                        next_pk += 1
-                        gone = held.pop(rng.randrange(len(held)))  # a withdrawal, of any age
-                        ledger.delete(gone, part)
-                    fixed = rng.choice(held)  # a correction keeps its first arrival
-                    ledger.upsert(fixed, _values(rng, fixed, code), arrival, part)
+                    ledger, part = ledgers[code], parts[code]
+                    ledger.upsert(next_pk, _values(rng, next_pk, code), arrival, part)
+                    arrived[code].append(next_pk)
+                    next_pk += 1
+                    ledger.delete(copied[code].pop(), part)
+                    if minute % 10 == 9:  # a withdrawal, then a correction, of rows of any age
+                        ledger.delete(arrived[code].pop(rng.randrange(len(arrived[code]))), part)
+                        fixed = rng.choice(arrived[code])  # it keeps its first arrival
+                        ledger.upsert(fixed, _values(rng, fixed, code), arrival, part)
                     part.keep_window(now)
                     list(ledger.take_changes())  # what the checkpoint takes each second
                 update = feed.Update(now, {c: p.export() for c, p in parts.items()})
@@ -106,14 +120,21 @@ def simulate(days: int, arrivals: int, window: bool) -> dict[str, Any]:
         "days": days,
         "window": window,
         "countries": len(countries),
-        "arrivals_per_minute": arrivals * len(countries),
-        "rows_held": sum(len(k) for k in keys.values()),
+        "arrivals_per_minute": len(countries),
+        "rows_held": sum(len(k) for k in [*copied.values(), *arrived.values()]),
         "seconds": round(seconds, 1),
         "rss_first_mb": samples[0]["rss_mb"],
         "rss_last_mb": samples[-1]["rss_mb"],
         "slope_mb_per_day": round(slope([s["day"] for s in samples], [s["rss_mb"] for s in samples]), 2),
         "slope_after_a_week_mb_per_day": round(
             slope([s["day"] for s in later], [s["rss_mb"] for s in later]), 2
+        ),
+        "minutes_mb_last": samples[-1]["minutes_mb"],
+        "minutes_slope_mb_per_day": round(
+            slope([s["day"] for s in samples], [s["minutes_mb"] for s in samples]), 2
+        ),
+        "minutes_slope_after_a_week_mb_per_day": round(
+            slope([s["day"] for s in later], [s["minutes_mb"] for s in later]), 2
         ),
         "minutes_held_last": samples[-1]["minutes_held"],
         "samples": samples,
@@ -122,6 +143,22 @@ def simulate(days: int, arrivals: int, window: bool) -> dict[str, Any]:
 
 def _sample(day: int, snapshots: LiveSnapshots, parts: dict[str, Aggregates]) -> dict[str, Any]:
     gc.collect()
-    engine = sum(len(p.by_minute()) for p in parts.values())
-    api = len(snapshots.snapshot().aggregates.by_minute())
-    return {"day": day, "rss_mb": _rss_mb(), "minutes_held": engine + api}
+    holders = [*parts.values(), *snapshots._parts.values(), snapshots.snapshot().aggregates]
+    return {
+        "day": day,
+        "rss_mb": _rss_mb(),
+        "minutes_held": sum(len(p.by_minute()) for p in holders),
+        "minutes_mb": round(sum(_minutes_bytes(p) for p in holders) / 2**20, 2),
+    }
+
+
+def _minutes_bytes(part: Aggregates) -> int:
+    """What `part`'s rows per arrival minute take: each dict and the ints it holds (small ones are
+    shared by the interpreter, so not counted). RSS alone does not show them apart from the rest: a
+    ledger's dict rebuilt by its churn moves it by tens of MB at once."""
+    total = 0
+    for tally in part._tallies.values():
+        minutes = tally.minutes
+        total += sys.getsizeof(minutes) + sum(sys.getsizeof(m) for m in minutes)
+        total += sum(sys.getsizeof(n) for n in minutes.values() if not -5 <= n <= 256)
+    return total

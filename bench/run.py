@@ -81,7 +81,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "history": ((20, 79), 5, 60, 7, 100, 20, 1.0, (2_000,), 100),
         "soak": (0.5, 10, 2_000),
         "history_soak": (0.5, 2, 2_000),
-        "days": 1,  # simulated days (bench/days_bench.py), with and without the window
+        "days": (1, 1_500),  # simulated days (bench/days_bench.py) and initial rows per country
         "page": (0.25, 5.0),
         # rate: demo minutes, warm-up s, sample s, demo options; students, rate, minutes of the big case
         "rate": (0.1, 5.0, 3.0, ["--countries", "alb,arg", "--rows-per-country", "50"], 2_000, 200.0, 0.1),
@@ -104,7 +104,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "history": ((20, 79), 30, 1_440, 7, 2_000, 200, 10.0, (60_000,), 1_000),
         "soak": (5.0, 200, 60_000),
         "history_soak": (10.0, 10, 60_000),
-        "days": 3,
+        "days": (3, 5_000),
         "page": (2.0, 15.0),
         "rate": (2.0, 30.0, 10.0, [], 60_000, 1_000.0, 1.0),
     },
@@ -129,7 +129,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "history": ((20, 79), 60, 1_440, 7, 2_000, 1_000, 30.0, (60_000, 600_000), 1_000),
         "soak": (30.0, 200, 60_000),  # minutes, dashboards, students, at 1,000 operations/s
         "history_soak": (120.0, 10, 60_000),  # minutes, dashboards, students, at `make demo`'s rate
-        "days": 14,  # simulated days: a week to fill the window of arrival minutes, a week beyond
+        "days": (14, 30_000),  # a week to fill the window of arrival minutes, a week beyond; 600,000 rows
         "page": (10.0, 30.0),  # the dashboard left open: minutes, seconds between samples
         "rate": (10.0, 30.0, 10.0, [], 600_000, 1_000.0, 2.0),  # `make demo` as is; 600,000 at 1,000/s
     },
@@ -264,8 +264,9 @@ def run_days(p: dict[str, Any], r: dict[str, Any]) -> None:
     r["days"] = []
     for window in (True, False):
         what = "the window of arrival minutes" if window else "every arrival minute kept (before)"
-        print(f"{p['days']} simulated days, {what} ...", flush=True)
-        r["days"].append(days_bench.simulate(p["days"], 1, window))
+        days, copied = p["days"]
+        print(f"{days} simulated days, {what} ...", flush=True)
+        r["days"].append(days_bench.simulate(days, window, copied))
 
 
 def run_rate(p: dict[str, Any], r: dict[str, Any]) -> None:

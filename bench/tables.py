@@ -104,6 +104,20 @@ def _after_copies(case: Row) -> float | None:
     return round(float(case["serve_to_streaming_s"] - logged), 1)
 
 
+def _soaked(c: Row) -> list[Any]:
+    """A soak's run (minutes, rate, dashboards), its answers and its rows and RSS, first and last."""
+    return [
+        c["minutes"],
+        c["rate"],
+        c["dashboards"],
+        c["requests"],
+        c["errors"],
+        f"{c['rows_first']:,} / {c['rows_last']:,}",
+        f"{c['rss_first_mb']} / {c['rss_last_mb']}",
+        c["rss_bytes_per_row"],
+    ]
+
+
 def _cells(*values: Any) -> str:
     return "| " + " | ".join(_n(v) for v in values) + " |"
 
@@ -522,17 +536,42 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
         "data age p50 / p99 ms | WAL retained by slots max / last MB |",
         lambda c: _cells(
             "full",
-            c["minutes"],
-            c["rate"],
-            c["dashboards"],
-            c["requests"],
-            c["errors"],
-            f"{c['rows_first']:,} / {c['rows_last']:,}",
-            f"{c['rss_first_mb']} / {c['rss_last_mb']}",
-            c["rss_bytes_per_row"],
+            *_soaked(c),
             f"{c['rss_beyond_rows_slope_mb_per_hour']} ({c['rss_beyond_rows_range_mb']})",
             f"{c['age_p50_ms']} / {c['age_p99_ms']}",
             f"{c['wal_retained_max_mb']} / {c['wal_retained_last_mb']}",
+        ),
+    ),
+    "history_soak": (
+        "history_soak",
+        "| `serve` with its history (DuckDB) | minutes | ops/s | dashboards | requests | errors | rows first "
+        "/ last | RSS first / last MB | RSS bytes per row | RSS beyond rows: MB per day (range MB) | "
+        "history: minutes written / pending / dropped | data age p50 / p99 ms |",
+        lambda c: _cells(
+            "`make demo`'s traffic",
+            *_soaked(c),
+            f"{c['rss_beyond_rows_slope_mb_per_day']} ({c['rss_beyond_rows_range_mb']})",
+            " / ".join(str((c.get("history") or {}).get(k, "-")) for k in ("written", "pending", "dropped")),
+            f"{c['age_p50_ms']} / {c['age_p99_ms']}",
+        ),
+    ),
+    "days": (
+        "days",
+        "| simulated days (bench/days_bench.py) | code | rows held | arrivals a minute | RSS day 0 / 7 / "
+        "last MB | RSS slope, all days / after the first week: MB per day | minute buckets at the end: "
+        "entries, MB | their slope, all days / after the first week: MB per day | run s |",
+        lambda c: _cells(
+            c["days"],
+            "a week of arrival minutes (now)" if c["window"] else "every arrival minute kept (before)",
+            c["rows_held"],
+            c["arrivals_per_minute"],
+            " / ".join(
+                str(s["rss_mb"]) for s in (c["samples"][0], c["samples"][min(7, c["days"])], c["samples"][-1])
+            ),
+            f"{c['slope_mb_per_day']} / {c['slope_after_a_week_mb_per_day']}",
+            f"{c['minutes_held_last']:,}, {c['minutes_mb_last']}",
+            f"{c['minutes_slope_mb_per_day']} / {c['minutes_slope_after_a_week_mb_per_day']}",
+            c["seconds"],
         ),
     ),
     "rate_demo": (

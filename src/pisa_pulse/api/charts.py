@@ -69,15 +69,16 @@ def parse_countries(raw: str | None) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(code.strip().upper() for code in raw.split(",")))
 
 
-def parse_window(raw: str | None, bucket: Bucket) -> int:
-    """`?hours=N`: the window in hours, 1 to MAX_HOURS; returns its number of points for the bucket."""
+def parse_window(raw: str | None, bucket: Bucket, longest: int = MAX_HOURS) -> int:
+    """`?hours=N`: the window in hours, 1 to `longest` (MAX_HOURS, or more on a server whose history
+    store answers the hours memory no longer holds); returns its number of points for the bucket."""
     if raw is None:
         hours = DEFAULT_HOURS[bucket]
-    elif raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_HOURS:
+    elif raw.isascii() and raw.isdigit() and 1 <= int(raw) <= longest:
         hours = int(raw)
     else:
         raise BadRequest(
-            f"hours={_shown(raw)} is not a whole number from 1 to {MAX_HOURS}",
+            f"hours={_shown(raw)} is not a whole number from 1 to {longest}",
             f"pass e.g. hours={DEFAULT_HOURS['hour']}",
         )
     return hours if bucket == "hour" else hours * 60
@@ -108,8 +109,13 @@ def submissions(agg: Aggregates) -> dict[str, Any]:
 
 def submissions_over_time(agg: Aggregates, now: float, points: int, bucket: Bucket) -> dict[str, Any]:
     """Chart 2: the last `points` hours (or minutes) up to `now` (Unix seconds), zeros included."""
+    return over_time(agg.hourly() if bucket == "hour" else agg.by_minute(), now, points, bucket)
+
+
+def over_time(counts: Mapping[int, int], now: float, points: int, bucket: Bucket) -> dict[str, Any]:
+    """Chart 2's body from rows per hour (or minute) since the epoch (windows longer than memory add
+    the history's older hours: history/query.py)."""
     width = 3600 if bucket == "hour" else 60
-    counts = agg.hourly() if bucket == "hour" else agg.by_minute()
     last = int(now // width)
     data = []
     for slot in range(last - points + 1, last + 1):
@@ -342,13 +348,14 @@ PER_COUNTRY = frozenset(chart.name for chart in REGISTRY if chart.per_country)
 COLUMNS: dict[str, frozenset[str]] = {chart.name: chart.columns for chart in REGISTRY}
 
 
-def parse_query(chart: Chart, params: Mapping[str, str], now: float) -> Query:
-    """The parameters `chart` takes, parsed from a query string (others are ignored); BadRequest."""
+def parse_query(chart: Chart, params: Mapping[str, str], now: float, longest: int = MAX_HOURS) -> Query:
+    """The parameters `chart` takes, parsed from a query string (others are ignored); BadRequest.
+    `longest`: the longest window in hours (`parse_window`)."""
     countries = parse_countries(params.get("countries")) if chart.per_country else None
     if "bucket" not in chart.parameters:
         return Query(countries=countries, now=now)
     bucket = parse_bucket(params.get("bucket"))
-    return Query(countries, parse_window(params.get("hours"), bucket), bucket, now)
+    return Query(countries, parse_window(params.get("hours"), bucket, longest), bucket, now)
 
 
 def build(chart: str, agg: Aggregates, query: Query = Query()) -> dict[str, Any]:

@@ -27,7 +27,9 @@ from pisa_pulse.api.openapi import openapi_document
 from pisa_pulse.api.responses import json_response
 from pisa_pulse.api.snapshots import Snapshots
 from pisa_pulse.capture.contract import HEALTHY, healthy
-from pisa_pulse.history.query import SeriesRange, parse_asked
+from pisa_pulse.engine.aggregates import ARRIVAL_WINDOW_MINUTES
+from pisa_pulse.history.query import SeriesRange, long_over_time, parse_asked
+from pisa_pulse.history.recorder import Recorder
 from pisa_pulse.pisa2018 import countries
 from pisa_pulse.web import static_dir
 
@@ -91,13 +93,36 @@ async def chart(request: Request) -> Response:
     api = state_of(request)
     found = chart_named(request.path_params["chart"])
     now = api.clock()
-    query = charts.parse_query(found, request.query_params, now)
+    history = api.snapshots.history
+    query = charts.parse_query(found, request.query_params, now, longest_hours(history))
     snap = await api.snapshot(found.columns)
-    body, etag = api.cache.chart(snap, found, query)
+    hours = query.points if query.bucket == "hour" else query.points // 60
+    if hours > charts.MAX_HOURS and history is not None:
+        body, etag = await longer_than_memory(api, history, snap, query)
+    else:
+        body, etag = api.cache.chart(snap, found, query)
     headers = data_headers(snap, etag, api.clock())
     if not_modified(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return Response(body, headers=headers, media_type="application/json")
+
+
+def longest_hours(history: Recorder | None) -> int:
+    """Chart 2's longest window: what memory holds, or with a history store its retention."""
+    return charts.MAX_HOURS if history is None else max(charts.MAX_HOURS, history.longest_hours)
+
+
+async def longer_than_memory(
+    api: ApiState, history: Recorder, snap: Snapshot, query: charts.Query
+) -> tuple[bytes, str]:
+    """Chart 2 over more hours than memory keeps: the older ones from the history store (read at
+    most once a minute per window length), the rest from the snapshot."""
+    horizon = int(query.now // 60) - ARRIVAL_WINDOW_MINUTES
+    width = 60 if query.bucket == "hour" else 1  # minutes per point
+    first = (int(query.now // 60 // width) - query.points + 1) * width
+    older = await run_in_threadpool(history.older_arrivals, first, horizon)
+    key = ("longer than memory", query.points, query.bucket, int(query.now // 60 // width), horizon)
+    return api.cache.get(snap, key, lambda: long_over_time(older, snap.aggregates, horizon, query))
 
 
 async def history_chart(request: Request) -> Response:
@@ -161,7 +186,9 @@ async def health(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     """`GET /api/openapi.json`."""
-    return json_response(openapi_document(__version__, traffic=state_of(request).traffic))
+    api = state_of(request)
+    longest = longest_hours(api.snapshots.history)
+    return json_response(openapi_document(__version__, traffic=api.traffic, longest_hours=longest))
 
 
 def index_body(traffic: bool) -> dict[str, Any]:

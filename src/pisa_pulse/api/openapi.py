@@ -214,11 +214,13 @@ def history_path(chart: str) -> str:
     return f"/api/history/{chart}"
 
 
-def openapi_document(version: str, traffic: bool = False) -> dict[str, Any]:
-    """The whole document (with the traffic routes when they are enabled)."""
+def openapi_document(version: str, traffic: bool = False, longest_hours: int = MAX_HOURS) -> dict[str, Any]:
+    """The whole document (with the traffic routes when they are enabled; chart 2's `hours` up to
+    `longest_hours`, more than memory holds where the history store answers the rest)."""
     paths: dict[str, Any] = {}
+    hours = {**_HOURS, "schema": {**_HOURS["schema"], "maximum": longest_hours}}  # type: ignore[dict-item]
     for chart in REGISTRY:
-        params = [_PARAMETERS[name] for name in chart.parameters]
+        params = [hours if name == "hours" else _PARAMETERS[name] for name in chart.parameters]
         op = _get(f"{chart.title}: {chart.description}", chart.schema, params, headers=_DATA_HEADERS)
         op["get"]["responses"]["304"] = {"description": "Unchanged since the ETag sent in If-None-Match"}
         op["get"]["parameters"].append(

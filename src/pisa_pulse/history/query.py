@@ -254,3 +254,18 @@ def arrivals_per_point(store: Store, points: range, first_written: int) -> list[
         k = -((points[0] - minute) // step)  # the first point at or after the minute ends its step
         counts[points[0] + k * step] += rows
     return list(counts.items())
+
+
+def long_over_time(
+    older: Mapping[int, int], live: Aggregates, horizon: int, query: charts.Query
+) -> dict[str, Any]:
+    """Chart 2 over a window longer than memory holds (`Aggregates.keep_window`): the rows that
+    arrived in each minute before `horizon` as the store wrote them (`older`, minute -> rows: later
+    withdrawals do not change a written minute), those since as memory counts them (still there)."""
+    width = 60 if query.bucket == "hour" else 1  # minutes per point
+    counts: dict[int, int] = {}
+    before = [(m, n) for m, n in older.items() if 0 <= m < horizon]
+    since = [(m, n) for m, n in live.by_minute().items() if m >= horizon]
+    for minute, rows in before + since:
+        counts[minute // width] = counts.get(minute // width, 0) + rows
+    return charts.over_time(counts, query.now, query.points, query.bucket)

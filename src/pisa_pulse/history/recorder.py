@@ -21,10 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pisa_pulse.api import charts
-from pisa_pulse.api.exceptions import ServiceUnavailable
+from pisa_pulse.api.exceptions import HttpError, ServiceUnavailable
 from pisa_pulse.engine.aggregates import Aggregates
 from pisa_pulse.history import query
 from pisa_pulse.history.store import CountryMinute, Store
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 RETRY_S = 2.0
 MAX_PENDING = 7 * 24 * 60
 DRAIN_S = 5.0
+OLDER_KEPT = 8  # `older_arrivals` answers kept (a few window lengths, this minute's and the last)
+T = TypeVar("T")
 PRUNE_EVERY_S = 24 * 3600.0
 
 Minute = tuple[int, dict[str, dict[str, CountryMinute]]]  # minute -> source -> country -> entry
@@ -68,6 +70,9 @@ class Recorder:
         self.next_minute: int | None = None  # the first minute not yet taken
         self.written = self.skipped = self.dropped = 0
         self.failing: str | None = None  # why the store is not reachable now
+        self._older: dict[tuple[int, int], dict[int, int]] = {}  # `older_arrivals`, newest last
+        self._older_lock = threading.Lock()
+        self._readers = threading.local()  # each reading thread's own connection (`_read`)
         self._catch_up = 0  # minutes before the first observed that it records too (`resume`)
         self.writer: bool | None = None  # an API replica: it holds the writer's lease (None: serve)
         self.span: tuple[int, int] | None = None  # the oldest and newest minute in the store, as last seen
@@ -134,20 +139,49 @@ class Recorder:
         """`chart` at every point of `asked` (query.py), read as `chart_at` reads."""
         return self._read(lambda store: query.series(store, chart, asked, params))
 
-    def _read(self, answer: Callable[[Store], dict[str, Any]]) -> dict[str, Any]:
-        """`answer` on a connection of this thread's own, closed after; ServiceUnavailable while the
-        store cannot be opened."""
-        try:
-            store = self.opener(self.target, self.data_dir)
-        except Exception as exc:  # down, or (DuckDB) held by another process
-            raise ServiceUnavailable(
-                f"the history store cannot be read now ({scrub(str(exc)).splitlines()[0]})",
-                "try again; /api/status says what the history last reported",
-            ) from None
+    def older_arrivals(self, first: int, before: int) -> dict[int, int]:
+        """The rows that arrived in each written minute from `first` to before `before`, over all
+        sources (chart 2 over a window longer than memory): written minutes never change, so this
+        is read once per (first, before) pair, at most once a minute per window length."""
+        key = (first, before)
+        with self._older_lock:
+            found = self._older.get(key)
+        if found is None:
+            found = self._read(lambda store: store.arrivals_per_minute(first - 1, before - 1))
+            with self._older_lock:
+                self._older[key] = found
+                while len(self._older) > OLDER_KEPT:
+                    del self._older[next(iter(self._older))]
+        return found
+
+    @property
+    def longest_hours(self) -> int:
+        """The longest window of chart 2 it can answer: the retention, in hours."""
+        return int(self.retention_days * 24)
+
+    def _read(self, answer: Callable[[Store], T]) -> T:
+        """`answer` on a connection of this thread's own, kept for its next read (opening one cost
+        10-18 ms of each `?at=` on PostgreSQL) and dropped when a read fails on it; ServiceUnavailable
+        while the store cannot be opened."""
+        store: Store | None = getattr(self._readers, "store", None)
+        if store is None:
+            try:
+                store = self.opener(self.target, self.data_dir)
+            except Exception as exc:  # down, or (DuckDB) held by another process
+                raise ServiceUnavailable(
+                    f"the history store cannot be read now ({scrub(str(exc)).splitlines()[0]})",
+                    "try again; /api/status says what the history last reported",
+                ) from None
+            self._readers.store = store
         try:
             return answer(store)
-        finally:
-            store.close()
+        except HttpError:
+            raise  # the question's fault, not the connection's
+        except Exception:
+            self._readers.store = None
+            with contextlib.suppress(Exception):
+                store.close()
+            raise
 
     def status(self) -> dict[str, object]:
         """What /api/status says of the history."""
