@@ -213,7 +213,7 @@ def test_responses_say_which_snapshot_and_how_fresh(client: TestClient) -> None:
         ("POST", "/api/charts/escs", 405),
         ("DELETE", "/api/status", 405),
         ("GET", "/api/charts/submissions-over-time?hours=0", 400),
-        ("GET", "/api/charts/submissions-over-time?hours=169", 400),
+        ("GET", "/api/charts/submissions-over-time?hours=721", 400),  # past the retention
         ("GET", "/api/charts/submissions-over-time?bucket=week", 400),
     ],
 )
