@@ -126,7 +126,7 @@ def test_the_history_suite_reports_figures(smoke: tuple[dict, str, str]) -> None
 def test_markdown_has_every_table(smoke: tuple[dict, str, str]) -> None:
     result, markdown, name = smoke
     blocks = tables.markdown(result, source=name)
-    named_only = {"soak", "rate_demo", "rate_big"}  # suites that run only when named
+    named_only = {"soak", "history_soak", "rate_demo", "rate_big"}  # suites that run only when named
     expected = {"machine", "headline", "limits", "profile", *tables.TABLES} - named_only
     assert set(blocks) == expected
     for name, body in blocks.items():
