@@ -64,12 +64,12 @@ from capture_bench import CLI, _up
 from pisa_pulse.cli import DEMO_DELETES, DEMO_RATE, DEMO_UPDATES
 from pisa_pulse.engine.aggregates import Aggregates, CountryTotals
 from pisa_pulse.engine.values import RowParser
-from pisa_pulse.history.store import COLUMNS, CountryMinute, Store, row_of
+from pisa_pulse.history.store import COLUMNS, CountryMinute, Store, row_of, totals_of
 from pisa_pulse.pisa2018 import DEFAULT_COUNTRIES, countries
 from pisa_pulse.sources import config as cfg
 from pisa_pulse.sources.cluster import EmbeddedCluster
 from pisa_pulse.sources.databases import connected
-from pisa_pulse.sources.schema import CHART_COLUMNS, DOMAINS, INDEX_COLUMNS, columns
+from pisa_pulse.sources.schema import CHART_COLUMNS, columns
 from pisa_pulse.sources.students import StudentFactory
 from pisa_pulse.sources.traffic import Traffic
 from poll_bench import autovacuum, vacuum
@@ -103,15 +103,7 @@ class Country:
 
     def totals(self, rows: int) -> CountryTotals:
         """The totals of `rows` students like the generated ones (each sum scaled by rows, exactly)."""
-        v = [s * rows // self.sampled for s in self.sums]
-        k = 2 * len(INDEX_COLUMNS)
-        return CountryTotals(
-            rows=rows,
-            valid={name: v[2 * i] for i, name in enumerate(INDEX_COLUMNS)},
-            sums={name: v[2 * i + 1] for i, name in enumerate(INDEX_COLUMNS)},
-            weights={name: v[k + 2 * d] for d, name in enumerate(DOMAINS)},
-            weighted_scores={name: v[k + 2 * d + 1] for d, name in enumerate(DOMAINS)},
-        )
+        return totals_of(rows, [s * rows // self.sampled for s in self.sums])  # in TOTAL_COLUMNS' order
 
     def arrivals(self, rng: random.Random) -> int:
         """One minute's new students (about Poisson: a normal draw of the same mean and variance)."""
