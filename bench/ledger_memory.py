@@ -5,11 +5,15 @@ copy fills them: ids drawn as the sources draw them (`seed.random_ids`, random i
 of calibrated students (`StudentFactory`, slim schema, 1 % messy), a pool of distinct students per
 country reused across its rows (holding 600,000 rows of text would dwarf what is measured). After the
 fill the changes are taken, as the first checkpoint takes them, so what stays is what a ledger holds.
+Then every row is withdrawn and a new one arrives in its place, one after the other (a full turnover,
+as traffic's withdrawals and submissions make over time), and the memory is measured again.
 
 Memory is measured in fresh processes (this one keeps the memory of whatever ran before): the RSS
-growth from just before the fill to just after (garbage collected), and, in another process,
+growth from just before the fill to just after it and after the turnover (garbage collected), and, in
+another process,
 tracemalloc's count of the bytes still allocated (Python objects and numpy's buffers both; it slows
-the fill, so the RSS process does not trace). Times are per row, from the RSS process after the fill:
+the fill, so the RSS process does not trace). Times are CPU time per row (the machine may be busy
+with other work, which wall time would count), from the RSS process after the fill:
 inserts (the fill itself), updates and deletes of random held rows (values parsed, aggregates kept:
 the engine's hot path), and the lookups polling makes (`pk in ledger`, `digest(pk)`). Each figure is
 the median of chunks of rows, so a burst of load from elsewhere moves it little.
@@ -28,6 +32,7 @@ import random
 import statistics
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ STUDENTS = 600_000
 POOL = 1_000  # distinct students per country
 SAMPLE = 50_000  # rows per timed operation
 CHUNK = 5_000  # rows per timed chunk
+FILL_SEED, TURNOVER_SEED = 2018, 2019
 Values = tuple[str | None, ...]
 
 
@@ -61,24 +67,48 @@ def _pool(code: str) -> list[Values]:
     return [("0", *(row[i] for i in where)) for row in slim]
 
 
+def _ids(codes: list[str], per_country: int, seed: int) -> Iterator[tuple[str, list[int]]]:
+    """Each country's ids, drawn again alike for the same seed (so none has to be kept meanwhile)."""
+    rng = np.random.default_rng(seed)
+    for code in codes:
+        yield code, random_ids(rng, per_country)
+
+
 def _fill(
     codes: list[str], per_country: int, pools: dict[str, list[Values]]
 ) -> tuple[dict[str, Ledger], dict[str, Aggregates], float]:
     """One ledger per country with `per_country` rows, changes taken; and the seconds the upserts took."""
     ledgers = {code: Ledger(code) for code in codes}
     parts = {code: Aggregates() for code in codes}
-    rng = np.random.default_rng(2018)
     seconds = 0.0
-    for code in codes:
+    for code, ids in _ids(codes, per_country, FILL_SEED):
         ledger, part, pool = ledgers[code], parts[code], pools[code]
-        ids = random_ids(rng, per_country)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for i, pk in enumerate(ids):
             ledger.upsert(pk, pool[i % POOL], -1, part)
-        seconds += time.perf_counter() - t0
-        for _ in ledger.take_changes():  # what the first checkpoint does
-            pass
+        seconds += time.process_time() - t0
+        _take_changes(ledger)
     return ledgers, parts, seconds
+
+
+def _turn_over(
+    ledgers: dict[str, Ledger], parts: dict[str, Aggregates], pools: dict[str, list[Values]], per_country: int
+) -> None:
+    """Every row withdrawn and a new one submitted in its place, one after the other."""
+    codes = list(ledgers)
+    for (code, gone), (_, new) in zip(
+        _ids(codes, per_country, FILL_SEED), _ids(codes, per_country, TURNOVER_SEED), strict=True
+    ):
+        ledger, part, pool = ledgers[code], parts[code], pools[code]
+        for i, (old, pk) in enumerate(zip(gone, new, strict=True)):
+            ledger.delete(old, part)
+            ledger.upsert(pk, pool[i % POOL], 1, part)
+        _take_changes(ledger)
+
+
+def _take_changes(ledger: Ledger) -> None:
+    for _ in ledger.take_changes():  # what a checkpoint does
+        pass
 
 
 def _prepare(students: int) -> tuple[list[str], int, dict[str, list[Values]]]:
@@ -100,6 +130,9 @@ def rss_and_times(students: int) -> dict[str, Any]:
         "rss_after_mb": round(_rss_bytes() / 2**20, 1),
         "insert_us": round(fill_s / held * 1e6, 2),
     }
+    _turn_over(ledgers, parts, pools, per_country)
+    gc.collect()
+    result["rss_bytes_per_row_turned_over"] = round((_rss_bytes() - before) / held, 1)
     result.update(_times(ledgers, parts, pools))
     return result
 
@@ -140,17 +173,16 @@ def _times(
         ("reinsert_us", update),  # into the slots the deletes freed
     ):
         times[name] = _median_per_row(operation, chunks)
-        for _ in ledger.take_changes():
-            pass
+        _take_changes(ledger)
     return times
 
 
 def _median_per_row(operation: Any, chunks: list[list[int]]) -> float:
     per_row = []
     for pks in chunks:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         operation(pks)
-        per_row.append((time.perf_counter() - t0) / len(pks))
+        per_row.append((time.process_time() - t0) / len(pks))
     return round(statistics.median(per_row) * 1e6, 3)
 
 
@@ -160,12 +192,18 @@ def traced(students: int) -> dict[str, Any]:
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    ledgers, _, _ = _fill(codes, per_country, pools)
+    ledgers, parts, _ = _fill(codes, per_country, pools)
     gc.collect()
     held = sum(len(ledger) for ledger in ledgers.values())
-    after = tracemalloc.get_traced_memory()[0]
+    filled = tracemalloc.get_traced_memory()[0]
+    _turn_over(ledgers, parts, pools, per_country)
+    gc.collect()
+    turned_over = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    return {"traced_bytes_per_row": round((after - before) / held, 1)}
+    return {
+        "traced_bytes_per_row": round((filled - before) / held, 1),
+        "traced_bytes_per_row_turned_over": round((turned_over - before) / held, 1),
+    }
 
 
 def measure(students: int = STUDENTS) -> dict[str, Any]:
@@ -189,7 +227,7 @@ def main() -> None:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>22}  {value}")
+            print(f"{key:>32}  {value}")
 
 
 if __name__ == "__main__":

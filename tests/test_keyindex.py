@@ -1,4 +1,4 @@
-"""The ledger's key index (a numpy hash table) against a dict: random changes, growth, tombstones, bulk.
+"""The ledger's key index (a numpy hash table) against a dict: random changes, growth, deletes, bulk.
 
 Most tests shrink the smallest table to 8 entries, so keys collide, probes wrap past the end of the
 table and it is rebuilt often.
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pisa_pulse.engine import keyindex
-from pisa_pulse.engine.keyindex import EMPTY, TOMBSTONE, KeyIndex, homes, table_size
+from pisa_pulse.engine.keyindex import EMPTY, KeyIndex, homes, table_size
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 KEYS = st.one_of(
@@ -63,8 +63,7 @@ class Model:
         assert slots.tolist() == sorted(self.held.values())
         assert dict(zip(index.keys_of(slots).tolist(), slots.tolist(), strict=True)) == self.held
         table = index._table
-        assert index._filled == int((table != EMPTY).sum()) <= len(table) // 2
-        assert int((table >= 0).sum()) == len(self.held)
+        assert int((table != EMPTY).sum()) == len(self.held) <= len(table) // 2
 
 
 def small_tables() -> mock._patch[int]:
@@ -94,43 +93,43 @@ def test_long_random_runs_agree_with_a_dict() -> None:
             model.check([rng.randrange(I64_MIN, I64_MAX) for _ in range(100)])
 
 
-def test_a_rebuild_drops_the_tombstones_and_fits_the_keys_held() -> None:
+def test_deletes_leave_no_trace() -> None:
+    """Keys withdrawn and new ones submitted, many times over: the table keeps its size."""
+    rng = random.Random(5)
     with small_tables():
         model = Model()
-        for pk in range(8_000):
+        for pk in range(3_000):
             model.add(pk)
-        for pk in range(0, 8_000, 2):
-            model.remove(pk)
-        index = model.index
-        tombstones = index._filled - len(index)
-        assert len(index._table) == 16_384 and tombstones > 1_000
-        pk = 8_000
-        while index._filled > len(index):  # new keys fill the empty entries (and reuse tombstones)
+        assert len(model.index._table) == 8_192
+        for pk in range(3_000, 60_000):
+            model.remove(rng.choice(list(model.held)) if pk % 1_000 == 0 else pk - 3_000)
             model.add(pk)
-            pk += 1
-        assert len(index._table) == table_size(2 * (len(index) - 1))  # sized when the last came
-        model.check(list(range(pk + 1)))
+        assert len(model.index._table) == 8_192
+        model.check(list(range(60_000)))
 
 
-def _same_home(size: int, count: int) -> list[int]:
-    """`count` keys whose first entry in a table of `size` is entry size - 2 (so they wrap)."""
+def _homed_at(entry: int, size: int, count: int) -> list[int]:
+    """`count` keys whose first entry in a table of `size` is `entry`."""
     candidates = np.arange(1, 100_000, dtype=np.int64)
-    return candidates[homes(candidates, size) == size - 2][:count].tolist()
+    return candidates[homes(candidates, size) == entry][:count].tolist()
 
 
-def test_a_tombstone_is_passed_over_and_reused() -> None:
-    a, b, c, d = _same_home(8, 4)
+def test_a_delete_moves_back_the_keys_a_probe_would_miss() -> None:
+    a, b, c = _homed_at(6, 8, 3)
+    (d,) = _homed_at(0, 8, 1)
     with small_tables():
         index = KeyIndex(8)
         for slot, pk in enumerate([a, b, c]):
             index.add(pk, slot)
         assert index._table.tolist() == [2, EMPTY, EMPTY, EMPTY, EMPTY, EMPTY, 0, 1]  # c wrapped
-        assert index.remove(b) == 1
-        assert index._table[7] == TOMBSTONE and index.slot(c) == 2  # the probe passes over b's entry
+        assert index.remove(a) == 0
+        assert index._table.tolist() == [EMPTY] * 6 + [1, 2]  # b and c moved back, c past the end
         index.add(d, 3)
-        assert index._table[7] == 3 and index._filled == 3  # d took b's entry
-        assert index.remove(c) == 2 and index._table[0] == EMPTY  # the next entry is empty: no tombstone
-        assert [index.slot(pk) for pk in (a, b, c, d)] == [0, -1, -1, 3]
+        index.add(a, 0)
+        assert index._table.tolist() == [3, 0, EMPTY, EMPTY, EMPTY, EMPTY, 1, 2]
+        assert index.remove(c) == 2
+        assert index._table.tolist() == [3, EMPTY, EMPTY, EMPTY, EMPTY, EMPTY, 1, 0]  # d is home: stays
+        assert [index.slot(pk) for pk in (a, b, c, d)] == [0, 1, -1, 3]
 
 
 def test_the_table_doubles_while_it_fills_and_stays_at_most_half_full() -> None:
@@ -151,7 +150,7 @@ def test_a_table_built_in_bulk_answers_as_one_built_key_by_key() -> None:
     keys = np.unique(keys)
     rng.shuffle(keys)
     bulk = KeyIndex(len(keys), keys)
-    assert len(bulk) == len(keys)
+    assert len(bulk) == len(keys) and len(bulk._table) == table_size(len(keys)) == 16_384
     assert [bulk.slot(pk) for pk in keys.tolist()] == list(range(len(keys)))
     assert bulk.slots().tolist() == list(range(len(keys)))
     assert (bulk.keys_of(bulk.slots()) == keys).all()

@@ -1,21 +1,23 @@
 """The ledger's primary key -> slot map: an open-addressing hash table in two numpy arrays.
 
-A dict of Python ints cost about 110 bytes per row held (the key object, the slot object, the entry);
-this costs about 17 at 30,000 rows. `keys[slot]` is the int64 key of the row in that slot (as long
-as the ledger's row block, so it grows with it), and `table` (int32, a power of two long) holds
-slots: a key's entries start at its home, the top bits of a Fibonacci hash of the key (a multiply,
-so keys that are multiples of a power of two still spread), and go on by linear probing. EMPTY ends
-a probe; a deleted key leaves a TOMBSTONE that probes pass over and inserts reuse (or EMPTY where
-the next entry is empty, as no probe can pass it then). The table stays at most half full counting
-tombstones: a Python-level probe reads two memoryview entries per step, and linear probing at load
-a takes about (1 + 1/(1-a)^2)/2 steps to miss (2.5 at 0.5, 8.5 at 0.75), while each table entry
-costs 4 bytes. Past half full the table is rebuilt in bulk without its tombstones, at twice the
-size it needs for its keys (so it doubles while it fills, and after a rebuild has room for as many
-tombstones as keys before the next).
+A dict of Python ints cost about 100 bytes per row held (the key and slot objects, the entry), more
+after deletes; this costs 17 to 26. `keys[slot]` is the int64 key of the row in that slot (as long as
+the ledger's row block, so it grows with it), and `table` (int32, a power of two long) holds slots or
+EMPTY. A key's entry is found from its home, the top bits of a Fibonacci hash of the key (a multiply,
+so keys that are multiples of a power of two spread too), by linear probing up to an EMPTY entry.
 
-Per key it is pure Python over memoryviews (a numpy scalar read costs twice as much); in bulk
-(rebuilding, restoring a checkpoint) it is numpy: every key steps to its next entry in rounds
-until it lands in an empty one, one key per entry and round.
+A delete moves back the entries after it that a probe would no longer reach (backward-shift deletion)
+rather than leaving a tombstone. Measured over a full turnover of 600,000 rows (bench/ledger_memory.py),
+tombstones cost a delete 0.75 us less of about 6, but doubled the table, which needs room for them
+between rebuilds: 9 bytes more per row, for good. Deletes are the rarest change (withdrawals).
+
+The table doubles once half full: a Python-level probe step reads two memoryview entries, and linear
+probing at load a takes about (1 + 1/(1-a)^2)/2 steps to miss (2.5 at 0.5, 8.5 at 0.75; every insert
+misses first), while an entry costs only 4 bytes (8 to 16 per key at a load of 1/4 to 1/2).
+
+Per key it is pure Python over memoryviews (a numpy scalar read costs twice as much); in bulk (growing,
+restoring a checkpoint) it is numpy: every key steps to its next entry in rounds until it lands in an
+empty one, one key per entry and round.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-EMPTY, TOMBSTONE = -1, -2
+EMPTY = -1
 MIN_TABLE = 1024
 _GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / the golden ratio, odd: Knuth's multiplicative hash
 _MASK64 = 2**64 - 1
@@ -77,7 +79,7 @@ class KeyIndex:
             self._keys[:held] = keys
             self._set_table(placed(self._keys[:held], np.arange(held, dtype=np.int32), table_size(held)))
         self._key_view = self._keys.data.cast("B").cast("q")
-        self._held = self._filled = held  # keys; entries not EMPTY (keys and tombstones)
+        self._held = held
 
     def __len__(self) -> int:
         return self._held
@@ -90,14 +92,12 @@ class KeyIndex:
     def add(self, pk: int, slot: int) -> None:
         """Hold `pk` (not held yet) in `slot` (below the capacity)."""
         self._key_view[slot] = pk
-        if self._filled >= self._size // 2:
-            self._rebuild(table_size(2 * self._held))
+        if self._held >= self._size // 2:
+            self._grow()
         table, mask = self._view, self._size - 1
         at = self._home(pk)
-        while table[at] >= 0:
+        while table[at] != EMPTY:
             at = (at + 1) & mask
-        if table[at] == EMPTY:
-            self._filled += 1
         table[at] = slot
         self._held += 1
 
@@ -106,20 +106,22 @@ class KeyIndex:
         at = self._find(pk)
         if at < 0:
             return -1
-        table = self._view
-        slot = table[at]
-        if table[(at + 1) & (self._size - 1)] == EMPTY:
-            table[at] = EMPTY
-            self._filled -= 1
-        else:
-            table[at] = TOMBSTONE
+        table, keys, mask, shift = self._view, self._key_view, self._size - 1, self._shift
+        slot, hole = table[at], at
+        at = (at + 1) & mask
+        while (other := table[at]) != EMPTY:
+            home = ((keys[other] * _GOLDEN) & _MASK64) >> shift  # _home, inlined: this loop is hot
+            if (at - home) & mask >= (at - hole) & mask:  # the hole is on its probe: move it there
+                table[hole], hole = other, at
+            at = (at + 1) & mask
+        table[hole] = EMPTY
         self._held -= 1
         return slot
 
     def slots(self) -> Slots:
         """Every slot held, in increasing order."""
         held = np.zeros(len(self._keys), dtype=np.bool_)
-        held[self._table[self._table >= 0]] = True
+        held[self._table[self._table != EMPTY]] = True
         return np.flatnonzero(held).astype(np.int32)
 
     def keys_of(self, slots: Slots) -> Keys:
@@ -151,15 +153,14 @@ class KeyIndex:
             slot = table[at]
             if slot == EMPTY:
                 return -1
-            if slot >= 0 and keys[slot] == pk:
+            if keys[slot] == pk:
                 return at
             at = (at + 1) & mask
 
-    def _rebuild(self, size: int) -> None:
-        """The table again at `size` entries, without tombstones."""
-        held = self._table[self._table >= 0]
-        self._set_table(placed(self._keys[held], held, size))
-        self._filled = self._held
+    def _grow(self) -> None:
+        """The table again at twice the size."""
+        held = self._table[self._table != EMPTY]
+        self._set_table(placed(self._keys[held], held, 2 * self._size))
 
     def _set_table(self, table: Slots) -> None:
         self._table, self._size = table, len(table)
