@@ -10,13 +10,13 @@ as traffic's withdrawals and submissions make over time), and the memory is meas
 
 Memory is measured in fresh processes (this one keeps the memory of whatever ran before): the RSS
 growth from just before the fill to just after it and after the turnover (garbage collected), and, in
-another process,
-tracemalloc's count of the bytes still allocated (Python objects and numpy's buffers both; it slows
-the fill, so the RSS process does not trace). Times are CPU time per row (the machine may be busy
-with other work, which wall time would count), from the RSS process after the fill:
-inserts (the fill itself), updates and deletes of random held rows (values parsed, aggregates kept:
-the engine's hot path), and the lookups polling makes (`pk in ledger`, `digest(pk)`). Each figure is
-the median of chunks of rows, so a burst of load from elsewhere moves it little.
+another process, tracemalloc's count of the bytes still allocated (Python objects and numpy's buffers
+both; it slows the fill, so the RSS process does not trace). Times are CPU time per row (the machine
+may be busy with other work, which wall time would count), from the RSS process after the turnover:
+inserts (the fill itself), updates and deletes of random held rows of one country (values parsed,
+aggregates kept: the engine's hot path), and the lookups polling makes (`pk in ledger`,
+`digest(pk)`). Each figure is the median of chunks of rows, so a burst of load from elsewhere moves
+it little.
 
 Run by hand: `python bench/ledger_memory.py [--students N] [--json]`.
 """

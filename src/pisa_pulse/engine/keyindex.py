@@ -86,8 +86,13 @@ class KeyIndex:
 
     def slot(self, pk: int) -> int:
         """The slot holding `pk`, or -1."""
-        at = self._find(pk)
-        return -1 if at < 0 else self._view[at]
+        table, keys, mask = self._view, self._key_view, self._size - 1
+        at = ((pk * _GOLDEN) & _MASK64) >> self._shift  # _home and the probe inlined: the hot path
+        while (slot := table[at]) != EMPTY:
+            if keys[slot] == pk:
+                return slot
+            at = (at + 1) & mask
+        return -1
 
     def add(self, pk: int, slot: int) -> None:
         """Hold `pk` (not held yet) in `slot` (below the capacity)."""
@@ -103,14 +108,15 @@ class KeyIndex:
 
     def remove(self, pk: int) -> int:
         """Forget `pk`; returns the slot it was held in, or -1 if it was not held."""
-        at = self._find(pk)
-        if at < 0:
-            return -1
         table, keys, mask, shift = self._view, self._key_view, self._size - 1, self._shift
-        slot, hole = table[at], at
-        at = (at + 1) & mask
+        at = ((pk * _GOLDEN) & _MASK64) >> shift  # as in `slot`
+        while (slot := table[at]) != EMPTY and keys[slot] != pk:
+            at = (at + 1) & mask
+        if slot == EMPTY:
+            return -1
+        hole, at = at, (at + 1) & mask
         while (other := table[at]) != EMPTY:
-            home = ((keys[other] * _GOLDEN) & _MASK64) >> shift  # _home, inlined: this loop is hot
+            home = ((keys[other] * _GOLDEN) & _MASK64) >> shift
             if (at - home) & mask >= (at - hole) & mask:  # the hole is on its probe: move it there
                 table[hole], hole = other, at
             at = (at + 1) & mask
@@ -144,18 +150,6 @@ class KeyIndex:
 
     def _home(self, pk: int) -> int:
         return ((pk * _GOLDEN) & _MASK64) >> self._shift
-
-    def _find(self, pk: int) -> int:
-        """The table entry holding `pk`, or -1."""
-        table, keys, mask = self._view, self._key_view, self._size - 1
-        at = self._home(pk)
-        while True:
-            slot = table[at]
-            if slot == EMPTY:
-                return -1
-            if keys[slot] == pk:
-                return at
-            at = (at + 1) & mask
 
     def _grow(self) -> None:
         """The table again at twice the size."""
