@@ -1,15 +1,16 @@
 """The ledger's primary key -> slot map: an open-addressing hash table in two numpy arrays.
 
-A dict of Python ints cost about 100 bytes per row held (the key and slot objects, the entry), more
-after deletes; this costs 17 to 26. `keys[slot]` is the int64 key of the row in that slot (as long as
-the ledger's row block, so it grows with it), and `table` (int32, a power of two long) holds slots or
-EMPTY. A key's entry is found from its home, the top bits of a Fibonacci hash of the key (a multiply,
-so keys that are multiples of a power of two spread too), by linear probing up to an EMPTY entry.
+A dict of Python ints cost about 110 bytes per row held (the key and slot objects, the entry), 155
+after a turnover of every row; this costs 16 to 24 (8 for the key, 8 to 16 for the table).
+`keys[slot]` is the int64 key of the row in that slot (as long as the ledger's row block, so it grows
+with it), and `table` (int32, a power of two long) holds slots or EMPTY. A key's entry is found from
+its home, the top bits of a Fibonacci hash of the key (a multiply, so keys that are multiples of a
+power of two spread too), by linear probing up to an EMPTY entry.
 
 A delete moves back the entries after it that a probe would no longer reach (backward-shift deletion)
-rather than leaving a tombstone. Measured over a full turnover of 600,000 rows (bench/ledger_memory.py),
-tombstones cost a delete 0.75 us less of about 6, but doubled the table, which needs room for them
-between rebuilds: 9 bytes more per row, for good. Deletes are the rarest change (withdrawals).
+rather than leaving a tombstone. Measured over a turnover of 600,000 rows (bench/ledger_memory.py),
+tombstones made a delete about 0.75 us cheaper (of 6 to 9) but doubled the table, which needs room
+for them between rebuilds: 9 bytes more per row, for good. Deletes are the rarest change.
 
 The table doubles once half full: a Python-level probe step reads two memoryview entries, and linear
 probing at load a takes about (1 + 1/(1-a)^2)/2 steps to miss (2.5 at 0.5, 8.5 at 0.75; every insert
