@@ -6,6 +6,7 @@ compare the two).
 
 - `values`      the one place that says which text is a valid value and how it becomes an integer
 - `ledger`      per source and primary key, what each row contributed (numpy int32 rows)
+- `keyindex`    the ledger's primary key -> slot map: a hash table in numpy arrays
 - `aggregates`  per-country exact sums and counts, mergeable across sources; means on demand
 - `checkpoint`  ledger rows and positions in one SQLite transaction
 - `pipeline`    the sink of every captured source: applies batches, checkpoints, confirms

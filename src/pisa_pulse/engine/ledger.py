@@ -3,9 +3,10 @@
 Sources keep the default replica identity, so a delete names only the primary key: the ledger keeps,
 per key, the row's parsed contribution (country, arrival minute, cnt status and the 35 numeric values
 as int32, `values.MISSING` / `values.INVALID` for the rest). Rows live in one numpy int32 block that
-grows by doubling, with a free list of deleted slots and a dict from primary key to slot: no Python
-object per row besides the dict entry. A row is read and written with `struct` through a memoryview
-of the block, which is cheaper than numpy's per-element conversion for one row.
+grows by doubling, with a free list of deleted slots, and a `KeyIndex` from primary key to slot (a
+hash table in numpy arrays, `keyindex.py`): no Python object per row. A row is read and written with
+`struct` through a memoryview of the block, which is cheaper than numpy's per-element conversion for
+one row.
 
 Beside each row it keeps a 64-bit digest of the source row's chart columns as the source computed it
 (`capture/polling.py`; 0 where nobody computed one, as in replication mode): read-only polling
@@ -18,12 +19,13 @@ remembers which keys changed since `take_changes()` last ran, for the checkpoint
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, KeysView, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from pisa_pulse.engine.aggregates import Aggregates
+from pisa_pulse.engine.keyindex import KeyIndex
 from pisa_pulse.engine.values import (
     ARRIVAL,
     CNT_INVALID,
@@ -75,7 +77,7 @@ class Ledger:
         self._view = self._block.data.cast("B")
         self._digests: npt.NDArray[np.int64] = np.zeros(max(1, capacity), dtype="<i8")
         self._digest_view = self._digests.data.cast("B")
-        self._slots: dict[int, int] = {}
+        self._index = KeyIndex(len(self._block))
         self._free: list[int] = []
         self._used = 0  # slots below this have been handed out at least once
         self._changed: set[int] = set()
@@ -84,14 +86,14 @@ class Ledger:
         self.unknown_deletes = 0  # deletes of keys the ledger did not hold
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self._index)
 
     def __contains__(self, pk: object) -> bool:
-        return pk in self._slots
+        return isinstance(pk, int) and self._index.slot(pk) >= 0
 
-    def keys(self) -> KeysView[int]:
-        """The primary keys held (a live view: copy it before deleting while iterating)."""
-        return self._slots.keys()
+    def keys(self) -> set[int]:
+        """The primary keys held, as a new set (so deleting while iterating it is safe)."""
+        return set(self._index.keys_of(self._index.slots()).tolist())
 
     # -- changes ----------------------------------------------------------------------------------
 
@@ -103,11 +105,11 @@ class Ledger:
         An update retracts the old contribution and keeps the row's original arrival minute; a value
         that is neither str nor None means "unchanged" and keeps the column's previous value.
         """
-        slot = self._slots.get(pk)
-        if slot is None:
+        slot = self._index.slot(pk)
+        if slot < 0:
             row = self._parser.parse_row(values, minute)
             slot = self._allocate()
-            self._slots[pk] = slot
+            self._index.add(pk, slot)
         else:
             old = _ROW.unpack_from(self._view, slot * ROW_BYTES)
             self._uncount(old)
@@ -121,8 +123,8 @@ class Ledger:
 
     def delete(self, pk: int, aggregates: Aggregates) -> bool:
         """Retract row `pk`; False (and counted in `unknown_deletes`) if the ledger does not hold it."""
-        slot = self._slots.pop(pk, None)
-        if slot is None:
+        slot = self._index.remove(pk)
+        if slot < 0:
             self.unknown_deletes += 1
             return False
         old = _ROW.unpack_from(self._view, slot * ROW_BYTES)
@@ -134,18 +136,17 @@ class Ledger:
 
     def truncate(self, aggregates: Aggregates) -> int:
         """Retract every row of this source; returns how many there were."""
-        unpack, view = _ROW.unpack_from, self._view
-        for slot in self._slots.values():
+        unpack, view, slots = _ROW.unpack_from, self._view, self._index.slots()
+        for slot in slots.tolist():
             aggregates.retract(unpack(view, slot * ROW_BYTES))
-        removed = len(self._slots)
-        self._changed.update(self._slots)
-        self._slots = {}
+        self._changed.update(self._index.keys_of(slots).tolist())
+        self._index = KeyIndex(_INITIAL_CAPACITY)
         self._free = []
         self._used = 0
         self._missing = [0] * len(COUNTED_COLUMNS)
         self._invalid = [0] * len(COUNTED_COLUMNS)
         self._resize(_INITIAL_CAPACITY)
-        return removed
+        return len(slots)
 
     @property
     def pending_changes(self) -> int:
@@ -162,10 +163,10 @@ class Ledger:
         return self._packed(changed)
 
     def _packed(self, keys: set[int]) -> Iterator[tuple[int, bytes | None]]:
-        view, digests, slots = self._view, self._digest_view, self._slots
+        view, digests, index = self._view, self._digest_view, self._index
         for pk in keys:
-            slot = slots.get(pk)
-            if slot is None:
+            slot = index.slot(pk)
+            if slot < 0:
                 yield pk, None
             else:
                 yield (
@@ -176,19 +177,18 @@ class Ledger:
 
     def digest(self, pk: int) -> int | None:
         """The digest stored with row `pk`, or None if the ledger does not hold it."""
-        slot = self._slots.get(pk)
-        return None if slot is None else int(self._digests[slot])
+        slot = self._index.slot(pk)
+        return None if slot < 0 else int(self._digests[slot])
 
     def keys_and_digests(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Every key held and its row's digest, as two aligned arrays."""
-        keys = np.fromiter(self._slots.keys(), dtype=np.int64, count=len(self._slots))
-        slots = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
-        return keys, self._digests[slots].astype(np.int64)
+        slots = self._index.slots()
+        return self._index.keys_of(slots), self._digests[slots].astype(np.int64)
 
     def records(self) -> Records:
         """Every row held, as `from_records` takes them (the ledger's whole state, e.g. for a snapshot)."""
-        keys = np.fromiter(self._slots.keys(), dtype=np.int64, count=len(self._slots))
-        slots = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
+        slots = self._index.slots()
+        keys = self._index.keys_of(slots)
         packed = np.empty((len(slots), RECORD_BYTES), dtype=np.uint8)
         packed[:, :ROW_BYTES] = self._block[slots].view(np.uint8)
         packed[:, ROW_BYTES:] = self._digests[slots].view(np.uint8).reshape(-1, 8)
@@ -213,11 +213,11 @@ class Ledger:
         bad = (countries < 0) | (countries >= len(COUNTRY_CODES))
         if bad.any():
             raise PisaPulseError(f"checkpointed row {int(keys[bad.argmax()])} of {source_country} is corrupt")
-        ledger._slots = dict(zip(keys.tolist(), range(n), strict=True))
-        if len(ledger._slots) != n:
-            unique, counts = np.unique(keys, return_counts=True)
+        unique, counts = np.unique(keys, return_counts=True)
+        if len(unique) != n:
             twice = int(unique[counts > 1][0])
             raise PisaPulseError(f"checkpointed row {twice} of {source_country} is corrupt (held twice)")
+        ledger._index = KeyIndex(len(ledger._block), keys)
         ledger._block[:n] = rows
         ledger._digests[:n] = packed[:, ROW_BYTES:].copy().view("<i8").reshape(n)
         ledger._used = n
@@ -257,8 +257,8 @@ class Ledger:
     # -- storage ----------------------------------------------------------------------------------
 
     def memory_bytes(self) -> int:
-        """Bytes held by the row block and the digests (allocated, not only used)."""
-        return int(self._block.nbytes + self._digests.nbytes)
+        """Bytes held by the row block, the digests and the key index (allocated, not only used)."""
+        return int(self._block.nbytes + self._digests.nbytes) + self._index.memory_bytes()
 
     def _allocate(self) -> int:
         if self._free:
@@ -277,5 +277,6 @@ class Ledger:
         self._view.release()
         self._digest_view.release()
         self._block, self._digests = block, digests
+        self._index.reserve(capacity)
         self._view = block.data.cast("B")
         self._digest_view = digests.data.cast("B")
