@@ -71,7 +71,7 @@ def _simulate(days: int, window: bool, copied_per_country: int) -> dict[str, Any
     now = START
     with tempfile.TemporaryDirectory(prefix="pisa-pulse-days-") as folder:
         settings = Settings(sources=(), mode="replication", state_dir=Path(folder), history_store="none")
-        snapshots = LiveSnapshots(settings, min_interval=0.0, clock=lambda: now)
+        snapshots = LiveSnapshots(settings, clock=lambda: now)
         ledgers = {code: Ledger(code) for code in countries}
         parts = {code: Aggregates() for code in countries}
         copied: dict[str, list[int]] = {code: [] for code in countries}  # the initial copy's rows left

@@ -249,7 +249,7 @@ def test_openapi_documents_every_route_and_every_chart(client: TestClient) -> No
     documented = set(doc["paths"])
     assert isinstance(client.app, Starlette)
     assert documented == served_paths(client.app)
-    for path in documented:
+    for path in documented - {"/api/live"}:  # a stream, which TestClient cannot end (test_live.py)
         answer = client.get(path)
         if path.startswith("/api/history/"):  # ?at= missing (400), or no history kept here (404)
             message = answer.json()["error"]["message"]

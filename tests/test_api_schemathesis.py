@@ -125,8 +125,13 @@ def test_every_operation_keeps_its_documented_contract(new_dir: Path, shared: Sh
         _wait_until_streaming(client)
         document = client.get("/api/openapi.json").json()
         schema = schemathesis.openapi.from_dict(document)
+        # The live route's stream never ends, and TestClient answers only once the app has (test_live.py
+        # reads it over a socket and checks every event's body against its chart's schema).
         operations = [
-            schema[path][method.upper()] for path in document["paths"] for method in document["paths"][path]
+            schema[path][method.upper()]
+            for path in document["paths"]
+            for method in document["paths"][path]
+            if path != "/api/live"
         ]
         assert len(operations) >= 10
         for operation in operations:

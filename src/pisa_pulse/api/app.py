@@ -55,6 +55,7 @@ def routes() -> list[BaseRoute]:
         Mount("/static", _RevalidatedStaticFiles(directory=static_dir()), name="static"),
         Route("/api/charts", handlers.chart_index, methods=["GET"]),
         Route("/api/charts/{chart}", handlers.chart, methods=["GET"]),
+        Route("/api/live", handlers.live, methods=["GET"]),
         Route("/api/history/{chart}", handlers.history_chart, methods=["GET"]),
         Route("/api/countries", handlers.country_list, methods=["GET"]),
         Route("/api/status", handlers.status, methods=["GET"]),
@@ -83,6 +84,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     them (the snapshots off the event loop) at shutdown."""
     api = handlers.state_of_app(app)
     snapshots = api.snapshots
+    api.live.bind(asyncio.get_running_loop())
+    snapshots.on_change = api.live.notify
     snapshots.start()
     publishing = None
     if api.settings is not None and api.settings.publish_to:

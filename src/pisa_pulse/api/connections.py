@@ -20,6 +20,10 @@ every other client get 503 for as long as they stay. `HardenedProtocol` changes 
 Every connection dropped for one of these reasons is counted in `DROPPED` (`/metrics`:
 `pisa_pulse_http_dropped_connections_total{reason}`). WebSocket upgrades are not served (the API has
 no WebSocket route), so a connection keeps this protocol for its whole life.
+
+A request the app marks as a stream (`scope[STREAMING]`: the live route, live.py) counts in
+`STREAMS.open` instead of against `server.max_requests` (streams have their own cap), and its
+connection is closed when the server shuts down rather than waited for.
 """
 
 from __future__ import annotations
@@ -48,6 +52,15 @@ SPARE_FILES = 256  # open files the process needs besides its connections (logs,
 # Connections dropped, by reason (one counter per process: uvicorn makes a protocol per connection).
 DROP_REASONS = ("request_timeout", "head_too_large", "max_connections")
 DROPPED: collections.Counter[str] = collections.Counter()
+
+STREAMING = "pisa_pulse.streaming"  # a scope key: this request's response is a stream
+
+
+class _Streams:
+    open = 0  # requests in progress that are streams (live.py counts them)
+
+
+STREAMS = _Streams()
 
 BUSY = error_response(503, "too many requests in progress; retry in a second")
 BUSY.headers["Retry-After"] = "1"
@@ -99,6 +112,15 @@ class HardenedProtocol(HttpToolsProtocol):
         self.disarm()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, which waits for responses in progress, except for a stream:
+        that one never ends by itself, so it is cut (its client reconnects, to another replica)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope.get(STREAMING):
+            self.transport.close()
+            return
+        super().shutdown()
+
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return
@@ -144,7 +166,8 @@ class HardenedProtocol(HttpToolsProtocol):
         self.reading_head = False
         self.head_bytes = 0
         # The cap on requests in progress: uvicorn's own check is off (limit_concurrency is None).
-        self.app = BUSY if len(self.tasks) >= self.limits.max_requests else self.served_app
+        busy = len(self.tasks) - STREAMS.open >= self.limits.max_requests
+        self.app = BUSY if busy else self.served_app
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

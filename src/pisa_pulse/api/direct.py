@@ -38,6 +38,7 @@ class DirectSnapshots:
         self._version = 0
         self._lock = threading.Lock()
         self.observe_build: Callable[[float], None] | None = None  # nothing is copied in direct mode
+        self.on_change: Callable[[], None] | None = None  # never told: nothing changes between queries
 
     def start(self) -> None:
         """Nothing runs in the background in direct mode."""

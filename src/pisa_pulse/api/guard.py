@@ -6,9 +6,10 @@ headers every answer carries.
   and is counted (`pisa_pulse_rejected_hosts_total`). A web page the user opens elsewhere cannot
   then reach a server on loopback through a DNS name it controls (DNS rebinding).
 - **CORS on the chart routes only.** Chart data is public: any page may read `/api`, `/api/charts`,
-  `/api/charts/<name>`, `/api/countries` and `/api/openapi.json` (`Access-Control-Allow-Origin: *`,
-  GET, `If-None-Match`). `/api/status`, `/api/health` and `/metrics` (source names, hosts, failure
-  reasons) answer no CORS headers, so only the dashboard served here (same origin) reads them.
+  `/api/charts/<name>`, `/api/live`, `/api/countries` and `/api/openapi.json`
+  (`Access-Control-Allow-Origin: *`, GET, `If-None-Match`). `/api/status`, `/api/health` and
+  `/metrics` (source names, hosts, failure reasons) answer no CORS headers, so only the dashboard
+  served here (same origin) reads them.
 - **Headers.** `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and a
   Content-Security-Policy the dashboard satisfies: scripts, styles, images and fonts from this server
   only; connections to this server and to `server.chart_origins` (the other servers an operator lets
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pisa_pulse.api.bodies import DATA_HEADERS, host_name
 from pisa_pulse.api.responses import error_response
 
-CORS_PATHS = frozenset({"/api", "/api/charts", "/api/countries", "/api/openapi.json"})
+CORS_PATHS = frozenset({"/api", "/api/charts", "/api/live", "/api/countries", "/api/openapi.json"})
 CORS_PREFIX = "/api/charts/"
 UNSPECIFIED = frozenset({"0.0.0.0", "::", ""})  # listening on every address names none of them
 

@@ -22,6 +22,7 @@ from pisa_pulse.api import settings as api_settings
 from pisa_pulse.api.bodies import ChartCache, Snapshot, data_headers, not_modified
 from pisa_pulse.api.exceptions import NotFound, Unauthorized
 from pisa_pulse.api.guard import has_bearer
+from pisa_pulse.api.live import LiveHub, open_stream
 from pisa_pulse.api.metrics import Metrics
 from pisa_pulse.api.openapi import openapi_document
 from pisa_pulse.api.responses import json_response
@@ -49,9 +50,14 @@ class ApiState:
     publishers: list[Any] = field(default_factory=list)  # aws/publish.py's, when the settings publish
     cache: ChartCache = field(default_factory=ChartCache)
     metrics: Metrics = field(init=False)
+    live: LiveHub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(self.snapshots.status, self.data_age, self.snapshots.capture, self.published)
+        server = self.settings.server if self.settings else api_settings.ServerSettings()
+        self.live = LiveHub(server.max_streams)
+        self.metrics = Metrics(
+            self.snapshots.status, self.data_age, self.snapshots.capture, self.published, self.live.collect
+        )
 
     def published(self) -> list[dict[str, Any]]:
         """What each publish target did (aws/publish.py); empty when the settings publish nowhere."""
@@ -96,15 +102,28 @@ async def chart(request: Request) -> Response:
     history = api.snapshots.history
     query = charts.parse_query(found, request.query_params, now, longest_hours(history))
     snap = await api.snapshot(found.columns)
-    hours = query.points if query.bucket == "hour" else query.points // 60
-    if hours > charts.MAX_HOURS and history is not None:
-        body, etag = await longer_than_memory(api, history, snap, query)
-    else:
-        body, etag = api.cache.chart(snap, found, query)
+    body, etag = await chart_body(api, found, query, snap)
     headers = data_headers(snap, etag, api.clock())
     if not_modified(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return Response(body, headers=headers, media_type="application/json")
+
+
+async def chart_body(
+    api: ApiState, found: charts.Chart, query: charts.Query, snap: Snapshot
+) -> tuple[bytes, str]:
+    """A chart's body and ETag in `snap`: from the chart cache, or past memory's week from the history."""
+    history = api.snapshots.history
+    hours = query.points if query.bucket == "hour" else query.points // 60
+    if hours > charts.MAX_HOURS and history is not None:
+        return await longer_than_memory(api, history, snap, query)
+    return api.cache.chart(snap, found, query)
+
+
+async def live(request: Request) -> Response:
+    """`GET /api/live?charts=...`: every chart asked for, pushed as server-sent events (live.py)."""
+    api = state_of(request)
+    return open_stream(api, request, longest_hours(api.snapshots.history))
 
 
 def longest_hours(history: Recorder | None) -> int:

@@ -29,6 +29,14 @@ Measured as they happen:
     pisa_pulse_http_dropped_connections_total{reason}   connections closed by a limit (api/connections.py):
                                                  request_timeout, head_too_large, max_connections
 
+The live route (api/live.py), from its hub at each scrape:
+
+    pisa_pulse_live_streams                      streams open now
+    pisa_pulse_live_streams_opened_total         streams opened
+    pisa_pulse_live_streams_refused_total        streams refused with 503 (cap, route off, direct mode)
+    pisa_pulse_live_events_total{type}           events sent: chart, fresh, heartbeat
+    pisa_pulse_live_skipped_versions_total       snapshot versions a stream skipped: it was still writing
+
 `route` is the route's path template with the chart name filled in (`/api/charts/escs`), so its
 values are bounded; anything unrouted is `other`.
 """
@@ -141,14 +149,31 @@ class _Published(Collector):
             yield family
 
 
+class _Collected(Collector):
+    """Metrics that something else collects (the live route's hub)."""
+
+    def __init__(self, collected: Callable[[], Iterator[Metric]]) -> None:
+        self.collected = collected
+
+    def collect(self) -> Iterator[Metric]:
+        return self.collected()
+
+
 class Metrics:
     """One registry per app: the source and publish collectors, the snapshot and request histograms."""
 
     def __init__(
-        self, status: Status, age: Callable[[], float | None], capture: Capture, published: Status = list
+        self,
+        status: Status,
+        age: Callable[[], float | None],
+        capture: Capture,
+        published: Status = list,
+        live: Callable[[], Iterator[Metric]] = lambda: iter(()),
     ) -> None:
+        """`live`: the live route's metrics (`LiveHub.collect`)."""
         self.registry = CollectorRegistry()
         self.registry.register(_Sources(status, age, capture))
+        self.registry.register(_Collected(live))
         self.registry.register(_Dropped())
         self.registry.register(_Published(published))
         self.snapshot_build = Histogram(

@@ -214,6 +214,51 @@ def history_path(chart: str) -> str:
     return f"/api/history/{chart}"
 
 
+def _live(hours: dict[str, Any]) -> dict[str, Any]:
+    """The live route: server-sent events (api/live.py says what they carry)."""
+    names = ",".join(chart.name for chart in REGISTRY)
+    parameters = [
+        {
+            "name": "charts",
+            "in": "query",
+            "required": False,
+            "description": f"Comma-separated chart names (absent: all of them: {names})",
+            "schema": {"type": "string"},
+        },
+        {**_COUNTRIES, "description": "As on the charts; applies to each chart that takes it"},
+        {**hours, "description": "As on the charts; applies to each chart that takes it"},
+        {**_BUCKET, "description": "As on the charts; applies to each chart that takes it"},
+        {
+            "name": "since",
+            "in": "query",
+            "required": False,
+            "description": "The id of the last event a client received (as Last-Event-ID): charts it "
+            "holds are not sent again",
+            "schema": {"type": "string"},
+        },
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+    ]
+    summary = (
+        "Every chart asked for, as server-sent events: `chart` (a new body, byte for byte the chart "
+        "route's, with its ETag, version and data age) as soon as it exists, `fresh` (the data's new "
+        "age when nothing changed) at most every second, a comment after 15 s of silence"
+    )
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {
+                "200": {
+                    "description": "The stream (never ends by itself)",
+                    "content": {"text/event-stream": {}},
+                },
+                "503": {"description": "No stream now: the cap, the route off, or direct mode (poll)"},
+                "default": _ERROR,
+            },
+        }
+    }
+
+
 def openapi_document(version: str, traffic: bool = False, longest_hours: int = MAX_HOURS) -> dict[str, Any]:
     """The whole document (with the traffic routes when they are enabled; chart 2's `hours` up to
     `longest_hours`, more than memory holds where the history store answers the rest)."""
@@ -228,6 +273,7 @@ def openapi_document(version: str, traffic: bool = False, longest_hours: int = M
         )
         paths[chart.path] = op
         paths[history_path(chart.name)] = _history(chart, params)
+    paths["/api/live"] = _live(hours)
     any_object = {"type": "object"}
     paths["/api/status"] = _get(
         "Per-source state, lag, rows and invalid values; snapshot version and age; the capture "

@@ -131,6 +131,15 @@ SETTINGS: tuple[Setting, ...] = (
         most=1_000_000,
     ),
     Setting(
+        "server.max_streams",
+        "integer",
+        1000,
+        "past this many live streams open at once (/api/live, one per dashboard page), a new one gets "
+        "503 and its page polls; they do not count against server.max_requests; 0 turns the route off",
+        least=0,
+        most=100_000,
+    ),
+    Setting(
         "server.request_timeout",
         "seconds",
         10.0,
@@ -275,6 +284,7 @@ class ServerSettings:
     port: int = _default("server.port")
     max_requests: int = _default("server.max_requests")
     max_connections: int = _default("server.max_connections")
+    max_streams: int = _default("server.max_streams")
     request_timeout: float = _default("server.request_timeout")
     allowed_hosts: tuple[str, ...] = _default("server.allowed_hosts")
     chart_origins: tuple[str, ...] = _default("server.chart_origins")
@@ -325,6 +335,7 @@ def load(path: Path, host: str | None = None, port: int | None = None, mode: str
         port=_value({"port": port} if port is not None else server_raw, "server.port"),
         max_requests=_value(server_raw, "server.max_requests"),
         max_connections=_value(server_raw, "server.max_connections"),
+        max_streams=_value(server_raw, "server.max_streams"),
         request_timeout=_value(server_raw, "server.request_timeout"),
         allowed_hosts=_value(server_raw, "server.allowed_hosts"),
         chart_origins=_origins(_value(server_raw, "server.chart_origins")),
@@ -376,6 +387,7 @@ def effective(settings: Settings) -> dict[str, Any]:
         "server.port": settings.server.port,
         "server.max_requests": settings.server.max_requests,
         "server.max_connections": settings.server.max_connections,
+        "server.max_streams": settings.server.max_streams,
         "server.request_timeout": settings.server.request_timeout,
         "server.allowed_hosts": list(settings.server.allowed_hosts),
         "server.chart_origins": list(settings.server.chart_origins),

@@ -2,9 +2,11 @@
 
 - `LiveSnapshots` (capture modes `replication`, `poll`, `auto`): capture and engine run in a process
   of their own (`capture_process.py`), which pushes each source's aggregates the moment they change;
-  this process keeps them per source and merges them into a snapshot when they have changed, at most
-  every `min_interval` seconds, so a thousand polls a second cost one merge per interval, whatever
-  the number of rows. It imports neither numpy nor psycopg2.
+  this process keeps them per source and, as each update arrives, makes the next snapshot from the
+  last one with only the countries it changed summed again (`Aggregates.renewed`): a new version
+  exists when a change does, not when a request asks, and polls and streams cost no merge at all,
+  whatever the number of rows. `on_change` is told (from the feed's thread) of each new version: the
+  live route (live.py) wakes on it. It imports neither numpy nor psycopg2.
 - `DirectSnapshots` (`direct.py`, capture mode `direct`): the aggregate SQL on every source per request.
 """
 
@@ -29,6 +31,7 @@ class Snapshots(Protocol):
 
     mode: str
     observe_build: Callable[[float], None] | None  # told how long each merge of the aggregates took
+    on_change: Callable[[], None] | None  # told of each new snapshot version (from any thread)
     history: Recorder | None  # appends each minute to the history store (None: no history here)
 
     def start(self) -> None: ...
@@ -43,9 +46,7 @@ class Snapshots(Protocol):
 class LiveSnapshots:
     """The capture process's pushed aggregates, merged into snapshots (see the module docstring)."""
 
-    def __init__(
-        self, settings: Settings, min_interval: float = 0.02, clock: Callable[[], float] = time.time
-    ):
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time):
         """`clock`: Unix time, for the window of arrival minutes kept and the history's minutes (a
         simulation of days passes its own: bench/days_bench.py)."""
         self.mode = settings.mode
@@ -59,15 +60,13 @@ class LiveSnapshots:
             log_level=logging.getLogger().getEffectiveLevel(),
         )
         self.process = CaptureProcess(config, self._take)
-        self.min_interval = min_interval
         self.observe_build: Callable[[float], None] | None = None
+        self.on_change: Callable[[], None] | None = None
         self._parts: dict[str, Aggregates] = {}
-        self._version = 0  # bumps with every update that changed a part
         self._as_of = 0.0
         self._status: list[dict[str, Any]] = []
         self._lock = threading.Lock()  # guards the parts and the fields above
-        self._current = Snapshot(-1, Aggregates(), 0.0)
-        self._taken = 0.0
+        self._current = Snapshot(0, Aggregates(), 0.0)
         self.history: Recorder | None = None
         if settings.history_store != "none":
             self.history = Recorder(
@@ -89,45 +88,45 @@ class LiveSnapshots:
             self.history.stop(as_of, parts)
 
     def _take(self, update: feed.Update) -> None:
-        """One update of the feed (in the supervisor's thread)."""
+        """One update of the feed (in the supervisor's thread): the parts, then the next snapshot."""
+        started = time.monotonic()
         with self._lock:
             if update.full:
                 self._parts = {}
+            changed: set[int] = set()
             for name, exported in update.parts.items():
                 part = self._parts.get(name)
                 if part is None:
                     part = self._parts[name] = Aggregates()
                 part.absorb(exported, full=update.full)
+                changed.update(exported)
             for part in self._parts.values():  # the engine forgets them too; a replaced part keeps none
-                part.keep_window(self.clock())
-            if update.parts or update.full:
-                self._version += 1
+                if part.keep_window(self.clock()):
+                    changed.update(part.countries())
             self._as_of = update.as_of
             if update.status is not None:
                 self._status = update.status
+            current = self._current
+            if update.full:  # parts may have gone: every country held before is summed again too
+                changed.update(current.aggregates.countries())
+                merged = Aggregates().renewed(self._parts.values(), changed)
+            elif changed:
+                merged = current.aggregates.renewed(self._parts.values(), changed)
+            if update.full or changed:
+                self._current = Snapshot(current.version + 1, merged, self._as_of)
+            else:  # the same numbers, known to hold up to a later time
+                self._current = Snapshot(current.version, current.aggregates, self._as_of)
             if self.history is not None:
                 self.history.observe(self._as_of, self._parts)
+        if update.full or changed:
+            if self.observe_build is not None:
+                self.observe_build(time.monotonic() - started)
+            if self.on_change is not None:
+                self.on_change()
 
     def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot:
-        """The latest merge, renewed when a part has changed and `min_interval` has passed.
-
-        `columns` is a hint for direct mode; the parts hold every column anyway.
-        """
-        now = time.monotonic()
-        current = self._current
-        if current.version != self._version and now - self._taken >= self.min_interval:
-            with self._lock:
-                merged = Aggregates()
-                for part in self._parts.values():
-                    merged.merge(part)
-                self._current = current = Snapshot(self._version, merged, self._as_of)
-            self._taken = now
-            if self.observe_build is not None:
-                self.observe_build(time.monotonic() - now)
-        if current.version != self._version:
-            return current  # newer changes wait for the next merge: its own as_of still holds
-        # Nothing changed since the merge, so it is as fresh as the latest update.
-        return Snapshot(current.version, current.aggregates, self._as_of)
+        """The latest snapshot, as fresh as the latest update (`columns`: a hint for direct mode)."""
+        return self._current
 
     def status(self) -> list[dict[str, Any]]:
         """Per source, as the capture process last reported it."""

@@ -21,7 +21,7 @@ keeps what is older (history/).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -215,6 +215,33 @@ class Aggregates:
                     mine.minutes.pop(minute, None)
         return self
 
+    def renewed(self, parts: Iterable[Aggregates], countries: Iterable[int]) -> Aggregates:
+        """A merge of `parts` made from this one (a merge of the same parts before some of them
+        changed), with only `countries` (indices) summed again; the others' totals are shared with
+        this one, so neither may change afterwards (snapshots never do). Costs the changed countries'
+        minutes, not every country's."""
+        result = Aggregates()
+        result._tallies = dict(self._tallies)
+        parts = list(parts)
+        for country in countries:
+            merged = _Tally()
+            for part in parts:
+                theirs = part._tallies.get(country)
+                if theirs is None:
+                    continue
+                merged.sums = [a + b for a, b in zip(merged.sums, theirs.sums, strict=True)]
+                for minute, count in theirs.minutes.items():
+                    total = merged.minutes.get(minute, 0) + count
+                    if total:
+                        merged.minutes[minute] = total
+                    else:
+                        merged.minutes.pop(minute, None)
+            if any(merged.sums) or merged.minutes:
+                result._tallies[country] = merged
+            else:
+                result._tallies.pop(country, None)
+        return result
+
     def export(self, full: bool = False) -> Exported:
         """Plain data for `absorb`: every country's sums, and its rows per minute, all of them when
         `full`, else only the minutes touched since the last export (0: no rows left there)."""
@@ -298,6 +325,10 @@ class Aggregates:
     def _tally(self, country: str) -> _Tally | None:
         index = COUNTRY_INDEX.get(country)
         return None if index is None else self._tallies.get(index)
+
+    def countries(self) -> set[int]:
+        """The indices of the countries held (with rows or not)."""
+        return set(self._tallies)
 
     def country_codes(self) -> list[str]:
         """The countries that have rows, in code order."""

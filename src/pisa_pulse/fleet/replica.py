@@ -2,9 +2,10 @@
 makes, so the same data gives the same chart bodies and ETags on every replica and in `serve`.
 
 `FleetSnapshots` connects to NATS when the app starts, follows the parts bucket (`bus.PartsView`)
-and merges the sources' parts into a snapshot when they have changed, at most every `min_interval`
-seconds (as `LiveSnapshots` does), on the event loop that also serves: no lock is needed. It holds
-no state of its own beyond what it read, so replicas can come and go.
+and merges the sources' parts into a snapshot as soon as one has changed, at most every
+`min_interval` seconds (a change within it is merged when it ends), on the event loop that also
+serves: no lock is needed. `on_change` is told of each new version (the live route wakes on it). It
+holds no state of its own beyond what it read, so replicas can come and go.
 
 With `[publish] to` in its settings (aws/), the replicas publish too, one at a time: the one that
 holds the publisher lease (`may_publish`: one key in the KV bucket `<prefix>_publisher`, whose TTL is
@@ -71,12 +72,14 @@ class FleetSnapshots:
         self.name = name
         self.min_interval = min_interval
         self.observe_build: Callable[[float], None] | None = None
+        self.on_change: Callable[[], None] | None = None
         self.view: PartsView | None = None
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started: asyncio.Task[None] | None = None
         self._current = Snapshot(-1, Aggregates(), 0.0)
-        self._taken = 0.0
+        self._taken = -min_interval
+        self._renewal: asyncio.TimerHandle | None = None  # a merge due when `min_interval` ends
         self._publisher: LeaseBook | None = None  # the leases of the publisher and the historian
         self._opening = asyncio.Lock()
         self._historian: asyncio.Task[None] | None = None
@@ -101,6 +104,7 @@ class FleetSnapshots:
                 view = PartsView(js, self.options.prefix, self._observe)
                 await view.start()
                 self.view = view
+                self._renew()  # what the view read before it was ours to merge
                 return
             except Exception as exc:  # any failure: said, then tried again
                 log.warning("cannot follow the parts on NATS yet (%s); retrying", scrub(str(exc)))
@@ -156,9 +160,13 @@ class FleetSnapshots:
         return self.view.as_of(), self._parts()
 
     def _observe(self) -> None:
-        """A part changed: the history's writer looks for a minute boundary (once the view holds
-        every source: a minute of some of them would say the others were removed)."""
+        """A part changed: merge now, or when `min_interval` ends; the history's writer looks for a
+        minute boundary (once the view holds every source: a minute of some of them would say the
+        others were removed)."""
         view = self.view
+        if self._renewal is None and self._loop is not None:
+            wait = self._taken + self.min_interval - time.monotonic()
+            self._renewal = self._loop.call_later(max(0.0, wait), self._renew)
         if self.history is not None and self.history.writer and view is not None and view.is_caught_up:
             self.history.observe(view.as_of(), self._parts())
 
@@ -178,18 +186,23 @@ class FleetSnapshots:
                         asyncio.run_coroutine_threadsafe(self._publisher.release(key), self._loop).result(5)
             asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(10)
 
+    def _renew(self) -> None:
+        """Merge the parts into the next snapshot (on the loop), and tell `on_change`."""
+        self._renewal = None
+        view = self.view
+        if view is None or view.version == self._current.version:
+            return
+        started = self._taken = time.monotonic()
+        self._current = Snapshot(view.version, view.aggregates(), view.as_of())
+        if self.observe_build is not None:
+            self.observe_build(time.monotonic() - started)
+        if self.on_change is not None:
+            self.on_change()
+
     def snapshot(self, columns: frozenset[str] | None = None) -> Snapshot:
-        """The latest merge, renewed when a part has changed and `min_interval` has passed."""
+        """The latest merge; as fresh as the parts when no change awaits its merge."""
         view, current = self.view, self._current
-        if view is None:
-            return current
-        now = time.monotonic()
-        if current.version != view.version and now - self._taken >= self.min_interval:
-            self._current = current = Snapshot(view.version, view.aggregates(), view.as_of())
-            self._taken = now
-            if self.observe_build is not None:
-                self.observe_build(time.monotonic() - now)
-        if current.version != view.version:
+        if view is None or current.version != view.version:
             return current
         return Snapshot(current.version, current.aggregates, view.as_of())
 
