@@ -46,6 +46,7 @@ import e2e_bench
 import fleet_bench
 import history_bench
 import limits_bench
+import live_bench
 import poll_bench
 import rate_bench
 import serving_bench
@@ -73,6 +74,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 2_000,
         "clients_rounds": 1,
         "fleet_sizes": (2_000,),
+        "live_sizes": (2_000,),
         "aws_sizes": (2_000,),
         "aws_dashboards": 5,
         "aws_runs": 3,
@@ -98,6 +100,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 50_000,
         "clients_rounds": 2,
         "fleet_sizes": (60_000,),
+        "live_sizes": (60_000,),
         "aws_sizes": (60_000,),
         "aws_dashboards": 50,
         "aws_runs": 5,
@@ -120,6 +123,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "decode_changes": 200_000,
         "clients_rounds": 2,
         "fleet_sizes": (60_000, 600_000),  # checkpoint bytes at both; the failover target at 600,000
+        "live_sizes": (60_000, 600_000),  # commit to chart, the code before issue 18 beside this one
         "aws_sizes": (60_000, 600_000),  # the Lambda handler and the direct one side by side
         "aws_dashboards": 50,  # polling six charts a second each, through one container
         "aws_runs": 9,  # fresh interpreters per import time (median)
@@ -172,6 +176,13 @@ def run_freshness(p: dict[str, Any], r: dict[str, Any]) -> None:
     for students in p["scale_sizes"][1:]:
         print(f"end-to-end freshness over HTTP, replication, {students:,} students ...", flush=True)
         r["freshness"].append(e2e_bench.freshness("replication", students, RATE, p["seconds"]))
+
+
+def run_live(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["live"] = []
+    for students in p["live_sizes"]:
+        print(f"commit to chart before and after issue 18, {students:,} students, {RATE:,.0f} ops/s ...")
+        r["live"] += live_bench.commit_to_chart(students, RATE, p["seconds"])
 
 
 def run_serving(p: dict[str, Any], r: dict[str, Any]) -> None:
@@ -287,6 +298,7 @@ SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "capture": run_capture,
     "memory": run_memory,
     "freshness": run_freshness,
+    "live": run_live,
     "serving": run_serving,
     "poll": run_poll,
     "limits": run_limits,

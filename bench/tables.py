@@ -476,6 +476,19 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
             c["postgres_cpu_cores"],
         ),
     ),
+    "live": (
+        "live",
+        "| commit to chart, 50-row markers (issue 18) | students | traffic ops/s | markers before / after | "
+        "before p50 / p99 ms | after p50 / p95 / p99 / max ms |",
+        lambda c: _cells(
+            c["method"],
+            c["students"],
+            c["rate"],
+            f"{c['before']['markers'] if 'before' in c else '-'} / {c['after']['markers']}",
+            f"{c['before']['p50_ms']} / {c['before']['p99_ms']}" if "before" in c else "no such route",
+            " / ".join(str(c["after"][k]) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+        ),
+    ),
     "serving": (
         "serving",
         "| serving (six charts per dashboard per second) | students | dashboards | offered/s | requests/s | "

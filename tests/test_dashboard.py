@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright).
 
 One set of real sources (four countries, on the session's shared cluster) and one `pisa-pulse serve`
-subprocess serve the whole module;
+subprocess serve the whole module, its live route off: the page polls, as it does wherever the route is
+absent or refuses it;
 each test opens the page in a fresh browser context (its own localStorage). A "soak" page opened by
 the first test keeps polling through all the others (traffic, a stopped server, failing polls) and
 the last test checks that its JavaScript heap did not grow. The screenshots go to build/screenshots/
@@ -76,9 +77,11 @@ def sources(scratch: Path, shared_cluster: EmbeddedCluster) -> Iterator[tuple[cf
 
 @pytest.fixture(scope="module")
 def server(sources: tuple[cfg.SourcesConfig, Path], foreign: Foreign) -> Iterator[Server]:
-    # The dashboard may poll the first foreign server (server.chart_origins), not the second.
+    # The dashboard may poll the first foreign server (server.chart_origins), not the second. The live
+    # route is off (server.max_streams = 0, so it answers 503): these tests are of the page's polling,
+    # which a server without the route gets (test_dashboard_live.py has the page on a stream).
     with cfg.config_path(sources[1]).open("a", encoding="utf-8") as settings:
-        settings.write(f'\n[server]\nchart_origins = ["{foreign.origin(0)}"]\n')
+        settings.write(f'\n[server]\nchart_origins = ["{foreign.origin(0)}"]\nmax_streams = 0\n')
     with serving("--data-dir", str(sources[1])) as live:
         wait_streaming(live)
         yield live

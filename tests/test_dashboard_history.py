@@ -95,7 +95,9 @@ def written(sources: tuple[cfg.SourcesConfig, Path]) -> tuple[Path, range]:
 def server(sources: tuple[cfg.SourcesConfig, Path], written: tuple[Path, range]) -> Iterator[Server]:
     """`serve` keeping its history in the store written above."""
     with cfg.config_path(sources[1]).open("a", encoding="utf-8") as settings:
-        settings.write(f'\n[history]\nstore = "duckdb:{written[0]}"\n')
+        # The live route off (server.max_streams = 0): the live charts poll, so these tests see what
+        # each asks (test_dashboard_live.py has the page on a stream).
+        settings.write(f'\n[history]\nstore = "duckdb:{written[0]}"\n[server]\nmax_streams = 0\n')
     with serving("--data-dir", str(sources[1])) as live:
         wait_streaming(live)
         yield live

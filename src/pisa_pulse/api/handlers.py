@@ -210,9 +210,10 @@ async def openapi(request: Request) -> Response:
     return json_response(openapi_document(__version__, traffic=api.traffic, longest_hours=longest))
 
 
-def index_body(traffic: bool) -> dict[str, Any]:
+def index_body(traffic: bool, live: bool = False) -> dict[str, Any]:
     """What `/api` says: every chart (as `/api/charts`), every country (as `/api/countries`) and the
-    other routes; the dashboard builds itself from this one answer."""
+    other routes; the dashboard builds itself from this one answer. `live`: the live route takes
+    streams here (the dashboard opens one only then, and polls otherwise)."""
     body: dict[str, Any] = {
         "name": "pisa-pulse",
         "version": __version__,
@@ -223,6 +224,8 @@ def index_body(traffic: bool) -> dict[str, Any]:
         "openapi": "/api/openapi.json",
         "metrics": "/metrics",
     }
+    if live:
+        body["live"] = "/api/live"
     if traffic:
         body["traffic"] = "/api/traffic"  # the dashboard shows its traffic panel only then
     return body
@@ -230,7 +233,8 @@ def index_body(traffic: bool) -> dict[str, Any]:
 
 async def index(request: Request) -> Response:
     """`GET /api`: the index, charts included (the dashboard asks for nothing else to build itself)."""
-    return json_response(index_body(state_of(request).traffic))
+    api = state_of(request)
+    return json_response(index_body(api.traffic, api.live.offered(api.snapshots.mode)))
 
 
 def chart_index_body() -> dict[str, Any]:

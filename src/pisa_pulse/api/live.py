@@ -30,7 +30,8 @@ its ETag. A reconnecting EventSource sends the last `id` as `Last-Event-ID`; a n
 same list as `?since=`: charts whose ETag is unchanged are then not sent again.
 
 **Bounded per connection.** A stream holds no queue: when it wakes (a new snapshot version, or a
-second passed), it looks up each chart's current body in the chart cache and writes those that
+second passed; at most every `MIN_GAP_S` after a write, so a torrent of versions goes out as one
+every 20 ms), it looks up each chart's current body in the chart cache and writes those that
 changed. A slow reader's writes wait for the socket (uvicorn's flow control); when they resume, the
 stream takes whatever is current then, so versions in between are skipped (counted), never queued.
 
@@ -71,6 +72,7 @@ RETRY_MS = 1000  # EventSource's wait before it reconnects (its own default is a
 HEARTBEAT_S = 15.0  # silence before a keep-alive comment (proxies commonly close idle ones at 30-60 s)
 FRESH_S = 1.0  # at most one `fresh` event per this many seconds
 WAKE_S = 1.0  # a stream looks again at least this often (chart 2's window moves with the clock)
+MIN_GAP_S = 0.02  # ... and at most this often: changes closer than that go out together
 MAX_SINCE = 2048  # characters of Last-Event-ID / ?since= read (6 ETags take about 80)
 EVENT_TYPES = ("chart", "fresh", "heartbeat")
 
@@ -104,6 +106,10 @@ class LiveHub:
         self.pending = False
         for event in self.waiting:
             event.set()
+
+    def offered(self, mode: str) -> bool:
+        """Whether this server takes streams at all (the index then lists the route)."""
+        return self.max_streams > 0 and mode != "direct"
 
     def refusal(self, mode: str) -> str | None:
         """Why a new stream cannot open now (None: it can)."""
@@ -254,6 +260,8 @@ class LiveStream(Response):
             timer = hub.loop.call_later(WAKE_S, self.wake.set)
             await self.wake.wait()
             timer.cancel()
+            if out and (pause := ticks + MIN_GAP_S - time.monotonic()) > 0:
+                await asyncio.sleep(pause)
 
     async def chart_event(self, wanted: Wanted, snap: Snapshot, now: float) -> bytes:
         """The event for a chart whose body is not the one the client holds; b"" when it is."""

@@ -292,8 +292,8 @@ def openapi_document(version: str, traffic: bool = False, longest_hours: int = M
     }
     paths["/api/openapi.json"] = _get("This document", any_object, [])
     paths["/api"] = _get(
-        "The index: every chart and country (as below) and links to the other routes (traffic: only "
-        "when traffic controls are on)",
+        "The index: every chart and country (as below) and links to the other routes (live: only "
+        "where the live route takes streams; traffic: only when traffic controls are on)",
         any_object,
         [],
     )

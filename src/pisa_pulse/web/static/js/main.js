@@ -1,5 +1,6 @@
-// The dashboard: a card per chart the server lists (GET api) and the source-health strip, each
-// polling its own URL every second. Builds the cards from the server's chart list (title,
+// The dashboard: a card per chart the server lists (GET api) and the source-health strip. The charts
+// this server serves come pushed on one live stream (live.js) where it offers one, and each polls its
+// own URL every second otherwise (or where the endpoint settings point it elsewhere). Builds the cards from the server's chart list (title,
 // description, contract, parameters) and the views of those contracts (views/index.js), wires them
 // to their pollers (poller.js), the country picker (picker.js) and the endpoint settings
 // (settings.js) and, where the server allows it, the traffic panel (traffic.js); keeps the picker's
@@ -8,6 +9,7 @@
 // per-country trend, its strip (trend.js) follows the same minute.
 
 import { loadIndex } from "./catalog.js";
+import { LiveCharts } from "./live.js";
 import { CountryPicker } from "./picker.js";
 import { Poller } from "./poller.js";
 import { PastCharts } from "./past.js";
@@ -146,6 +148,7 @@ async function start() {
     emptyWithoutCountries();
     past.reload(charts.filter((f) => f.perCountry).map((f) => f.id));
     for (const trend of trends) trend.countriesChanged();
+    live.restart();
   });
   const learnCountries = (codes) => {
     if (picker.value() === null) picker.addPresent(codes); // answers for "all": what the server has
@@ -224,8 +227,22 @@ async function start() {
     });
     pollers.set(feed.id, { feed, root, poller, badge: root.querySelector(".age"), shown: "" });
     showSource(feed, root, endpoints, false);
-    poller.start();
+    if (feed === STATUS_FEED) poller.start();
   }
+
+  const live = new LiveCharts({
+    pollers: new Map(charts.map((feed) => [feed.id, pollers.get(feed.id).poller])),
+    streamable: () =>
+      charts.filter((feed) => endpoints.foreignHost(feed.id) === null && urlFor(feed) !== null).map((f) => f.id),
+    params: () => {
+      const params = new URLSearchParams();
+      if (state.countries !== null && state.countries.length > 0) params.set("countries", state.countries.join(","));
+      if (state.bucket === "minute") params.set("bucket", "minute");
+      return params;
+    },
+    offered: typeof index.live === "string",
+  });
+  live.start();
 
   emptyWithoutCountries();
 
@@ -238,13 +255,11 @@ async function start() {
       if (id === "status") continue; // the sources' health is always now
       root.dataset.time = at === null ? "live" : "past";
       showSource(feed, root, endpoints, at !== null);
-      if (at !== null) poller.stop();
-      else {
-        poller.reset(); // its ETag is of a body not drawn: the first live poll gets the whole body
-        if (!document.hidden) poller.start();
-      }
+      if (at === null) poller.reset(); // its ETag is of a body not drawn: the next answer is whole
       if (switched) views.get(id).timeChanged?.();
     }
+    if (at !== null) live.stop();
+    else if (!document.hidden) live.start(true); // the bodies shown are the past's: every chart anew
     if (at === null) past.clear();
     else past.show(at);
     for (const trend of trends) trend.show(at);
@@ -261,6 +276,7 @@ async function start() {
         poller.reset();
         showSource(feed, root, endpoints, state.at !== null);
       }
+      live.restart();
     },
   );
 
@@ -277,6 +293,7 @@ async function start() {
       writeQuery(state.countries, state.bucket);
       showBucket();
       past.reload(charts.filter((f) => f.bucket).map((f) => f.id));
+      live.restart();
     });
   }
   showBucket();
@@ -287,11 +304,15 @@ async function start() {
 
   setInterval(() => showFreshness(pollers, overall, charts.length, past, state.at), 200);
   document.addEventListener("visibilitychange", () => {
-    // A hidden tab asks nothing; on return every chart polls at once and catches up (at a past
-    // minute, only the status strip polls).
-    for (const [id, { poller }] of pollers) {
-      if (document.hidden) poller.stop();
-      else if (id === "status" || state.at === null) poller.start();
+    // A hidden tab asks nothing; on return the charts stream (or poll) at once and catch up (at a
+    // past minute, only the status strip polls).
+    const status = pollers.get("status").poller;
+    if (document.hidden) {
+      status.stop();
+      live.stop();
+    } else {
+      status.start();
+      if (state.at === null) live.start();
     }
     for (const trend of trends) trend.pause(document.hidden);
   });

@@ -1,4 +1,5 @@
-// One chart's polling loop and what it knows about the freshness of what it shows.
+// One chart's polling loop and what it knows about the freshness of what it shows; while the live
+// stream carries the chart (live.js), the loop is stopped and the stream hands it bodies instead.
 //
 // At most one request is in flight per poller, and requests start at least `interval` ms apart,
 // whatever the server's speed: the next poll is scheduled only when the previous one has ended.
@@ -10,6 +11,13 @@
 export const FRESH_MS = 1000; // older than this: amber
 export const STALE_MS = 60_000; // older than this: red
 export const FAILING_RED_MS = 5000; // polls failing for this long: red whatever the data's age
+const STREAM_SLACK_MS = 500;
+// A streamed chart is drawn at most once per RENDER_SHARE^-1 times its last drawing's cost (and at
+// most every MIN_RENDER_GAP_MS): a chart that changes faster than the page can draw it shows its
+// latest body at the pace it can, and the page stays responsive (a world map that takes 40 ms to draw
+// is drawn at most every 400 ms; a bubble chart that takes 2 ms, every 20 ms).
+const RENDER_SHARE = 0.1;
+const MIN_RENDER_GAP_MS = 16;
 
 /** A response that does not follow the chart's contract. */
 export class ContractError extends Error {}
@@ -37,6 +45,11 @@ export class Poller {
     this.failingSince = null;
     this.error = null;
     this.idle = false; // true while url() is null
+    this.streamed = false; // the last answer came from the live stream
+    this.waiting = null; // a streamed body not drawn yet (see RENDER_SHARE)
+    this.drawTimer = null;
+    this.drawnAt = -Infinity;
+    this.drawGap = MIN_RENDER_GAP_MS;
     this.lastStart = -Infinity;
     this.running = false;
     this.inFlight = false;
@@ -50,11 +63,15 @@ export class Poller {
     if (!this.inFlight) this.schedule();
   }
 
-  /** Stop polling; a request in flight still completes. */
+  /** Stop polling; a request in flight still completes (a streamed body waiting is dropped). */
   stop() {
     this.running = false;
     clearTimeout(this.timer);
     this.timer = null;
+    clearTimeout(this.drawTimer);
+    this.drawTimer = null;
+    if (this.waiting !== null) this.etag = null; // its ETag is of a body never drawn
+    this.waiting = null;
   }
 
   /** Forget the freshness and ETag (the URL changed for good, e.g. in the settings). */
@@ -124,9 +141,45 @@ export class Poller {
   }
 
   answered(response) {
-    const age = Number.parseInt(response.headers.get("X-Data-Age-Ms") ?? "", 10);
-    this.ageAtReceipt = Number.isFinite(age) && age >= 0 ? age : 0;
+    this.current(Number.parseInt(response.headers.get("X-Data-Age-Ms") ?? "", 10), false);
+  }
+
+  /** A body the live stream pushed: shown as a poll's answer would be (at the pace the page can draw
+   * it), its ETag kept for later polls. */
+  pushed(body, etag, ageMs) {
+    const url = this.url();
+    if (url === null) return;
+    this.waiting = body;
+    this.etag = etag;
+    this.etagUrl = new URL(url, location.href).href;
+    this.current(ageMs, true);
+    if (this.drawTimer !== null) return; // drawn when the gap ends, with the latest body
+    const wait = this.drawnAt + this.drawGap - performance.now();
+    if (wait <= 0) this.draw();
+    else this.drawTimer = setTimeout(() => this.draw(), wait);
+  }
+
+  draw() {
+    this.drawTimer = null;
+    const body = this.waiting;
+    this.waiting = null;
+    if (body === null) return;
+    const started = performance.now();
+    this.onBody(body);
+    this.drawnAt = performance.now();
+    this.drawGap = Math.max(MIN_RENDER_GAP_MS, (this.drawnAt - started) / RENDER_SHARE);
+  }
+
+  /** The live stream says that what is shown is current, `ageMs` old. */
+  confirm(ageMs) {
+    this.idle = this.url() === null;
+    this.current(ageMs, true);
+  }
+
+  current(ageMs, streamed) {
+    this.ageAtReceipt = Number.isFinite(ageMs) && ageMs >= 0 ? ageMs : 0;
     this.receivedAt = performance.now();
+    this.streamed = streamed;
     this.failingSince = null;
     this.error = null;
     this.onAnswer();
@@ -160,7 +213,9 @@ export class Poller {
     // The text is the data's whole age; the level allows for the poll interval itself (polling every
     // second, any data is up to a second older than its answer), or every chart would turn amber
     // for a moment before each answer. Amber: the server's data was over 1 s old, or an answer is late.
-    const late = this.ageAtReceipt + Math.max(0, now - this.receivedAt - this.interval);
+    // The stream says the data's age at most every second (STREAM_SLACK_MS more for its timers).
+    const expected = this.streamed ? this.interval + STREAM_SLACK_MS : this.interval;
+    const late = this.ageAtReceipt + Math.max(0, now - this.receivedAt - expected);
     const level = late > STALE_MS ? "red" : late > FRESH_MS ? "amber" : "ok";
     return { level, text: `updated ${formatAge(age)} ago`, title: "age of the data shown", age };
   }

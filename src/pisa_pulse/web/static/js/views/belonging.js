@@ -64,6 +64,7 @@ export class BelongingView {
     const codes = [];
     const bubbles = [];
     let most = 1;
+    let total = 0;
     for (const dataset of datasetsOf(body)) {
       const code = codeOf(dataset.id);
       codes.push(code);
@@ -72,6 +73,7 @@ export class BelongingView {
       const x = numberOrNull(point.x, "x");
       const y = numberOrNull(point.y, "y");
       const submissions = numberOrNull(point.submissions, "submissions") ?? 0;
+      total += submissions;
       if (x === null || y === null) continue; // no valid value for this country: nothing to place
       most = Math.max(most, submissions);
       bubbles.push({ name: code, value: [x, y, submissions], itemStyle: { color: countryColour(code) } });
@@ -80,6 +82,7 @@ export class BelongingView {
       series: [{ id: "countries", data: bubbles, symbolSize: (v) => 14 + 34 * Math.sqrt(v[2] / most) }],
     });
     this.card.dataset.items = String(bubbles.length);
+    this.card.dataset.total = String(total); // the submissions of the countries asked for (bench/live_bench.py)
     setEmpty(this.card, bubbles.length === 0);
     this.onCountries(codes);
   }
