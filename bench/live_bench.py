@@ -248,6 +248,7 @@ WATCH = """() => {
   };
   new MutationObserver((records) => {
     for (const record of records) {
+      if (record.target.dataset.feed !== "early-education-and-belonging") continue; // (chart 2 has one too)
       const total = Number(record.target.dataset.total);
       window.__seen.push([stamp(), total]);
     }

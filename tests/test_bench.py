@@ -90,6 +90,12 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
     assert "boto3" in imports["handler_first_request_imports"]
     assert not {"numpy", "psycopg2"} & set(imports["handler_first_request_imports"])
     assert "psycopg2" in imports["direct_first_request_imports"]
+    live = {row["method"]: row for row in result["live"]}
+    assert {"poll 2 ms", "live route", "page"} <= set(live)
+    assert "before" not in live["live route"]  # the code before issue 18 has no live route
+    for row in live.values():
+        for code in ("before", "after") if "before" in row else ("after",):
+            assert row[code]["markers"] > 0 and row[code]["p50_ms"] <= row[code]["p99_ms"], (row["method"], code)
     [package] = result["aws_package"]
     assert 0 < package["slim_zipped_bytes"] < package["slim_unzipped_bytes"]
     assert package["slim_unzipped_bytes"] < package["direct_unzipped_bytes"] < package["full_unzipped_bytes"]
