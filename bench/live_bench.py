@@ -106,9 +106,8 @@ def export(revision: str, where: Path) -> Path:
     return where / "src"
 
 
-@contextmanager
-def serving(data_dir: Path, config: cfg.SourcesConfig, code: str, src: Path) -> Iterator[str]:
-    """`serve` of the code in `src` over the sources (replication, its own slots and state)."""
+def settings_of(data_dir: Path, config: cfg.SourcesConfig, code: str) -> Path:
+    """A settings file for `code`'s server over the sources: replication, slots and state of its own."""
     settings = data_dir.parent / f"{code}.toml"
     body = {
         "capture": {"mode": "replication", "slot_prefix": f"pp_{code}", "state_dir": f"state-{code}"},
@@ -117,6 +116,13 @@ def serving(data_dir: Path, config: cfg.SourcesConfig, code: str, src: Path) -> 
     fd = os.open(settings, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         tomli_w.dump(body, f)
+    return settings
+
+
+@contextmanager
+def serving(data_dir: Path, config: cfg.SourcesConfig, code: str, src: Path) -> Iterator[str]:
+    """`serve` of the code in `src` over the sources (replication, its own slots and state)."""
+    settings = settings_of(data_dir, config, code)
     command = ["env", f"PYTHONPATH={src}", *CLI, "serve", "--config", str(settings), "--port", "0"]
     with ServeProcess(command, data_dir.parent / f"serve-{code}.log") as server:
         server.wait_ready("replication", total_rows(config))

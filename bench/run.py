@@ -39,6 +39,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.browser, s
 import api_bench
 import aws_bench
 import capture_bench
+import ceiling_bench
 import clients_bench
 import dashboard_bench
 import days_bench
@@ -185,6 +186,12 @@ def run_live(p: dict[str, Any], r: dict[str, Any]) -> None:
         r["live"] += live_bench.commit_to_chart(students, RATE, p["seconds"])
 
 
+def run_ceiling(p: dict[str, Any], r: dict[str, Any]) -> None:
+    students = p["live_sizes"][0]
+    print("serving against the same server's static route, before and after issue 18 ...", flush=True)
+    r["ceiling"] = ceiling_bench.ceiling(students, p["seconds"])
+
+
 def run_serving(p: dict[str, Any], r: dict[str, Any]) -> None:
     r["serving"] = []
     for students in p["sizes"]:
@@ -299,6 +306,7 @@ SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "memory": run_memory,
     "freshness": run_freshness,
     "live": run_live,
+    "ceiling": run_ceiling,
     "serving": run_serving,
     "poll": run_poll,
     "limits": run_limits,

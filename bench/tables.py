@@ -489,6 +489,20 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
             " / ".join(str(c["after"][k]) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
         ),
     ),
+    "ceiling": (
+        "ceiling",
+        "| serving against the same server's static route (wrk, 32 connections) | code | requests/s | "
+        "share of static | p50 ms | p99 ms | p99 / static's |",
+        lambda c: _cells(
+            c["url"],
+            c["code"],
+            c["requests_per_s"],
+            c["share_of_static"],
+            c["p50_ms"],
+            c["p99_ms"],
+            c["p99_of_static"],
+        ),
+    ),
     "serving": (
         "serving",
         "| serving (six charts per dashboard per second) | students | dashboards | offered/s | requests/s | "

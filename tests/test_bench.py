@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import ceiling_bench  # noqa: E402
 import rate_bench  # noqa: E402
 import run  # noqa: E402  (bench/run.py, found through the path above)
 import tables  # noqa: E402
@@ -95,7 +96,11 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
     assert "before" not in live["live route"]  # the code before issue 18 has no live route
     for row in live.values():
         for code in ("before", "after") if "before" in row else ("after",):
-            assert row[code]["markers"] > 0 and row[code]["p50_ms"] <= row[code]["p99_ms"], (row["method"], code)
+            figures = row[code]
+            assert figures["markers"] > 0 and figures["p50_ms"] <= figures["p99_ms"], (row["method"], code)
+    ceiling = {(row["code"], row["url"]) for row in result["ceiling"]}
+    assert {(code, url) for code in ("before", "after") for url, _ in ceiling_bench.URLS} == ceiling
+    assert all(row["requests_per_s"] > 0 and row["share_of_static"] > 0 for row in result["ceiling"])
     [package] = result["aws_package"]
     assert 0 < package["slim_zipped_bytes"] < package["slim_unzipped_bytes"]
     assert package["slim_unzipped_bytes"] < package["direct_unzipped_bytes"] < package["full_unzipped_bytes"]

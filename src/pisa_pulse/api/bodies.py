@@ -11,10 +11,11 @@ Every chart body says which snapshot it comes from and how old its data is:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +61,52 @@ def data_headers(snap: Snapshot, etag: str, now: float) -> dict[str, str]:
         "X-Data-Age-Ms": str(max(0, round((now - snap.as_of) * 1000))) if known else "unknown",
         "Cache-Control": "no-cache",
     }
+
+
+class HeaderCache:
+    """A chart answer's headers as raw (name, value) pairs: all but the age built once per snapshot
+    version, as-of time and ETag (the age changes with every request)."""
+
+    def __init__(self) -> None:
+        self.at: tuple[int, float] = (-1, 0.0)
+        self.fixed: dict[str, list[tuple[bytes, bytes]]] = {}
+
+    def headers(self, snap: Snapshot, etag: str, now: float) -> list[tuple[bytes, bytes]]:
+        if (snap.version, snap.as_of) != self.at:
+            self.at, self.fixed = (snap.version, snap.as_of), {}
+        fixed = self.fixed.get(etag)
+        if fixed is None:
+            built = data_headers(snap, etag, now)
+            del built["X-Data-Age-Ms"]
+            fixed = self.fixed[etag] = [(k.lower().encode(), v.encode("latin-1")) for k, v in built.items()]
+        age = str(max(0, round((now - snap.as_of) * 1000))) if snap.as_of else "unknown"
+        return [*fixed, (b"x-data-age-ms", age.encode())]
+
+
+class QueryCache:
+    """Parsed chart queries by chart and raw query string, so that a poll parses nothing; a query that
+    does not parse (BadRequest) is not kept. A chart 2 query gets the `now` of each request; the
+    others do not read it."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, bytes, int], charts.Query] = {}
+
+    def parse(
+        self,
+        chart: charts.Chart,
+        raw: bytes,
+        params: Callable[[], Mapping[str, str]],
+        now: float,
+        longest: int,
+    ) -> charts.Query:
+        key = (chart.name, raw, longest)
+        found = self.entries.get(key)
+        if found is None:
+            found = charts.parse_query(chart, params(), now, longest)
+            if len(self.entries) >= CACHE_ENTRIES:
+                self.entries.clear()
+            self.entries[key] = found
+        return dataclasses.replace(found, now=now) if "bucket" in chart.parameters else found
 
 
 def not_modified(etag: str, if_none_match: str) -> bool:

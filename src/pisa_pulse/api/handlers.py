@@ -19,7 +19,7 @@ from starlette.responses import FileResponse, Response
 from pisa_pulse import __version__
 from pisa_pulse.api import charts
 from pisa_pulse.api import settings as api_settings
-from pisa_pulse.api.bodies import ChartCache, Snapshot, data_headers, not_modified
+from pisa_pulse.api.bodies import ChartCache, HeaderCache, QueryCache, Snapshot, not_modified
 from pisa_pulse.api.exceptions import NotFound, Unauthorized
 from pisa_pulse.api.guard import has_bearer
 from pisa_pulse.api.live import LiveHub, open_stream
@@ -49,6 +49,8 @@ class ApiState:
     settings: api_settings.Settings | None = None  # echoed (without secrets) by /api/status
     publishers: list[Any] = field(default_factory=list)  # aws/publish.py's, when the settings publish
     cache: ChartCache = field(default_factory=ChartCache)
+    queries: QueryCache = field(default_factory=QueryCache)
+    headers: HeaderCache = field(default_factory=HeaderCache)
     metrics: Metrics = field(init=False)
     live: LiveHub = field(init=False)
 
@@ -94,19 +96,35 @@ def chart_named(name: str) -> charts.Chart:
     return found
 
 
+class RawResponse(Response):
+    """A response whose headers are given as raw pairs (the charts' hot path: no header building)."""
+
+    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.status_code = status
+        self.background = None
+        self.raw_headers = raw_headers
+
+
 async def chart(request: Request) -> Response:
-    """`GET /api/charts/{chart}`: the chart's JSON from the cache, or 304 for a known ETag."""
+    """`GET /api/charts/{chart}`: the chart's JSON from the cache, or 304 for a known ETag. Parsed
+    queries, bodies and headers all come from caches (bodies.py), so a poll builds nothing."""
     api = state_of(request)
     found = chart_named(request.path_params["chart"])
     now = api.clock()
-    history = api.snapshots.history
-    query = charts.parse_query(found, request.query_params, now, longest_hours(history))
+    longest = longest_hours(api.snapshots.history)
+    query = api.queries.parse(
+        found, request.scope["query_string"], lambda: request.query_params, now, longest
+    )
     snap = await api.snapshot(found.columns)
     body, etag = await chart_body(api, found, query, snap)
-    headers = data_headers(snap, etag, api.clock())
+    headers = api.headers.headers(snap, etag, api.clock())
     if not_modified(etag, request.headers.get("if-none-match", "")):
-        return Response(status_code=304, headers=headers)
-    return Response(body, headers=headers, media_type="application/json")
+        return RawResponse(b"", 304, headers)
+    length = str(len(body)).encode()
+    return RawResponse(
+        body, 200, [*headers, (b"content-type", b"application/json"), (b"content-length", length)]
+    )
 
 
 async def chart_body(

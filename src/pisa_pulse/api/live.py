@@ -32,8 +32,12 @@ same list as `?since=`: charts whose ETag is unchanged are then not sent again.
 **Bounded per connection.** A stream holds no queue: when it wakes (a new snapshot version, or a
 second passed; at most every `MIN_GAP_S` after a write, so a torrent of versions goes out as one
 every 20 ms), it looks up each chart's current body in the chart cache and writes those that
-changed. A slow reader's writes wait for the socket (uvicorn's flow control); when they resume, the
-stream takes whatever is current then, so versions in between are skipped (counted), never queued.
+changed. Each chart has a token bucket (`CHART_RATE` a second after a burst of `CHART_BURST`): a chart
+that changes with every version (the count, chart 2, under traffic) goes out 20 times a second, the
+latest body each time, while one that changes now and then goes out at once; a page then has the
+time to draw the rare change the moment it comes. A slow reader's writes wait for the socket
+(uvicorn's flow control); when they resume, the stream takes whatever is current then, so versions
+in between are skipped (counted), never queued.
 
 **Capped apart from polls** (`server.max_streams`, default 1,000; 0 turns the route off): past the
 cap a new stream gets 503 with `Retry-After`, and the page polls. Open streams do not count against
@@ -73,6 +77,8 @@ HEARTBEAT_S = 15.0  # silence before a keep-alive comment (proxies commonly clos
 FRESH_S = 1.0  # at most one `fresh` event per this many seconds
 WAKE_S = 1.0  # a stream looks again at least this often (chart 2's window moves with the clock)
 MIN_GAP_S = 0.02  # ... and at most this often: changes closer than that go out together
+CHART_RATE = 20.0  # a chart's events per second, at most, sustained (a token bucket per chart) ...
+CHART_BURST = 10.0  # ... after a burst of this many
 MAX_SINCE = 2048  # characters of Last-Event-ID / ?since= read (6 ETags take about 80)
 EVENT_TYPES = ("chart", "fresh", "heartbeat")
 
@@ -145,11 +151,23 @@ class LiveHub:
 
 @dataclasses.dataclass
 class Wanted:
-    """One chart of a stream: its query, and the ETag the client holds ("": none)."""
+    """One chart of a stream: its query, the ETag the client holds ("": none), and its token bucket
+    (`CHART_RATE`, `CHART_BURST`)."""
 
     chart: charts.Chart
     query: charts.Query
     held: str = ""
+    tokens: float = CHART_BURST
+    filled: float = 0.0  # time.monotonic() of the last refill
+
+    def wait(self, ticks: float) -> float:
+        """0 when the chart may be sent now (a token is taken), else the seconds until it may."""
+        self.tokens = min(CHART_BURST, self.tokens + (ticks - self.filled) * CHART_RATE)
+        self.filled = ticks
+        if self.tokens < 1:
+            return (1 - self.tokens) / CHART_RATE
+        self.tokens -= 1
+        return 0.0
 
 
 def parse_charts(raw: str | None) -> list[charts.Chart]:
@@ -199,6 +217,8 @@ class LiveStream(Response):
         self.wanted = wanted
         self.wake = asyncio.Event()
         self.closed = False
+        self.due = WAKE_S  # seconds until the stream looks again, at most
+        self.holding = False  # a changed chart waits for its bucket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.api.live
@@ -241,11 +261,12 @@ class LiveStream(Response):
                 hub.skipped += snap.version - seen - 1
             seen = snap.version
             now, ticks = api.clock(), time.monotonic()
-            chunks = [await self.chart_event(w, snap, now) for w in self.wanted]
+            self.due, self.holding = WAKE_S, False
+            chunks = [await self.chart_event(w, snap, now, ticks) for w in self.wanted]
             out = b"".join(c for c in chunks if c)
             if out:
                 as_of_sent = snap.as_of
-            elif snap.as_of != as_of_sent and ticks - fresh_at >= FRESH_S:
+            elif snap.as_of != as_of_sent and ticks - fresh_at >= FRESH_S and not self.holding:
                 out = b"event: fresh\ndata: " + json_bytes(freshness(snap, now)) + b"\n\n"
                 hub.events["fresh"] += 1
                 as_of_sent, fresh_at = snap.as_of, ticks
@@ -257,19 +278,23 @@ class LiveStream(Response):
                 await send({"type": "http.response.body", "body": out, "more_body": True})
                 if self.closed:
                     break
-            timer = hub.loop.call_later(WAKE_S, self.wake.set)
+            timer = hub.loop.call_later(self.due, self.wake.set)
             await self.wake.wait()
             timer.cancel()
             if out and (pause := ticks + MIN_GAP_S - time.monotonic()) > 0:
                 await asyncio.sleep(pause)
 
-    async def chart_event(self, wanted: Wanted, snap: Snapshot, now: float) -> bytes:
-        """The event for a chart whose body is not the one the client holds; b"" when it is."""
+    async def chart_event(self, wanted: Wanted, snap: Snapshot, now: float, ticks: float) -> bytes:
+        """The event for a chart whose body is not the one the client holds; b"" when it is, or when
+        the chart has used up its rate (then `due` says when to look again)."""
         from pisa_pulse.api.handlers import chart_body
 
         query = dataclasses.replace(wanted.query, now=now)
         body, etag = await chart_body(self.api, wanted.chart, query, snap)
         if etag == wanted.held:
+            return b""
+        if (wait := wanted.wait(ticks)) > 0:
+            self.due, self.holding = min(self.due, wait), True  # (no `fresh` meanwhile: it would lie)
             return b""
         wanted.held = etag
         self.api.live.events["chart"] += 1

@@ -12,12 +12,13 @@ export const FRESH_MS = 1000; // older than this: amber
 export const STALE_MS = 60_000; // older than this: red
 export const FAILING_RED_MS = 5000; // polls failing for this long: red whatever the data's age
 const STREAM_SLACK_MS = 500;
-// A streamed chart is drawn at most once per RENDER_SHARE^-1 times its last drawing's cost (and at
-// most every MIN_RENDER_GAP_MS): a chart that changes faster than the page can draw it shows its
-// latest body at the pace it can, and the page stays responsive (a world map that takes 40 ms to draw
-// is drawn at most every 400 ms; a bubble chart that takes 2 ms, every 20 ms).
-const RENDER_SHARE = 0.1;
-const MIN_RENDER_GAP_MS = 16;
+// A streamed chart draws at once while its drawing has taken less than DRAW_SHARE of the page's time
+// lately (its cost decays by e every DECAY_MS); past that it waits until it is under again, and then
+// draws the latest body: a chart that changes faster than the page can draw it shows its latest
+// body at the pace it can and the page stays responsive, while one that changes now and then draws
+// the moment its change comes.
+const DRAW_SHARE = 0.25;
+const DECAY_MS = 1000;
 
 /** A response that does not follow the chart's contract. */
 export class ContractError extends Error {}
@@ -48,8 +49,8 @@ export class Poller {
     this.streamed = false; // the last answer came from the live stream
     this.waiting = null; // a streamed body not drawn yet (see RENDER_SHARE)
     this.drawTimer = null;
-    this.drawnAt = -Infinity;
-    this.drawGap = MIN_RENDER_GAP_MS;
+    this.drawnAt = 0;
+    this.spent = 0; // ms of drawing, decayed to drawnAt
     this.lastStart = -Infinity;
     this.running = false;
     this.inFlight = false;
@@ -153,10 +154,12 @@ export class Poller {
     this.etag = etag;
     this.etagUrl = new URL(url, location.href).href;
     this.current(ageMs, true);
-    if (this.drawTimer !== null) return; // drawn when the gap ends, with the latest body
-    const wait = this.drawnAt + this.drawGap - performance.now();
-    if (wait <= 0) this.draw();
-    else this.drawTimer = setTimeout(() => this.draw(), wait);
+    if (this.drawTimer !== null) return; // drawn when the budget allows, with the latest body
+    const now = performance.now();
+    const spent = this.spent * Math.exp(-(now - this.drawnAt) / DECAY_MS);
+    const allowed = DRAW_SHARE * DECAY_MS;
+    if (spent <= allowed) this.draw();
+    else this.drawTimer = setTimeout(() => this.draw(), DECAY_MS * Math.log(spent / allowed));
   }
 
   draw() {
@@ -166,8 +169,9 @@ export class Poller {
     if (body === null) return;
     const started = performance.now();
     this.onBody(body);
-    this.drawnAt = performance.now();
-    this.drawGap = Math.max(MIN_RENDER_GAP_MS, (this.drawnAt - started) / RENDER_SHARE);
+    const ended = performance.now();
+    this.spent = this.spent * Math.exp(-(ended - this.drawnAt) / DECAY_MS) + (ended - started);
+    this.drawnAt = ended;
   }
 
   /** The live stream says that what is shown is current, `ageMs` old. */
