@@ -310,6 +310,7 @@ class FixedSnapshots:
 
     def __init__(self, capture: dict[str, Any] | None, states: tuple[str, ...] = ("streaming", "polling")):
         self.observe_build: Callable[[float], None] | None = None
+        self.on_change: Callable[[], None] | None = None  # never told: nothing changes
         self.states = states
         self.process = capture
         self.started = self.stopped = False
