@@ -9,6 +9,10 @@ way of watching gets a window of `seconds`:
 
 - **poll 2 ms**: that country's bubble chart read over HTTP every 2 ms with `If-None-Match` (as in
   e2e_bench.py): seen when an answer counts the marker.
+- **..., commit flushed**: the same, with the probe's session at `synchronous_commit = on` (a server's
+  default): `make demo`'s sources commit without waiting for the WAL to reach disk and flush it every
+  10 ms (`wal_writer_delay`), and logical decoding sends only flushed WAL, so a marker there waits up
+  to 10 ms before capture can see it; flushed at commit, it can be seen at once.
 - **live route**: a stream of the same chart (`/api/live?charts=...&countries=<it>`): seen when an
   event counts it. The code before has no such route.
 - **page**: headless Chromium's dashboard at `?countries=<it>`, as a viewer opens it: the code before
@@ -55,6 +59,7 @@ from sources_bench import scratch_dir, total_rows
 
 BEFORE = "3971266"  # main before issue 18 (the ledger's table, the live route, event-driven snapshots)
 MARKER_ROWS = 50
+FLUSHED = ", commit flushed"  # the probe's markers with synchronous_commit = on (`markers`)
 BUBBLES = "early-education-and-belonging"
 READ_EVERY_S = 0.002
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -77,9 +82,10 @@ def commit_to_chart(students: int, rate: float, seconds: float, before: str = BE
                 traffic = _traffic(traffic_dir, rate, 3 * seconds + 60)
                 try:
                     time.sleep(3)  # the traffic reaches its rate
-                    for method, seen, page in watchers(url, probe.name, code):
+                    for method, seen, page, flushed in watchers(url, probe.name, code):
                         windows += 1
-                        measured = {method: markers(probe.dsn, probe.name, seconds, seen, seed=windows)}
+                        latencies = markers(probe.dsn, probe.name, seconds, seen, windows, flushed)
+                        measured = {method: latencies}
                         if page is not None and page.arrivals:
                             measured["page: its stream's event received"] = page.arrivals
                         for name, latencies in measured.items():
@@ -141,28 +147,38 @@ def drop_slots(config: cfg.SourcesConfig, prefix: str) -> None:
         conn.close()
 
 
-def watchers(url: str, country: str, code: str) -> Iterator[tuple[str, Seen, Page | None]]:
+def watchers(url: str, country: str, code: str) -> Iterator[tuple[str, Seen, Page | None, bool]]:
     """Each way of watching the country's count, set up in turn (the live route: this code only),
-    with the page when it is the page (which also times its stream's events)."""
+    with the page when it is the page (which also times its stream's events), and whether the
+    markers' commits are flushed (see `markers`)."""
     client = http.client.HTTPConnection(*host_port(url), timeout=TIMEOUT_S)
     reader = _CountReader(client, CHART + country.upper())
-    yield "poll 2 ms", lambda expected, committed, wall: polled(reader, expected, committed), None
+    for flushed in (False, True):
+        method = "poll 2 ms" + (FLUSHED if flushed else "")
+        yield method, lambda expected, committed, wall: polled(reader, expected, committed), None, flushed
     client.close()
     if code == "after":
         with Stream(url, country) as stream:
-            yield "live route", stream.seen, None
+            for flushed in (False, True):
+                yield "live route" + (FLUSHED if flushed else ""), stream.seen, None, flushed
     with Page(url, country) as page:
-        yield "page", page.seen, page
+        yield "page", page.seen, page, False
 
 
-def markers(dsn: str, country: str, seconds: float, seen: Seen, seed: int) -> list[float]:
-    """Marker transactions for `seconds`; their commit-to-seen latencies (ms)."""
+def markers(
+    dsn: str, country: str, seconds: float, seen: Seen, seed: int, flushed: bool = False
+) -> list[float]:
+    """Marker transactions for `seconds`; their commit-to-seen latencies (ms). `flushed`: each commit
+    waits for its WAL to reach disk (`synchronous_commit = on` for the probe's session, as a server's
+    default is), where `make demo`'s sources return at once and flush every 10 ms."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     rng = random.Random(seed)
     latencies: list[float] = []
     try:
         with conn.cursor() as cur:
+            if flushed:
+                cur.execute("SET synchronous_commit = on")
             cur.execute("SELECT count(*) FROM responses")
             expected = int(cur.fetchone()[0])  # type: ignore[index]
             end = time.perf_counter() + seconds
