@@ -51,6 +51,11 @@ def iso_time(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def age_ms(snap: Snapshot, now: float) -> int | None:
+    """How old the snapshot's data is at Unix time `now`, in ms (None: not known yet)."""
+    return max(0, round((now - snap.as_of) * 1000)) if snap.as_of else None
+
+
 def data_headers(snap: Snapshot, etag: str, now: float) -> dict[str, str]:
     """The headers of a chart answer (a 200 or a 304): its ETag, snapshot and freshness."""
     known = bool(snap.as_of)
@@ -58,7 +63,7 @@ def data_headers(snap: Snapshot, etag: str, now: float) -> dict[str, str]:
         "ETag": etag,
         "X-Snapshot-Version": str(snap.version),
         "X-Data-As-Of": iso_time(snap.as_of) if known else "unknown",
-        "X-Data-Age-Ms": str(max(0, round((now - snap.as_of) * 1000))) if known else "unknown",
+        "X-Data-Age-Ms": str(age_ms(snap, now)) if known else "unknown",
         "Cache-Control": "no-cache",
     }
 
@@ -79,8 +84,8 @@ class HeaderCache:
             built = data_headers(snap, etag, now)
             del built["X-Data-Age-Ms"]
             fixed = self.fixed[etag] = [(k.lower().encode(), v.encode("latin-1")) for k, v in built.items()]
-        age = str(max(0, round((now - snap.as_of) * 1000))) if snap.as_of else "unknown"
-        return [*fixed, (b"x-data-age-ms", age.encode())]
+        age = age_ms(snap, now)
+        return [*fixed, (b"x-data-age-ms", b"unknown" if age is None else str(age).encode())]
 
 
 class QueryCache:

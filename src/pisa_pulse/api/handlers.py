@@ -141,7 +141,7 @@ async def chart_body(
 async def live(request: Request) -> Response:
     """`GET /api/live?charts=...`: every chart asked for, pushed as server-sent events (live.py)."""
     api = state_of(request)
-    return open_stream(api, request, longest_hours(api.snapshots.history))
+    return open_stream(api, request, longest_hours(api.snapshots.history), chart_body)
 
 
 def longest_hours(history: Recorder | None) -> int:

@@ -55,7 +55,7 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -64,7 +64,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from pisa_pulse.api import charts
-from pisa_pulse.api.bodies import Snapshot, iso_time, json_bytes
+from pisa_pulse.api.bodies import Snapshot, age_ms, iso_time, json_bytes
 from pisa_pulse.api.connections import STREAMING, STREAMS
 from pisa_pulse.api.exceptions import BadRequest
 from pisa_pulse.api.responses import error_response
@@ -81,6 +81,7 @@ CHART_RATE = 20.0  # a chart's events per second, at most, sustained (a token bu
 CHART_BURST = 10.0  # ... after a burst of this many
 MAX_SINCE = 2048  # characters of Last-Event-ID / ?since= read (6 ETags take about 80)
 EVENT_TYPES = ("chart", "fresh", "heartbeat")
+ChartBody = Callable[["ApiState", charts.Chart, charts.Query, Snapshot], Awaitable[tuple[bytes, str]]]
 
 
 class LiveHub:
@@ -196,18 +197,18 @@ def event_id(wanted: list[Wanted]) -> bytes:
 
 
 def freshness(snap: Snapshot, now: float) -> dict[str, object]:
-    known = bool(snap.as_of)
     return {
         "version": snap.version,
-        "as_of": iso_time(snap.as_of) if known else None,
-        "age_ms": max(0, round((now - snap.as_of) * 1000)) if known else None,
+        "as_of": iso_time(snap.as_of) if snap.as_of else None,
+        "age_ms": age_ms(snap, now),
     }
 
 
 class LiveStream(Response):
     """One stream (see the module docstring); a Response whose body is written as changes come."""
 
-    def __init__(self, api: ApiState, wanted: list[Wanted]) -> None:
+    def __init__(self, api: ApiState, wanted: list[Wanted], body: ChartBody) -> None:
+        """`body`: a chart's body and ETag in a snapshot (handlers.chart_body, as the chart route's)."""
         super().__init__(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # (nginx: do not buffer)
@@ -215,6 +216,7 @@ class LiveStream(Response):
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # (chunked)
         self.api = api
         self.wanted = wanted
+        self.build = body
         self.wake = asyncio.Event()
         self.closed = False
         self.due = WAKE_S  # seconds until the stream looks again, at most
@@ -287,10 +289,8 @@ class LiveStream(Response):
     async def chart_event(self, wanted: Wanted, snap: Snapshot, now: float, ticks: float) -> bytes:
         """The event for a chart whose body is not the one the client holds; b"" when it is, or when
         the chart has used up its rate (then `due` says when to look again)."""
-        from pisa_pulse.api.handlers import chart_body
-
         query = dataclasses.replace(wanted.query, now=now)
-        body, etag = await chart_body(self.api, wanted.chart, query, snap)
+        body, etag = await self.build(self.api, wanted.chart, query, snap)
         if etag == wanted.held:
             return b""
         if (wait := wanted.wait(ticks)) > 0:
@@ -310,7 +310,7 @@ class LiveStream(Response):
         )
 
 
-def open_stream(api: ApiState, request: Request, longest: int) -> Response:
+def open_stream(api: ApiState, request: Request, longest: int, body: ChartBody) -> Response:
     """`GET /api/live`: the stream, a 400 for bad parameters, or a 503 when none can open."""
     params: Mapping[str, str] = request.query_params
     now = api.clock()
@@ -327,4 +327,4 @@ def open_stream(api: ApiState, request: Request, longest: int) -> Response:
     since = request.headers.get("last-event-id") or params.get("since", "")
     for held, w in zip(parse_since(since, len(wanted)), wanted, strict=True):
         w.held = held
-    return LiveStream(api, wanted)
+    return LiveStream(api, wanted, body)

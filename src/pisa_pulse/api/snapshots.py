@@ -100,8 +100,9 @@ class LiveSnapshots:
                     part = self._parts[name] = Aggregates()
                 part.absorb(exported, full=update.full)
                 changed.update(exported)
+            now = self.clock()
             for part in self._parts.values():  # the engine forgets them too; a replaced part keeps none
-                if part.keep_window(self.clock()):
+                if part.keep_window(now):
                     changed.update(part.countries())
             self._as_of = update.as_of
             if update.status is not None:
