@@ -29,15 +29,14 @@ URLS = (
 def ceiling(students: int, seconds: float) -> list[dict[str, Any]]:
     """One row per URL and code: wrk's figures and the share of the static route's requests/s."""
     # The parent's modules (the child below runs with another code's PYTHONPATH, and without them).
-    from api_bench import ServeProcess, _settle, wrk_load
+    from api_bench import ServeProcess, wrk_load
     from capture_bench import _up
     from live_bench import BEFORE, CHECKOUT, drop_slots, export, settings_of
     from sources_bench import scratch_dir, total_rows
 
     rows: list[dict[str, Any]] = []
     with scratch_dir() as data_dir:
-        config = _up(data_dir, "full", students // 20)
-        _settle(config)
+        config = _up(data_dir, "full", students // 20)  # autovacuum left on: nothing is paused
         trees = {"before": export(BEFORE, data_dir.parent / "before"), "after": CHECKOUT / "src"}
         for code, src in trees.items():
             settings = settings_of(data_dir, config, code)
