@@ -148,7 +148,8 @@ class ServeProcess:
         if self._process is not None:
             stop_process(self._process, 60)
 
-    def _alive(self) -> None:
+    def alive(self) -> None:
+        """Raise, with the log's tail, if the server has exited."""
         assert self._process is not None
         if self._process.poll() is not None:
             tail = self.log.read_text(errors="replace")[-2000:]
@@ -157,17 +158,13 @@ class ServeProcess:
     def wait_ready(self, mode: str, rows: int) -> None:
         """Until the server prints its URL, /api/health is 200 and (replication) every row is served."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self.url:
-            self._alive()
-            found = re.search(r"serving .* at (http://\S+/) ", self.log.read_text(errors="replace"))
-            if found:
-                self.url = found.group(1)
-            elif time.monotonic() > deadline:
+        while not self.found_url():
+            self.alive()
+            if time.monotonic() > deadline:
                 raise TimeoutError("serve printed no URL")
-            else:
-                time.sleep(0.1)
+            time.sleep(0.1)
         while True:
-            self._alive()
+            self.alive()
             if self._get("/api/health")[0] == 200:
                 status = self._get("/api/status")[1]
                 streaming = {s["state"] for s in status["sources"]} <= {"streaming", "polling"}
@@ -179,6 +176,15 @@ class ServeProcess:
         code, body = self._get(CHART)
         if code != 200 or len(body["datasets"]) != 3:
             raise RuntimeError(f"GET {CHART} answered {code}: {body}")
+
+    def found_url(self) -> bool:
+        """Whether the server has printed its URL (then in `url`)."""
+        if self.url:
+            return True
+        found = re.search(r"serving .* at (http://\S+/) ", self.log.read_text(errors="replace"))
+        if found:
+            self.url = found.group(1)
+        return bool(self.url)
 
     def _get(self, path: str) -> tuple[int, Any]:
         try:

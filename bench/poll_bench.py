@@ -17,10 +17,14 @@ the API benchmark, so its background work is not counted as the polls'.
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -37,6 +41,7 @@ from sources_bench import scratch_dir, total_rows
 PROBE_EVERY_S = 0.05
 COST_TRAFFIC = 100.0
 ESCS_COLUMNS = frozenset({"cnt", "escs"})
+TIMED = ("ms", "scan_ms", "reconcile_ms")  # polled.TIMED_PARTS, which the code before issue 18 lacks
 
 
 def freshness(rate: float, seconds: float, students: int) -> dict[str, Any]:
@@ -126,13 +131,7 @@ def source_cost(students: int, seconds: float) -> dict[str, Any]:
         # The default intervals: each poll also compares the digests of its slice of the ranges.
         running = Running(config, data_dir, mode="poll")
         with running as pipeline:
-            running.wait_streaming()
-            before = _poll_totals(pipeline)
-            traffic = _traffic(data_dir, COST_TRAFFIC, seconds)
-            pg0, t0 = cluster_cpu_s(postmaster), time.perf_counter()
-            traffic.wait()
-            pg, elapsed = cluster_cpu_s(postmaster) - pg0, time.perf_counter() - t0
-            after = _poll_totals(pipeline)
+            before, after, pg, elapsed = _polled_under_traffic(running, data_dir, postmaster, seconds)
             reconcile_ms, reconcile_cpu_ms = _one_reconciliation(pipeline, postmaster)
     polls = after["polls"] - before["polls"]
     read = {k: (after[k] - before[k]) / max(1, polls) for k in ("index_entries", "ids_read", "rows_read")}
@@ -153,6 +152,94 @@ def source_cost(students: int, seconds: float) -> dict[str, Any]:
         "direct_pg_cpu_ms_per_round": round(direct_ms, 1),
         "direct_rows_read_per_round": rows,
     }
+
+
+def budget(students: int, seconds: float) -> list[dict[str, Any]]:
+    """What a poll reads and costs the source, the code before issue 18 beside this one, one run.
+
+    As `source_cost` (vacuumed sources, autovacuum paused, 100 operations/s of traffic, PostgreSQL's
+    CPU with the polls minus without), each code's pipeline in a child process of its own (its
+    `PYTHONPATH`, its own checkpoint) on the same sources, one after the other. This code's polls also
+    time their two parts on the client: the range summary (an index-only scan of the whole key) and
+    the reconciliation slice (its rows read and hashed).
+    """
+    from live_bench import BEFORE, CHECKOUT, export
+
+    rows = []
+    with scratch_dir() as data_dir:
+        config = _up(data_dir, "full", students // 20)
+        vacuum(config)
+        postmaster = postmaster_pid(config, data_dir)
+        baseline = _pg_cpu_under_traffic(data_dir, postmaster, seconds)
+        trees = {"before": export(BEFORE, data_dir.parent / "before"), "after": CHECKOUT / "src"}
+        for code, src in trees.items():
+            print(f"  {code}: polls for {seconds:.0f} s under traffic ...", flush=True)
+            state = data_dir.parent / f"poll-state-{code}"
+            child = subprocess.run(
+                [
+                    "env",
+                    f"PYTHONPATH={src}",
+                    sys.executable,
+                    __file__,
+                    str(data_dir),
+                    str(state),
+                    str(seconds),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            figures = json.loads(child.stdout.splitlines()[-1])
+            polls_cpu_ms = max(0.0, figures.pop("pg_cpu_s") - baseline * figures["seconds"]) * 1000
+            rows.append(
+                {
+                    "code": code,
+                    "students": total_rows(config),
+                    **figures,
+                    "pg_cpu_ms_per_poll": round(polls_cpu_ms / max(1, figures["polls"]), 2),
+                    "pg_cpu_cores_polling": round(polls_cpu_ms / 1000 / figures["seconds"], 3),
+                }
+            )
+    return rows
+
+
+def _polls_here(data_dir: Path, state_dir: Path, seconds: float) -> dict[str, Any]:
+    """`budget`'s child: this code's pipeline polling the sources under traffic for `seconds`."""
+    config = cfg.load(data_dir)
+    postmaster = postmaster_pid(config, data_dir)
+    running = Running(config, state_dir, mode="poll")
+    with running as pipeline:
+        before, after, pg, elapsed = _polled_under_traffic(running, data_dir, postmaster, seconds)
+        details = [p.status().details["poll"] for p in polled(pipeline)]
+    polls = after["polls"] - before["polls"]
+    per_poll = {k: (after[k] - before[k]) / max(1, polls) for k in after if k != "polls"}
+    return {
+        "seconds": round(elapsed, 1),
+        "polls": polls,
+        "polls_per_s": round(polls / elapsed, 1),
+        "pg_cpu_s": pg,
+        "ranges_per_source": max(d["ranges"] for d in details),
+        "poll_p50_ms": round(statistics.median(d["p50_ms"] for d in details), 1),
+        "index_entries_per_poll": round(per_poll["index_entries"]),
+        "ids_read_per_poll": round(per_poll["ids_read"], 1),
+        "rows_read_per_poll": round(per_poll["rows_read"], 1),
+        # wall time on the client; the code before does not time the parts (its polls: `ms` only)
+        **{f"{k}_per_poll": round(per_poll[k], 2) if k in per_poll else None for k in TIMED},
+    }
+
+
+def _polled_under_traffic(
+    running: Running, data_dir: Path, postmaster: int | None, seconds: float
+) -> tuple[dict[str, float], dict[str, float], float, float]:
+    """Once every source polls: the cost traffic for `seconds`; the poll totals before and after,
+    PostgreSQL's CPU seconds meanwhile and the seconds it took."""
+    running.wait_streaming()
+    before = _poll_totals(running.pipeline)
+    traffic = _traffic(data_dir, COST_TRAFFIC, seconds)
+    pg0, t0 = cluster_cpu_s(postmaster), time.perf_counter()
+    traffic.wait()
+    pg, elapsed = cluster_cpu_s(postmaster) - pg0, time.perf_counter() - t0
+    return before, _poll_totals(running.pipeline), pg, elapsed
 
 
 def _one_reconciliation(pipeline: Any, postmaster: int | None) -> tuple[float, float]:
@@ -177,13 +264,16 @@ def polled(pipeline: Pipeline) -> list[PolledSource]:
     return [h.capture for h in pipeline.held.values() if isinstance(h.capture, PolledSource)]
 
 
-def _poll_totals(pipeline: Any) -> dict[str, int]:
-    """Polls that read something and what they read, summed over every source so far."""
-    totals = {"polls": 0, "index_entries": 0, "ids_read": 0, "rows_read": 0}
+def _poll_totals(pipeline: Any) -> dict[str, float]:
+    """Polls that read something, what they read and (where the code times them) how long they took,
+    summed over every source so far."""
+    totals: dict[str, float] = {"polls": 0, "index_entries": 0, "ids_read": 0, "rows_read": 0}
     for p in polled(pipeline):
         totals["polls"] += p.polls - p.skipped
         for key in ("index_entries", "ids_read", "rows_read"):
             totals[key] += p.read[key]
+        for key, ms in getattr(p, "spent_ms", {}).items():
+            totals[key] = totals.get(key, 0.0) + ms
     return totals
 
 
@@ -229,3 +319,7 @@ def vacuum(config: cfg.SourcesConfig) -> None:
             cur.execute("VACUUM responses")
             cur.execute("ANALYZE responses (id)")
     autovacuum(config, enabled=False)
+
+
+if __name__ == "__main__":  # `budget`'s child: DATA_DIR STATE_DIR SECONDS
+    print(json.dumps(_polls_here(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]))))

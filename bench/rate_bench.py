@@ -24,7 +24,6 @@ import os
 import re
 import statistics
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from api_bench import ServeProcess, serve_command
+from background import Background
 from capture_bench import CLI, _traffic, _up
 from cpu import postmaster_pid, process_cpu_s
 from pisa_pulse.cli import stop_process
@@ -139,29 +139,20 @@ class ProcessCpu:
         return sums
 
 
-class RateSampler:
+class RateSampler(Background):
     """Every `sample_s` in a thread: the traffic's operations/s (its counts), CPU by kind, the load."""
 
     def __init__(self, data_dir: Path, cpu: ProcessCpu, sample_s: float) -> None:
+        super().__init__("rate-sampler")
         self.data_dir, self.cpu, self.sample_s = data_dir, cpu, sample_s
         self.samples: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rate-sampler")
 
-    def __enter__(self) -> RateSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         self.cpu.poll()
         ops, cpu, at = _operations(self.data_dir)[0], self.cpu.totals(), time.monotonic()
         next_at = at + self.sample_s
-        while not self._stop.wait(max(0.0, min(POLL_S, next_at - time.monotonic()))):
+        while not self.stopped.wait(max(0.0, min(POLL_S, next_at - time.monotonic()))):
             self.cpu.poll()
             if time.monotonic() < next_at:
                 continue
@@ -312,7 +303,7 @@ def _until_streaming(server: ServeProcess, sources: int) -> dict[str, Any]:
     url = ""
     states: dict[str, int] = {}
     while states != {"streaming": sources}:
-        server._alive()
+        server.alive()
         if time.monotonic() - started > START_TIMEOUT_S:
             raise TimeoutError(f"not every source streams after {START_TIMEOUT_S:.0f} s: {states}")
         time.sleep(0.2)

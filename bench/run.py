@@ -45,6 +45,7 @@ import dashboard_bench
 import days_bench
 import e2e_bench
 import fleet_bench
+import footprint_bench
 import history_bench
 import limits_bench
 import live_bench
@@ -192,6 +193,23 @@ def run_ceiling(p: dict[str, Any], r: dict[str, Any]) -> None:
     r["ceiling"] = ceiling_bench.ceiling(students, p["seconds"])
 
 
+def run_footprint(p: dict[str, Any], r: dict[str, Any]) -> None:
+    students = p["live_sizes"][-1]
+    print(
+        f"serve at {students:,} students: start to streaming, memory, catch-up, before and after issue 18 ..."
+    )
+    r["footprint"] = footprint_bench.footprint(students, p["seconds"])
+
+
+def run_poll_budget(p: dict[str, Any], r: dict[str, Any]) -> None:
+    r["poll_budget"] = []
+    for students in p["live_sizes"]:
+        print(
+            f"poll mode, {students:,} students: reads and source CPU per poll, before and after issue 18 ..."
+        )
+        r["poll_budget"] += poll_bench.budget(students, p["seconds"])
+
+
 def run_serving(p: dict[str, Any], r: dict[str, Any]) -> None:
     r["serving"] = []
     for students in p["sizes"]:
@@ -307,6 +325,8 @@ SUITES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "freshness": run_freshness,
     "live": run_live,
     "ceiling": run_ceiling,
+    "footprint": run_footprint,
+    "poll-budget": run_poll_budget,
     "serving": run_serving,
     "poll": run_poll,
     "limits": run_limits,

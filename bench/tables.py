@@ -503,6 +503,41 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
             c["p99_of_static"],
         ),
     ),
+    "footprint": (
+        "footprint",
+        "| `serve` at size (all its processes) | code | students | start to streaming s | RSS MB after the "
+        "copy | copy's peak RSS MB (x after) | catch-up: changes | s | changes/s |",
+        lambda c: _cells(
+            "full width, as `sources up` leaves them",
+            c["code"],
+            c["students"],
+            c["start_to_streaming_s"],
+            c["rss_after_copy_mb"],
+            f"{c['copy_peak_rss_mb']} ({c['peak_over_after']}x)",
+            c["catch_up_changes"],
+            c["catch_up_s"],
+            c["catch_up_changes_per_s"],
+        ),
+    ),
+    "poll_budget": (
+        "poll_budget",
+        "| poll mode, per poll (100 ops/s of traffic) | code | students | polls/s | PostgreSQL CPU ms | "
+        "index entries | rows read | poll ms: p50 of the sources' p50 (mean) | of which, mean: range "
+        "summary ms / reconciliation slice ms |",
+        lambda c: _cells(
+            "full",
+            c["code"],
+            c["students"],
+            c["polls_per_s"],
+            c["pg_cpu_ms_per_poll"],
+            c["index_entries_per_poll"],
+            c["rows_read_per_poll"],
+            f"{c['poll_p50_ms']} ({c['ms_per_poll'] if c['ms_per_poll'] is not None else '-'})",
+            "-"
+            if c["scan_ms_per_poll"] is None
+            else f"{c['scan_ms_per_poll']} / {c['reconcile_ms_per_poll']}",
+        ),
+    ),
     "serving": (
         "serving",
         "| serving (six charts per dashboard per second) | students | dashboards | offered/s | requests/s | "

@@ -101,6 +101,15 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
     ceiling = {(row["code"], row["url"]) for row in result["ceiling"]}
     assert {(code, url) for code in ("before", "after") for url, _ in ceiling_bench.URLS} == ceiling
     assert all(row["requests_per_s"] > 0 and row["share_of_static"] > 0 for row in result["ceiling"])
+    footprint = {row["code"]: row for row in result["footprint"]}
+    assert set(footprint) == {"before", "after"}
+    for row in footprint.values():
+        assert row["students"] > 0 and row["start_to_streaming_s"] > 0 and row["catch_up_changes"] > 0
+        assert row["copy_peak_rss_mb"] > 0 and row["rss_after_copy_mb"] > 0
+    budget = {row["code"]: row for row in result["poll_budget"]}
+    assert set(budget) == {"before", "after"} and all(row["polls"] > 0 for row in budget.values())
+    assert budget["before"]["scan_ms_per_poll"] is None  # the code before does not time the parts
+    assert budget["after"]["scan_ms_per_poll"] > 0 and budget["after"]["reconcile_ms_per_poll"] is not None
     [package] = result["aws_package"]
     assert 0 < package["slim_zipped_bytes"] < package["slim_unzipped_bytes"]
     assert package["slim_unzipped_bytes"] < package["direct_unzipped_bytes"] < package["full_unzipped_bytes"]

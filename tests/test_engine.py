@@ -441,6 +441,30 @@ def test_from_records_rebuilds_the_same_state() -> None:
     assert restored_aggregates == aggregates and _state(restored) == _state(ledger)
 
 
+def test_upsert_many_does_what_upserts_one_by_one_do() -> None:
+    """New keys in bulk, held keys and keys twice in one run row by row: the same rows, counts, sums."""
+    rng = random.Random(11)
+    one, many = (Ledger("ALB"), Aggregates()), (Ledger("ALB"), Aggregates())
+    for run in range(40):
+        held = sorted(one[0].keys())
+        changes = []
+        for _ in range(rng.choice([1, 70, 900])):  # grows the block past its first capacity
+            pk = rng.choice(held) if held and rng.random() < 0.2 else rng.randrange(-(2**63), 2**63) >> 40
+            changes.append((pk, _random_row(rng, pk, 0.1), rng.randrange(-(2**63), 2**63)))
+        changes += [(pk, _random_row(rng, pk, 0.3), 5) for pk, _, _ in changes[: rng.randint(0, 3)]]
+        for pk, values, digest in changes:
+            one[0].upsert(pk, values, run, one[1], digest)
+        many[0].upsert_many(changes, run, many[1])
+        if run % 7 == 3:  # deletes free slots for the next run to reuse
+            for pk in rng.sample(sorted(one[0].keys()), 50):
+                one[0].delete(pk, one[1])
+                many[0].delete(pk, many[1])
+    assert many[1] == one[1] and _state(many[0]) == _state(one[0]) and len(many[0]) > 5_000
+    assert many[0].missing_counts() == one[0].missing_counts()
+    assert many[0].invalid_counts() == one[0].invalid_counts()
+    assert dict(many[0].take_changes()) == dict(one[0].take_changes())
+
+
 def test_bulk_sums_are_exact_where_int64_products_would_overflow() -> None:
     """Weights and plausible values at the ends of int32, over enough rows that Σw·pv passes 2**63."""
     rng = np.random.default_rng(3)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from pisa_pulse.capture.contract import SourceStatus
+from pisa_pulse.capture.polled import RECONCILE_RANGES_PER_POLL, PolledSource
 from pisa_pulse.capture.preflight import check_source
 from pisa_pulse.engine.pipeline import Pipeline
 from pisa_pulse.sources import config as cfg
@@ -226,3 +227,20 @@ def test_auto_mode_replicates_where_allowed_and_polls_elsewhere(
             detail=pipeline.status,
         )
         assert_exact(pipeline, five)
+
+
+@pytest.mark.parametrize("ranges", [64, 1_024, 16_384])
+def test_the_reconciliation_reads_a_bounded_slice_and_comes_round(ranges: int) -> None:
+    """Each poll's slice stays within the budget whatever the size; the slices cover every range once."""
+    source = PolledSource(Source("alb", "dbname=alb"), poll_interval=0.25, reconcile_interval=30.0)
+    covered: list[int] = []
+    for poll in range(100_000):
+        part = source._slice(ranges, float(poll))
+        assert 1 <= len(part) <= RECONCILE_RANGES_PER_POLL
+        covered += part
+        source._cursor = part.stop % ranges
+        if source._cursor == 0:
+            break
+    assert covered == list(range(ranges))
+    # a small source still comes round within the interval: 30 s / 0.25 s = 120 polls at most
+    assert ranges > 120 * RECONCILE_RANGES_PER_POLL or poll + 1 <= 120

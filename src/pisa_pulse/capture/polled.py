@@ -5,8 +5,11 @@ delays no other. A poll starts `poll_interval` after the previous one started (d
 when it took longer than that, as long after it ended as it took (a slow source spends at most half
 its time answering polls); after an error the thread reconnects with back-off (1, 2, 5, 10 s).
 Reconciliation (finding updates) rolls: each poll compares the digests of the next slice of ranges,
-sized so that every range is compared once per `reconcile_interval` (default 30 s); no poll reads
-more than its slice, so finding updates never delays finding inserts and deletes.
+sized so that every range is compared once per `reconcile_interval` (default 30 s), but never more
+than `RECONCILE_RANGES_PER_POLL` ranges (about 256 rows): a poll's reads stay bounded whatever the
+source's size, and a source too large for that budget takes longer than the interval to come round
+(at 30,000 rows, about 32 s at the default 250 ms interval; at 300,000 rows, about 5 minutes). No poll
+reads more than its slice, so finding updates never delays finding inserts and deletes.
 
 What a poll finds goes to the sink as batches, in chunks from one snapshot, each with the position
 `poll` (state-based: a restart compares the source with the rows the engine holds, so nothing is
@@ -53,6 +56,11 @@ log = logging.getLogger(__name__)
 POLL_IDENTITY = "poll"  # the position of a polled source: it holds no stream position
 ARRIVAL = "the poll that first saw the row"
 READ_COUNTERS = ("index_entries", "ids_read", "rows_read")
+TIMED_PARTS = ("ms", "scan_ms", "reconcile_ms")  # a poll's time, and that of its two parts that read most
+# The reconciliation's budget per poll, in ranges of about `poll.ROWS_PER_RANGE` (32) rows: 256 rows
+# read and hashed by the source per poll at most (1/120 of a 30,000-row source, the share a 30-s cycle
+# at 250 ms asks for), so the cycle rather than the poll grows with the source.
+RECONCILE_RANGES_PER_POLL = 8
 
 
 @dataclass
@@ -74,6 +82,7 @@ class PolledSource:
     updates_found: int = 0  # rows whose digest changed, over every reconciliation
     changes: int = 0  # rows inserted, deleted and updated, as the polls found them
     read: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_COUNTERS, 0))  # totals
+    spent_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMED_PARTS, 0.0))  # totals
     last: PollStats = field(default_factory=PollStats)  # the last poll that was not skipped
     reconciled_as_of: float = 0.0  # Unix time up to which updates are handed over too (a cycle's start)
     reconcile_everything: bool = False  # the next poll compares every range's digests (then resets)
@@ -184,6 +193,8 @@ class PolledSource:
         self.changes += stats.inserted + stats.deleted + stats.updated
         for key in READ_COUNTERS:
             self.read[key] += getattr(stats, key)
+        for key in TIMED_PARTS:
+            self.spent_ms[key] += getattr(stats, key)
         self.poll_ms.append(stats.ms)
         if not stats.skipped:
             self.last = stats  # what a poll that read something cost
@@ -199,6 +210,7 @@ class PolledSource:
         if self._cursor == 0:
             self._cycle_started = started
         per_poll = max(1, math.ceil(ranges * self.poll_interval / self.reconcile_interval))
+        per_poll = min(per_poll, RECONCILE_RANGES_PER_POLL)
         return range(self._cursor, min(ranges, self._cursor + per_poll))
 
     def _lost(self, poller: SourcePoller | None, exc: BaseException, state: State) -> SourcePoller | None:
@@ -242,6 +254,8 @@ class PolledSource:
                     "rows_read": last.rows_read,
                     "ranges": last.ranges,
                     "ranges_differing": last.ranges_differing,
+                    "scan_ms": round(last.scan_ms, 1),
+                    "reconcile_ms": round(last.reconcile_ms, 1),
                     "reconcile_interval_s": self.reconcile_interval,
                     "reconcile_progress": round(self._cursor / last.ranges, 3) if last.ranges else None,
                     "updates_as_of_us": int(self.reconciled_as_of * 1e6) or None,

@@ -127,10 +127,16 @@ class ReplicationLoop:
         now = time.monotonic()
         for r in sources:
             if r.stream is None and now >= r.retry_at:
-                r.open()
+                opened = time.monotonic()
+                r.open()  # may copy a whole source: the others' streams are not read meanwhile,
+                away = time.monotonic() - opened
+                for other in sources:  # so that time is not their silence
+                    if other is not r:
+                        other.excused += away
+        now = time.monotonic()
         streams = {r.stream.fileno(): r for r in sources if r.stream is not None}
         for fd, r in list(streams.items()):
-            if time.time() - r.heard_at > SILENCE_LIMIT:
+            if time.time() - r.heard_at - r.excused > SILENCE_LIMIT:
                 r.lost(TimeoutError(f"no answer from the source for {SILENCE_LIMIT:.0f} s"))
                 del streams[fd]
             elif now - r.pinged_at >= PING_INTERVAL:
@@ -142,7 +148,7 @@ class ReplicationLoop:
         ready, _, _ = select.select(list(streams), [], [], timeout)
         heard = time.time()
         for fd in ready:
-            streams[fd].heard_at = heard
+            streams[fd].heard_at, streams[fd].excused = heard, 0.0
         # Read every stream, not only the ready ones: psycopg2 may hold messages it has buffered.
         for r in streams.values():
             r.drain()
@@ -175,6 +181,7 @@ class ReplicatedSource:
     wal_end: int = 0
     fresh_at: float = 0.0  # Unix time up to which the source's changes are known to be handed over
     heard_at: float = 0.0  # Unix time the server's last bytes (data or keepalive) were seen arriving
+    excused: float = 0.0  # seconds since then the loop spent opening other sources (not silence)
     pinged_at: float = 0.0
     _assembler: TransactionAssembler = field(default_factory=lambda: TransactionAssembler(CHART_COLUMNS))
     _to_confirm: Position | None = None  # checkpointed, to be confirmed by the loop's thread
@@ -349,7 +356,7 @@ class ReplicatedSource:
             return
         self.stream, self.state, self.reason, self.failures = stream, State.STREAMING, "", 0
         self._confirmed = 0
-        self.heard_at = time.time()
+        self.heard_at, self.excused = time.time(), 0.0
         log.info("streaming source=%s lsn=%s", self.name, replication.lsn_text(self.position.lsn))
 
     def _take_slot(self, conn: Connection, pid: int) -> None:

@@ -206,7 +206,10 @@ class _CopySink:
         lines = (self._tail + text).split("\n")
         self._tail = lines.pop()
         for line in lines:
-            self.on_row([_copy_field(f) for f in line.split("\t")])
+            if "\\" in line:  # an escape or \N somewhere: field by field
+                self.on_row([_copy_field(f) for f in line.split("\t")])
+            else:
+                self.on_row(line.split("\t"))  # type: ignore[arg-type]  # list[str] is a list[str | None]
         self.rows += len(lines)
         return len(data)
 

@@ -121,6 +121,45 @@ class Ledger:
         aggregates.add(row)
         self._changed.add(pk)
 
+    def upsert_many(
+        self, changes: Iterable[tuple[int, Sequence[object], int]], minute: int, aggregates: Aggregates
+    ) -> None:
+        """`upsert` of each (pk, values, digest), with the same result; rows of keys not held yet go in
+        in bulk (`RowParser.parse_rows`, then numpy for the block, the counters and `add_rows`), so a
+        copy or a backlog of inserts spends little time per row in Python."""
+        keys: list[int] = []
+        rows: list[Sequence[object]] = []
+        digests: list[int] = []
+        fresh: set[int] = set()
+        slot_of = self._index.slot
+        for pk, values, digest in changes:
+            if pk in fresh:  # twice in one run: the first goes in before the second updates it
+                self._add_fresh(keys, self._parser.parse_rows(rows, minute), digests, aggregates)
+                keys, rows, digests, fresh = [], [], [], set()
+            if slot_of(pk) >= 0:
+                self.upsert(pk, values, minute, aggregates, digest)
+            else:
+                keys.append(pk)
+                rows.append(values)
+                digests.append(digest)
+                fresh.add(pk)
+        if keys:
+            self._add_fresh(keys, self._parser.parse_rows(rows, minute), digests, aggregates)
+
+    def _add_fresh(
+        self, keys: list[int], rows: npt.NDArray[np.int32], digests: list[int], aggregates: Aggregates
+    ) -> None:
+        """Hold new keys' parsed rows (none of them held yet), counted and added in bulk."""
+        slots = [self._allocate() for _ in keys]  # may grow the block: before taking views of it
+        self._block[slots] = rows
+        self._digests[slots] = digests
+        add = self._index.add
+        for pk, slot in zip(keys, slots, strict=True):
+            add(pk, slot)
+        self._count_block(rows)
+        aggregates.add_rows(rows)
+        self._changed.update(keys)
+
     def delete(self, pk: int, aggregates: Aggregates) -> bool:
         """Retract row `pk`; False (and counted in `unknown_deletes`) if the ledger does not hold it."""
         slot = self._index.remove(pk)
@@ -221,9 +260,7 @@ class Ledger:
         ledger._block[:n] = rows
         ledger._digests[:n] = packed[:, ROW_BYTES:].copy().view("<i8").reshape(n)
         ledger._used = n
-        status, values = rows[:, CNT_STATUS], rows[:, FIRST_VALUE:]
-        ledger._missing = [int((status == CNT_MISSING).sum()), *(values == MISSING).sum(axis=0).tolist()]
-        ledger._invalid = [int((status == CNT_INVALID).sum()), *(values == INVALID).sum(axis=0).tolist()]
+        ledger._count_block(rows)
         aggregates.add_rows(rows)
         return ledger
 
@@ -250,6 +287,14 @@ class Ledger:
                 self._missing[column] += sign
             elif value == INVALID:
                 self._invalid[column] += sign
+
+    def _count_block(self, rows: npt.NDArray[np.int32]) -> None:
+        """`_count` of every row of an (n, ROW_WIDTH) block."""
+        status, values = rows[:, CNT_STATUS], rows[:, FIRST_VALUE:]
+        missing = [int((status == CNT_MISSING).sum()), *(values == MISSING).sum(axis=0).tolist()]
+        invalid = [int((status == CNT_INVALID).sum()), *(values == INVALID).sum(axis=0).tolist()]
+        self._missing = [a + b for a, b in zip(self._missing, missing, strict=True)]
+        self._invalid = [a + b for a, b in zip(self._invalid, invalid, strict=True)]
 
     def _uncount(self, row: Sequence[int]) -> None:
         self._count(row, -1)

@@ -33,10 +33,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from pisa_pulse.errors import PisaPulseError
 from pisa_pulse.pisa2018 import countries, variables
 from pisa_pulse.sources.schema import CHART_COLUMNS, WEIGHT_COLUMN
+
+if TYPE_CHECKING:  # numpy only where rows are parsed in bulk (ledgers): see `RowParser.parse_rows`
+    import numpy as np
+    import numpy.typing as npt
 
 NUMERIC_COLUMNS = CHART_COLUMNS[2:]
 COUNTED_COLUMNS = CHART_COLUMNS[1:]  # the columns with missing / invalid counters (not id)
@@ -188,6 +193,11 @@ class RowParser:
         self.source_index = COUNTRY_INDEX[source_country]
         self._rules = column_rules()
         self._fast = re.compile(_SEPARATOR.join(_fast_field(r) for r in self._rules))
+        # The same, with a group that takes whatever a field holds when it is not canonical: one match
+        # says which fields need `parse_value`, instead of a match per field.
+        self._sorting = re.compile(
+            _SEPARATOR.join(f"(?:{_fast_field(r)}|([^{_SEPARATOR}]*))" for r in self._rules)
+        )
         self._canonical = tuple(re.compile(_fast_field(r)).fullmatch for r in self._rules)
         # Columns whose canonical text can still be invalid (codes, user-missing ranges).
         self._checked = tuple(
@@ -210,7 +220,7 @@ class RowParser:
         except TypeError:
             return self._parse_slow(values, minute, previous)
         if self._fast.fullmatch(joined) is None:
-            return self._parse_slow(values, minute, previous)
+            return self._parse_messy(joined, values, minute, previous)
         numbers = list(map(int, joined.replace(".", "").replace("NA", self._missing_text).split(_SEPARATOR)))
         self._check(numbers)
         cnt = values[1]
@@ -218,6 +228,47 @@ class RowParser:
         if index is not None:
             return [index, minute, CNT_VALID, *numbers]
         return self._with_country(numbers, cnt, minute, previous)
+
+    def parse_rows(self, rows: Sequence[Sequence[object]], minute: int) -> npt.NDArray[np.int32]:
+        """`parse_row` of every row, as an (n, ROW_WIDTH) int32 block, the same integers: rows whose
+        values are all canonical text (and whose cnt is a valid code) are converted together, in one
+        numpy call over their joined text; the others one by one."""
+        import numpy as np  # here: serving imports this module without numpy (see aggregates.py)
+
+        block = np.empty((len(rows), ROW_WIDTH), dtype=np.int64)
+        texts: list[str] = []
+        at: list[int] = []
+        countries: list[int] = []
+        fast, country_of = self._fast.fullmatch, COUNTRY_INDEX.get
+        for i, values in enumerate(rows):
+            cnt = values[1]
+            index = country_of(cnt) if type(cnt) is str and len(values) == len(CHART_COLUMNS) else None
+            try:
+                joined = _SEPARATOR.join(values[2:])  # type: ignore[arg-type]  # TypeError: one by one
+            except TypeError:
+                index = None
+            if index is not None and fast(joined) is not None:
+                texts.append(joined)
+                at.append(i)
+                countries.append(index)
+            else:
+                block[i] = self.parse_row(values, minute)
+        if texts:
+            text = _SEPARATOR.join(texts).replace(".", "").replace("NA", self._missing_text)
+            numbers = np.fromstring(text, dtype=np.int64, sep=_SEPARATOR).reshape(len(texts), -1)
+            for i, codes, missing in self._checked:
+                column = numbers[:, i]
+                wrong = np.zeros(len(column), dtype=bool)
+                if codes is not None:
+                    wrong |= ~np.isin(column, sorted(codes))
+                for low, high in missing:
+                    wrong |= (column >= low) & (column <= high)
+                column[wrong & (column != MISSING)] = INVALID
+            block[at, COUNTRY] = countries
+            block[at, ARRIVAL] = minute
+            block[at, CNT_STATUS] = CNT_VALID
+            block[at, FIRST_VALUE:] = numbers
+        return block.astype(np.int32)
 
     def _check(self, numbers: list[int]) -> None:
         """Mark canonical numbers that are not category codes or are user-missing as INVALID."""
@@ -240,6 +291,28 @@ class RowParser:
         if previous is not None:  # unchanged cnt
             return [previous[COUNTRY], minute, previous[CNT_STATUS], *numbers]
         return [self.source_index, minute, CNT_MISSING, *numbers]
+
+    def _parse_messy(
+        self, joined: str, values: Sequence[object], minute: int, previous: Sequence[int] | None
+    ) -> list[int]:
+        """Text values of which some are not canonical: those through `parse_value`, the rest as fast."""
+        sorted_ = self._sorting.fullmatch(joined)
+        if sorted_ is None or any(type(v) is not str for v in values[2:]):  # str subclasses: no shortcuts
+            return self._parse_slow(values, minute, previous)
+        messy = [(i, text) for i, text in enumerate(sorted_.groups()) if text is not None]
+        fields = joined.split(_SEPARATOR)
+        for i, _ in messy:
+            fields[i] = "0"
+        numbers = list(
+            map(
+                int,
+                _SEPARATOR.join(fields).replace(".", "").replace("NA", self._missing_text).split(_SEPARATOR),
+            )
+        )
+        for i, text in messy:
+            numbers[i] = parse_value(self._rules[i], text)
+        self._check(numbers)
+        return self._with_country(numbers, values[1], minute, previous)
 
     def _parse_slow(self, values: Sequence[object], minute: int, previous: Sequence[int] | None) -> list[int]:
         # Value by value: canonical text still takes the quick conversion, the rest `parse_value`.

@@ -1,0 +1,156 @@
+"""`serve` at size: start to streaming, its memory after the copy and at the copy's peak, and catch-up.
+
+The 20 default countries at full width, seeded with `students` as `sources up` leaves them (nothing
+vacuumed, nothing paused). Each code (the code before issue 18, `live_bench.BEFORE`, exported from
+git, then this one) runs `pisa-pulse serve` over the same sources with slots and state of its own:
+
+- **start to streaming**: from starting `serve` to `/api/status` showing every source streaming with
+  every seeded row counted (the initial copy of all 20 sources included);
+- **RSS**: of all of `serve`'s processes together (the HTTP process and its capture process), read
+  from /proc every 20 ms during the copy: the peak of that sum, and the sum 3 s after streaming;
+- **catch-up**: `serve` stopped (SIGTERM: it checkpoints), traffic written as fast as the writer can
+  for `backlog_s` seconds (5 % corrections, 2 % withdrawals), `serve` started again: changes applied
+  per second, from the first status (`/api/status`, polled every 50 ms) that counts any change to
+  the last: `catch_up_s` is that span, `catch_up_changes` every change applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from api_bench import ServeProcess
+from background import Background
+from capture_bench import CLI, _traffic, _up
+from cpu import children
+from live_bench import BEFORE, CHECKOUT, drop_slots, export, settings_of
+from sources_bench import scratch_dir, total_rows
+
+SAMPLE_S = 0.02
+SETTLED_S = 3.0
+STATUS_EVERY_S = 0.05
+TIMEOUT_S = 1800.0
+
+
+def footprint(students: int, backlog_s: float) -> list[dict[str, Any]]:
+    """One row per code: start to streaming, RSS after the copy and its peak, catch-up changes/s."""
+    rows: dict[str, dict[str, Any]] = {}
+    with scratch_dir() as data_dir:
+        config = _up(data_dir, "full", students // 20)
+        seeded = total_rows(config)
+        trees = {"before": export(BEFORE, data_dir.parent / "before"), "after": CHECKOUT / "src"}
+        commands = {}
+        for code, src in trees.items():
+            settings = settings_of(data_dir, config, code)
+            commands[code] = [
+                "env",
+                f"PYTHONPATH={src}",
+                *CLI,
+                "serve",
+                "--config",
+                str(settings),
+                "--port",
+                "0",
+            ]
+        for code, command in commands.items():  # both start on the sources as seeded
+            print(f"  {code}: serve from a cold start on {seeded:,} rows ...", flush=True)
+            with ServeProcess(command, data_dir.parent / f"footprint-{code}.log") as server:
+                started = time.perf_counter()
+                with RssSampler(server.pid) as rss:
+                    server.wait_ready("replication", seeded)
+                    streaming_s = time.perf_counter() - started
+                    copy_peak = rss.peak_mb
+                time.sleep(SETTLED_S)
+                after_copy = RssSampler.family_mb(server.pid)
+            rows[code] = {
+                "code": code,
+                "students": seeded,
+                "start_to_streaming_s": round(streaming_s, 1),
+                "rss_after_copy_mb": round(after_copy),
+                "copy_peak_rss_mb": round(copy_peak),
+                "peak_over_after": round(copy_peak / after_copy, 2),
+            }
+        print(
+            f"  a backlog of {backlog_s:.0f} s of traffic at full speed, while neither serves ...", flush=True
+        )
+        _traffic(data_dir, 1_000_000, backlog_s).wait()
+        for code, command in commands.items():  # each slot holds the same backlog
+            print(f"  {code}: catch-up from its checkpoint ...", flush=True)
+            with ServeProcess(command, data_dir.parent / f"footprint-{code}-2.log") as server:
+                total, timed, seconds = _caught_up(server)
+            rows[code].update(
+                catch_up_changes=total,
+                catch_up_s=round(seconds, 2),
+                catch_up_changes_per_s=round(timed / seconds) if seconds else None,
+            )
+        for code in commands:
+            drop_slots(config, f"pp_{code}")
+    return list(rows.values())
+
+
+class RssSampler(Background):
+    """The summed RSS of a process and its children, sampled in a thread; `peak_mb` the largest sum."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__("rss-sampler")
+        self.pid = pid
+        self.peak_mb = 0.0
+
+    def run(self) -> None:
+        while not self.stopped.wait(SAMPLE_S):
+            self.peak_mb = max(self.peak_mb, self.family_mb(self.pid))
+
+    @staticmethod
+    def family_mb(pid: int) -> float:
+        """VmRSS of `pid` and its children, in MiB (processes that vanished while read count 0)."""
+        total_kb = 0
+        for p in (pid, *children(pid)):
+            try:
+                for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+            except OSError:
+                continue
+        return total_kb / 1024
+
+
+def _caught_up(server: ServeProcess) -> tuple[int, int, float]:
+    """Once nothing came for 2 s: every change applied, and the rate's base: the changes applied and
+    seconds from the first status that counted any to the last (what came before that has no start)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    first: tuple[int, float] | None = None
+    last = (0, 0.0)
+    while True:
+        server.alive()
+        changes = _changes(server)
+        now = time.perf_counter()
+        if changes is not None and changes > last[0]:
+            first = first or (changes, now)
+            last = (changes, now)
+        elif first is not None and now - last[1] > 2.0:
+            return last[0], last[0] - first[0], last[1] - first[1]
+        if time.monotonic() > deadline:
+            raise TimeoutError("catch-up did not end")
+        time.sleep(STATUS_EVERY_S)
+
+
+def _changes(server: ServeProcess) -> int | None:
+    """The sum of every source's applied changes in `/api/status`, None until the server answers."""
+    if not server.url and not server.found_url():
+        return None
+    try:
+        with urllib.request.urlopen(server.url.rstrip("/") + "/api/status", timeout=10) as response:
+            status = json.loads(response.read())
+    except OSError:
+        return None
+    return sum(int(s.get("changes", 0)) for s in status["sources"])
+
+
+if __name__ == "__main__":  # a quick look: python bench/footprint_bench.py STUDENTS BACKLOG_S
+    sys.path.insert(0, os.path.dirname(__file__))
+    print(json.dumps(footprint(int(sys.argv[1]), float(sys.argv[2])), indent=1))
