@@ -2,16 +2,19 @@
 
 The 20 default countries at full width, seeded with `students` as `sources up` leaves them (nothing
 vacuumed, nothing paused). Each code (the code before issue 18, `live_bench.BEFORE`, exported from
-git, then this one) runs `pisa-pulse serve` over the same sources with slots and state of its own:
+git, then this one, then this one with `[history] store = "none"`, which leaves DuckDB out of the
+HTTP process) runs `pisa-pulse serve` over the same sources with slots and state of its own:
 
 - **start to streaming**: from starting `serve` to `/api/status` showing every source streaming with
   every seeded row counted (the initial copy of all 20 sources included);
 - **RSS**: of all of `serve`'s processes together (the HTTP process and its capture process), read
-  from /proc every 20 ms during the copy: the peak of that sum, and the sum 3 s after streaming;
+  from /proc every 20 ms during the copy: the peak of that sum, and the sum 3 s after streaming
+  (with the HTTP process's share; the rest is the capture process's);
 - **catch-up**: `serve` stopped (SIGTERM: it checkpoints), traffic written as fast as the writer can
   for `backlog_s` seconds (5 % corrections, 2 % withdrawals), `serve` started again: changes applied
   per second, from the first status (`/api/status`, polled every 50 ms) that counts any change to
-  the last: `catch_up_s` is that span, `catch_up_changes` every change applied.
+  the last: `catch_up_s` is that span, `catch_up_changes` every change applied (not for the third
+  case, whose capture is the second's).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ SAMPLE_S = 0.02
 SETTLED_S = 3.0
 STATUS_EVERY_S = 0.05
 TIMEOUT_S = 1800.0
+WITHOUT_HISTORY = "after, history store off"  # this code with `[history] store = "none"`: no DuckDB
 
 
 def footprint(students: int, backlog_s: float) -> list[dict[str, Any]]:
@@ -43,23 +47,21 @@ def footprint(students: int, backlog_s: float) -> list[dict[str, Any]]:
     with scratch_dir() as data_dir:
         config = _up(data_dir, "full", students // 20)
         seeded = total_rows(config)
-        trees = {"before": export(BEFORE, data_dir.parent / "before"), "after": CHECKOUT / "src"}
+        before = export(BEFORE, data_dir.parent / "before")
         commands = {}
-        for code, src in trees.items():
-            settings = settings_of(data_dir, config, code)
-            commands[code] = [
-                "env",
-                f"PYTHONPATH={src}",
-                *CLI,
-                "serve",
-                "--config",
-                str(settings),
-                "--port",
-                "0",
-            ]
-        for code, command in commands.items():  # both start on the sources as seeded
+        for i, (code, src, more) in enumerate(
+            (
+                ("before", before, {}),
+                ("after", CHECKOUT / "src", {}),
+                (WITHOUT_HISTORY, CHECKOUT / "src", {"history": {"store": "none"}}),
+            )
+        ):
+            settings = settings_of(data_dir, config, f"c{i}", more)
+            command = ["env", f"PYTHONPATH={src}", *CLI, "serve", "--config", str(settings), "--port", "0"]
+            commands[code] = (f"c{i}", command)
+        for code, (slug, command) in commands.items():  # each starts on the sources as seeded
             print(f"  {code}: serve from a cold start on {seeded:,} rows ...", flush=True)
-            with ServeProcess(command, data_dir.parent / f"footprint-{code}.log") as server:
+            with ServeProcess(command, data_dir.parent / f"footprint-{slug}.log") as server:
                 started = time.perf_counter()
                 with RssSampler(server.pid) as rss:
                     server.wait_ready("replication", seeded)
@@ -67,29 +69,33 @@ def footprint(students: int, backlog_s: float) -> list[dict[str, Any]]:
                     copy_peak = rss.peak_mb
                 time.sleep(SETTLED_S)
                 after_copy = RssSampler.family_mb(server.pid)
+                http = RssSampler.process_mb(server.pid)
+            if code == WITHOUT_HISTORY:
+                drop_slots(config, f"pp_{slug}")  # no catch-up for it: its slot would only pin WAL
             rows[code] = {
                 "code": code,
                 "students": seeded,
                 "start_to_streaming_s": round(streaming_s, 1),
                 "rss_after_copy_mb": round(after_copy),
+                "rss_http_process_mb": round(http),
+                "rss_capture_process_mb": round(after_copy - http),
                 "copy_peak_rss_mb": round(copy_peak),
                 "peak_over_after": round(copy_peak / after_copy, 2),
             }
-        print(
-            f"  a backlog of {backlog_s:.0f} s of traffic at full speed, while neither serves ...", flush=True
-        )
+        print(f"  a backlog of {backlog_s:.0f} s of traffic at full speed, while none serves ...", flush=True)
         _traffic(data_dir, 1_000_000, backlog_s).wait()
-        for code, command in commands.items():  # each slot holds the same backlog
+        for code, (slug, command) in commands.items():  # each slot holds the same backlog
+            if code == WITHOUT_HISTORY:
+                continue  # the same capture as `after`'s: its start and memory were the point
             print(f"  {code}: catch-up from its checkpoint ...", flush=True)
-            with ServeProcess(command, data_dir.parent / f"footprint-{code}-2.log") as server:
+            with ServeProcess(command, data_dir.parent / f"footprint-{slug}-2.log") as server:
                 total, timed, seconds = _caught_up(server)
             rows[code].update(
                 catch_up_changes=total,
                 catch_up_s=round(seconds, 2),
                 catch_up_changes_per_s=round(timed / seconds) if seconds else None,
             )
-        for code in commands:
-            drop_slots(config, f"pp_{code}")
+            drop_slots(config, f"pp_{slug}")
     return list(rows.values())
 
 
@@ -107,16 +113,19 @@ class RssSampler(Background):
 
     @staticmethod
     def family_mb(pid: int) -> float:
-        """VmRSS of `pid` and its children, in MiB (processes that vanished while read count 0)."""
-        total_kb = 0
-        for p in (pid, *children(pid)):
-            try:
-                for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total_kb += int(line.split()[1])
-            except OSError:
-                continue
-        return total_kb / 1024
+        """VmRSS of `pid` and its children, in MiB."""
+        return sum(RssSampler.process_mb(p) for p in (pid, *children(pid)))
+
+    @staticmethod
+    def process_mb(pid: int) -> float:
+        """VmRSS of one process in MiB (0 if it vanished while read)."""
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
 
 
 def _caught_up(server: ServeProcess) -> tuple[int, int, float]:

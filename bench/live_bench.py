@@ -112,11 +112,15 @@ def export(revision: str, where: Path) -> Path:
     return where / "src"
 
 
-def settings_of(data_dir: Path, config: cfg.SourcesConfig, code: str) -> Path:
-    """A settings file for `code`'s server over the sources: replication, slots and state of its own."""
+def settings_of(
+    data_dir: Path, config: cfg.SourcesConfig, code: str, more: dict[str, Any] | None = None
+) -> Path:
+    """A settings file for `code`'s server over the sources: replication, slots and state of its own
+    (and the tables in `more`)."""
     settings = data_dir.parent / f"{code}.toml"
     body = {
         "capture": {"mode": "replication", "slot_prefix": f"pp_{code}", "state_dir": f"state-{code}"},
+        **(more or {}),
         "sources": [{"name": s.name, "dsn": s.dsn} for s in config.sources],
     }
     fd = os.open(settings, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -506,17 +506,19 @@ TABLES: dict[str, tuple[str, str, Callable[[Row], str]]] = {
     "footprint": (
         "footprint",
         "| `serve` at size (all its processes) | code | students | start to streaming s | RSS MB after the "
-        "copy | copy's peak RSS MB (x after) | catch-up: changes | s | changes/s |",
+        "copy (HTTP process + capture process) | copy's peak RSS MB (x after) | catch-up: changes | s | "
+        "changes/s |",
         lambda c: _cells(
             "full width, as `sources up` leaves them",
             c["code"],
             c["students"],
             c["start_to_streaming_s"],
-            c["rss_after_copy_mb"],
+            f"{c['rss_after_copy_mb']} ({c.get('rss_http_process_mb', '-')} + "
+            f"{c.get('rss_capture_process_mb', '-')})",
             f"{c['copy_peak_rss_mb']} ({c['peak_over_after']}x)",
-            c["catch_up_changes"],
-            c["catch_up_s"],
-            c["catch_up_changes_per_s"],
+            c.get("catch_up_changes"),
+            c.get("catch_up_s"),
+            c.get("catch_up_changes_per_s"),
         ),
     ),
     "poll_budget": (

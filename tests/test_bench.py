@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import ceiling_bench  # noqa: E402
+import footprint_bench  # noqa: E402
 import rate_bench  # noqa: E402
 import run  # noqa: E402  (bench/run.py, found through the path above)
 import tables  # noqa: E402
@@ -102,10 +103,15 @@ def test_every_suite_reports_figures(smoke: tuple[dict, str, str]) -> None:
     assert {(code, url) for code in ("before", "after") for url, _ in ceiling_bench.URLS} == ceiling
     assert all(row["requests_per_s"] > 0 and row["share_of_static"] > 0 for row in result["ceiling"])
     footprint = {row["code"]: row for row in result["footprint"]}
-    assert set(footprint) == {"before", "after"}
+    assert set(footprint) == {"before", "after", footprint_bench.WITHOUT_HISTORY}
     for row in footprint.values():
-        assert row["students"] > 0 and row["start_to_streaming_s"] > 0 and row["catch_up_changes"] > 0
-        assert row["copy_peak_rss_mb"] > 0 and row["rss_after_copy_mb"] > 0
+        assert row["students"] > 0 and row["start_to_streaming_s"] > 0
+        assert (
+            row["copy_peak_rss_mb"] > 0
+            and row["rss_capture_process_mb"] > 0
+            and row["rss_http_process_mb"] > 0
+        )
+    assert footprint["before"]["catch_up_changes"] > 0 and footprint["after"]["catch_up_changes"] > 0
     budget = {row["code"]: row for row in result["poll_budget"]}
     assert set(budget) == {"before", "after"} and all(row["polls"] > 0 for row in budget.values())
     assert budget["before"]["scan_ms_per_poll"] is None  # the code before does not time the parts

@@ -176,6 +176,28 @@ def test_restart_resumes_from_the_checkpoint(
         assert all(r.copies == 0 for r in pipeline.statuses())
 
 
+def test_a_source_is_fresh_only_once_its_backlog_is_read(
+    five: cfg.SourcesConfig, new_dir: Path, shared: SharedServer
+) -> None:
+    """Restarted on a backlog, no source may claim freshness (what `sync --once` waits for and the
+    charts' as-of shows) before it holds every change committed before then."""
+    with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
+        wait_streaming(pipeline)
+    with traffic_running(five, rate=2000) as traffic:
+        traffic_made(traffic, 1500)  # while the pipeline is down: the slots keep it
+    started = time.time()
+    with pipeline_running(five, new_dir, shared.slot_prefix) as pipeline:
+        # The totals as of the first moment every source claims it (read right after the claims)
+        claimed = wait_for(
+            lambda: all(s.fresh_at >= started for s in pipeline.statuses()) and [pipeline.aggregates],
+            60,
+            what="every source fresh",
+            pause=lambda _: time.sleep(0.001),
+        )
+        expected = oracle(five)
+        assert claimed[0].without_arrivals() == expected and expected.count() > 0
+
+
 def wait_checkpointed(data_dir: Path, sources: int) -> None:
     """Wait until a pipeline of `data_dir` (another process) has checkpointed every source once."""
     store = CheckpointStore(checkpoint_path(data_dir))

@@ -184,6 +184,7 @@ class ReplicatedSource:
     excused: float = 0.0  # seconds since then the loop spent opening other sources (not silence)
     pinged_at: float = 0.0
     _assembler: TransactionAssembler = field(default_factory=lambda: TransactionAssembler(CHART_COLUMNS))
+    _behind_until: int = 0  # the server's flushed WAL when the stream opened: no freshness before it
     _to_confirm: Position | None = None  # checkpointed, to be confirmed by the loop's thread
     _confirmed: int = 0
     _held: HeldRows | None = None
@@ -277,9 +278,6 @@ class ReplicatedSource:
                 self.changes += len(done.changes)
             self.wal_end = stream.wal_end
             if drained and not self._assembler.in_transaction and self.position:
-                # Caught up with everything the server sent, up to its last word (a message or the
-                # keepalive answering our ping): the source is fresh as of then.
-                self.fresh_at = max(self.fresh_at, self.heard_at)
                 if self.wal_end > self.position.lsn:
                     # The server has decoded up to wal_end and sent us every commit before it, so the
                     # position may move there; confirming it lets an idle slot release its WAL.
@@ -287,6 +285,11 @@ class ReplicatedSource:
                         self.position.identity, self.wal_end, self.position.last_commit_us
                     )
                     self._hand_over(Batch((), self.position, 0))
+                if self.position.lsn >= self._behind_until:
+                    # Caught up with everything the server sent, up to its last word (a message or
+                    # the keepalive answering our ping), and past what was flushed when the stream
+                    # opened (until then the backlog is still coming): fresh as of then.
+                    self.fresh_at = max(self.fresh_at, self.heard_at)
         except (psycopg2.Error, OSError, CaptureError) as exc:
             self.lost(exc)
 
@@ -346,7 +349,12 @@ class ReplicatedSource:
                         replication.drop_slot(conn, self.slot)
                         stream = replication.ReplicationStream(self.source, self.slot)
                     self._copy(stream, identity, why)
+                asked = time.time()
+                with conn.cursor() as cur:  # what the stream must reach before the source counts as fresh
+                    cur.execute("SELECT pg_current_wal_flush_lsn()::text WHERE NOT pg_is_in_recovery()")
+                    flushed = cur.fetchone()
             assert self.position is not None
+            self._behind_until = replication.parse_lsn(flushed[0]) if flushed else 0
             stream.start(self.position.lsn)
         except SourceUnusable as exc:
             self.lost(exc, stream, state=State.FAILED)
@@ -356,7 +364,7 @@ class ReplicatedSource:
             return
         self.stream, self.state, self.reason, self.failures = stream, State.STREAMING, "", 0
         self._confirmed = 0
-        self.heard_at, self.excused = time.time(), 0.0
+        self.heard_at, self.excused = asked, 0.0  # fresh as of then at best (see `drain`)
         log.info("streaming source=%s lsn=%s", self.name, replication.lsn_text(self.position.lsn))
 
     def _take_slot(self, conn: Connection, pid: int) -> None:

@@ -2,11 +2,14 @@
 
 One exact pass and exit: the pipeline (the same engine and checkpoint `serve` uses, in
 `capture.state_dir`) resumes from its checkpoint where there is one, else copies each source
-consistently, and runs until every source is caught up with the moment the run started: a
-replicated source once its server has confirmed everything committed before then (a keepalive
-past it), a polled one once a poll and a reconciliation of every range have started after it
-(corrections are only found by reconciling). Then it checkpoints, stops, and brings the history
-store and the publish targets up to date:
+consistently, and runs until every source is caught up with the moment the run started: a replicated
+source once its stream has passed the WAL its server had flushed when the stream opened and a
+keepalive after the start (logical decoding sends flushed WAL only: on a source that commits with
+`synchronous_commit = off`, as `make demo`'s do, a commit of the last `wal_writer_delay` before the
+start may not be flushed yet and is left to the next run, counted once there), a polled one once a
+poll and a reconciliation of every range have started after it (corrections are only found by
+reconciling). Then it checkpoints, stops, and brings the history store and the publish targets up to
+date:
 
 - the store gets, per source whose totals changed since the last minute it holds, one minute: the
   run's, with the rows that arrived since the minute before (a second run within the same minute
