@@ -241,8 +241,8 @@ class RowParser:
         countries: list[int] = []
         fast, country_of = self._fast.fullmatch, COUNTRY_INDEX.get
         for i, values in enumerate(rows):
-            cnt = values[1]
-            index = country_of(cnt) if type(cnt) is str and len(values) == len(CHART_COLUMNS) else None
+            cnt = values[1] if len(values) == len(CHART_COLUMNS) else None  # else parse_row says why
+            index = country_of(cnt) if type(cnt) is str else None
             try:
                 joined = _SEPARATOR.join(values[2:])  # type: ignore[arg-type]  # TypeError: one by one
             except TypeError:
