@@ -64,6 +64,7 @@ US_PER_MINUTE = 60_000_000
 MAX_MESSAGES_PER_TURN = 5_000  # per source and loop turn, so one busy source cannot starve the others
 PING_INTERVAL = 0.1  # ask every source for a keepalive this often, so idle sources stay provably fresh
 SILENCE_LIMIT = 15.0  # a stream silent this long (no answer to pings) is dropped and reopened
+IDLE_AFTER = 1.0  # seconds a server's sent position stands still before it counts as idle
 COPY_CHUNK = 5_000  # rows per batch of a copy
 
 
@@ -185,6 +186,8 @@ class ReplicatedSource:
     pinged_at: float = 0.0
     _assembler: TransactionAssembler = field(default_factory=lambda: TransactionAssembler(CHART_COLUMNS))
     _behind_until: int = 0  # the server's flushed WAL when the stream opened: no freshness before it
+    _still_at: int = 0  # the last sent position the server reported, and since it was heard (Unix time)
+    _still_since: float = 0.0
     _to_confirm: Position | None = None  # checkpointed, to be confirmed by the loop's thread
     _confirmed: int = 0
     _held: HeldRows | None = None
@@ -285,6 +288,8 @@ class ReplicatedSource:
                         self.position.identity, self.wal_end, self.position.last_commit_us
                     )
                     self._hand_over(Batch((), self.position, 0))
+                if self.position.lsn < self._behind_until and self._idle_server():
+                    self._behind_until = 0  # it has sent all it can: what is left is not decodable yet
                 if self.position.lsn >= self._behind_until:
                     # Caught up with everything the server sent, up to its last word (a message or
                     # the keepalive answering our ping), and past what was flushed when the stream
@@ -292,6 +297,16 @@ class ReplicatedSource:
                     self.fresh_at = max(self.fresh_at, self.heard_at)
         except (psycopg2.Error, OSError, CaptureError) as exc:
             self.lost(exc)
+
+    def _idle_server(self) -> bool:
+        """Whether the server has answered our pings for `IDLE_AFTER` seconds with the same sent
+        position, all of which we hold: its walsender waits for WAL. (The flushed position read at open
+        can lie inside a record whose end is not flushed yet, since the WAL writer flushes whole pages,
+        and nothing may flush it on an idle server: then nothing more is coming.) Silence proves
+        nothing: only answers that arrived count."""
+        if self.wal_end != self._still_at:
+            self._still_at, self._still_since = self.wal_end, self.heard_at
+        return self.heard_at - self._still_since >= IDLE_AFTER
 
     def send_confirmation(self) -> None:
         """Confirm to the server the last position the checkpoint holds, if it is new."""
@@ -365,6 +380,7 @@ class ReplicatedSource:
         self.stream, self.state, self.reason, self.failures = stream, State.STREAMING, "", 0
         self._confirmed = 0
         self.heard_at, self.excused = asked, 0.0  # fresh as of then at best (see `drain`)
+        self._still_at = -1  # no answer of this stream's server yet (`_idle_server`)
         log.info("streaming source=%s lsn=%s", self.name, replication.lsn_text(self.position.lsn))
 
     def _take_slot(self, conn: Connection, pid: int) -> None:
