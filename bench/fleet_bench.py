@@ -47,8 +47,7 @@ from cpu import process_cpu_s
 from e2e_bench import _probe, probed_sources
 from limits_bench import static_http
 from pisa_pulse.engine.values import COUNTRY_INDEX
-from pisa_pulse.fleet import parts
-from pisa_pulse.fleet.leases import PREFIX
+from pisa_pulse.fleet import PREFIX, parts
 from pisa_pulse.sources.config import SourcesConfig
 from poll_bench import autovacuum
 from sources_bench import scratch_dir, total_rows

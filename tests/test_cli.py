@@ -53,3 +53,11 @@ def test_module_entry_point_runs_the_cli() -> None:
         [sys.executable, "-m", "pisa_pulse", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("pisa-pulse ")
+
+
+def test_the_command_line_leaves_the_nats_client_to_the_commands_that_connect() -> None:
+    """`serve` (and every command) starts without the NATS client, numpy or DuckDB: each is megabytes
+    of every process that imports it (docs/benchmarks.md, `serve` at size)."""
+    code = "import sys, pisa_pulse.cli; print(sorted({'nats', 'numpy', 'duckdb'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

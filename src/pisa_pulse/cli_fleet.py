@@ -26,11 +26,7 @@ from rich.table import Table
 from pisa_pulse.api import settings as api_settings
 from pisa_pulse.cli_serve import http_options, load_settings, run_server
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.fleet import connect
-from pisa_pulse.fleet.bus import PartsView, retried
-from pisa_pulse.fleet.leases import LEASE_S, LeaseBook
-from pisa_pulse.fleet.replica import FleetSnapshots, source_statuses
-from pisa_pulse.history.recorder import Recorder
+from pisa_pulse.fleet import LEASE_S, connect
 from pisa_pulse.terminal import out
 
 LEASE_CHOICES = range(2, 61)
@@ -99,6 +95,8 @@ def cmd_worker(data_dir: Path, args: argparse.Namespace) -> int:
 async def _run_worker(
     settings: api_settings.Settings, options: connect.NatsOptions, name: str, lease_s: int
 ) -> None:
+    from pisa_pulse.fleet.bus import retried  # the NATS client: only in the commands that connect
+    from pisa_pulse.fleet.leases import LeaseBook
     from pisa_pulse.fleet.stores import Stores
     from pisa_pulse.fleet.worker import Worker  # the pipeline: numpy and the database driver
 
@@ -139,6 +137,9 @@ async def _run_worker(
 
 def cmd_api(args: argparse.Namespace) -> int:
     """`api`: serve until Ctrl+C or SIGTERM."""
+    from pisa_pulse.fleet.replica import FleetSnapshots  # the NATS client: only in the commands that connect
+    from pisa_pulse.history.recorder import Recorder
+
     options = connect.options_from(args)
     if args.config is not None:
         settings = api_settings.load(args.config, args.host, args.port)
@@ -195,6 +196,9 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 
 async def _statuses(options: connect.NatsOptions) -> list[dict[str, Any]]:
+
+    from pisa_pulse.fleet.bus import PartsView  # the NATS client: only in the commands that connect
+    from pisa_pulse.fleet.replica import source_statuses
 
     client = await connect.connect(options, "pisa-pulse fleet status")
     try:

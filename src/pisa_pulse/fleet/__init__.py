@@ -13,4 +13,10 @@
   dropped and their state deleted.
 - `replica`: an API replica's snapshots, merged from the published parts.
 - `connect`: the NATS connection of the `worker`, `api` and `fleet` commands (cli_fleet.py).
+
+The constants the command line needs are here, so that `pisa-pulse` imports the NATS client only for
+the commands that connect (it is 5 MB of a `serve` process that never uses it).
 """
+
+PREFIX = "pisa_pulse"  # every bucket's name starts with it, so one NATS account can hold several deployments
+LEASE_S = 6  # whole seconds (JetStream's age limits are): several, so a loaded 2-core machine does not flap

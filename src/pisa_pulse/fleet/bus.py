@@ -27,8 +27,8 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from pisa_pulse.engine.aggregates import Aggregates
-from pisa_pulse.fleet import parts
-from pisa_pulse.fleet.leases import PREFIX, bucket, bucket_name
+from pisa_pulse.fleet import PREFIX, parts
+from pisa_pulse.fleet.leases import bucket, bucket_name
 
 log = logging.getLogger(__name__)
 

@@ -56,8 +56,9 @@ from pisa_pulse.capture.contract import Position
 from pisa_pulse.engine.checkpoint import SourceChanges
 from pisa_pulse.engine.ledger import RECORD_BYTES, Records, records_of
 from pisa_pulse.errors import PisaPulseError
+from pisa_pulse.fleet import PREFIX
 from pisa_pulse.fleet.bus import retried
-from pisa_pulse.fleet.leases import PREFIX, bucket_name
+from pisa_pulse.fleet.leases import bucket_name
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,14 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-
-import nats
-from nats.aio.client import Client
+from typing import TYPE_CHECKING
 
 from pisa_pulse.errors import PisaPulseError
-from pisa_pulse.fleet.leases import PREFIX
+from pisa_pulse.fleet import PREFIX
 from pisa_pulse.secret import scrub
+
+if TYPE_CHECKING:  # the client itself only where a command connects (`connect`)
+    from nats.aio.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ async def _on_reconnected() -> None:
 async def connect(options: NatsOptions, name: str) -> Client:
     """A client that reconnects without end once connected; a clear error when no server answers
     within `CONNECT_S`."""
+    import nats  # here: see TYPE_CHECKING above
+    import nats.errors
+
     tls = None
     if options.ca is not None or any(u.startswith("tls://") for u in options.urls):
         tls = ssl.create_default_context(cafile=str(options.ca) if options.ca else None)

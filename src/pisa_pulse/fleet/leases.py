@@ -35,14 +35,13 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from pisa_pulse.fleet import LEASE_S, PREFIX
 from pisa_pulse.fleet.assign import plan
 
 log = logging.getLogger(__name__)
 
-PREFIX = "pisa_pulse"  # every bucket's name starts with it, so one NATS account can hold several deployments
 WORKERS = "workers"
 LEASES = "leases"
-LEASE_S = 6  # whole seconds (JetStream's age limits are): several, so a loaded 2-core machine does not flap
 
 
 @dataclass(frozen=True)

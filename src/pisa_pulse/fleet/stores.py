@@ -8,9 +8,8 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from pisa_pulse.fleet import checkpoints
+from pisa_pulse.fleet import PREFIX, checkpoints
 from pisa_pulse.fleet.bus import parts_bucket
-from pisa_pulse.fleet.leases import PREFIX
 
 
 @dataclass(frozen=True)
