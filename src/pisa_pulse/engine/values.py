@@ -221,7 +221,7 @@ class RowParser:
             return self._parse_slow(values, minute, previous)
         if self._fast.fullmatch(joined) is None:
             return self._parse_messy(joined, values, minute, previous)
-        numbers = list(map(int, joined.replace(".", "").replace("NA", self._missing_text).split(_SEPARATOR)))
+        numbers = self._integers(joined)
         self._check(numbers)
         cnt = values[1]
         index = COUNTRY_INDEX.get(cnt) if type(cnt) is str else None
@@ -254,7 +254,7 @@ class RowParser:
             else:
                 block[i] = self.parse_row(values, minute)
         if texts:
-            text = _SEPARATOR.join(texts).replace(".", "").replace("NA", self._missing_text)
+            text = self._scaled(_SEPARATOR.join(texts))
             numbers = np.fromstring(text, dtype=np.int64, sep=_SEPARATOR).reshape(len(texts), -1)
             for i, codes, missing in self._checked:
                 column = numbers[:, i]
@@ -269,6 +269,14 @@ class RowParser:
             block[at, CNT_STATUS] = CNT_VALID
             block[at, FIRST_VALUE:] = numbers
         return block.astype(np.int32)
+
+    def _scaled(self, joined: str) -> str:
+        """Joined canonical text as its scaled integers' text: the points dropped, NA as `MISSING`."""
+        return joined.replace(".", "").replace("NA", self._missing_text)
+
+    def _integers(self, joined: str) -> list[int]:
+        """Joined canonical text as its scaled integers."""
+        return list(map(int, self._scaled(joined).split(_SEPARATOR)))
 
     def _check(self, numbers: list[int]) -> None:
         """Mark canonical numbers that are not category codes or are user-missing as INVALID."""
@@ -303,12 +311,7 @@ class RowParser:
         fields = joined.split(_SEPARATOR)
         for i, _ in messy:
             fields[i] = "0"
-        numbers = list(
-            map(
-                int,
-                _SEPARATOR.join(fields).replace(".", "").replace("NA", self._missing_text).split(_SEPARATOR),
-            )
-        )
+        numbers = self._integers(_SEPARATOR.join(fields))
         for i, text in messy:
             numbers[i] = parse_value(self._rules[i], text)
         self._check(numbers)
