@@ -36,7 +36,10 @@ from pisa_pulse.sources.databases import connected
 
 CHART = "/api/charts/escs?countries=ALB,ARG,AUS"
 CONNECTIONS = {"replication": 32, "direct": 4}
-READY_TIMEOUT_S = 1800.0  # the initial copy of 600,000 full-schema students takes a while
+# Ready within 5 minutes plus a copy at 400 rows/s (600,000 full-width students: 30 minutes, a tenth of
+# the measured speed), so that a hang at the smoke profile fails in minutes, not half an hour.
+READY_BASE_S, READY_ROWS_PER_S = 300.0, 400.0
+LIVE = {"streaming", "polling"}  # a source's states once its copy is done
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
@@ -157,21 +160,25 @@ class ServeProcess:
 
     def wait_ready(self, mode: str, rows: int) -> None:
         """Until the server prints its URL, /api/health is 200 and (replication) every row is served."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        limit = READY_BASE_S + rows / READY_ROWS_PER_S
+        deadline = time.monotonic() + limit
         while not self.found_url():
             self.alive()
             if time.monotonic() > deadline:
                 raise TimeoutError("serve printed no URL")
             time.sleep(0.1)
+        waiting_for = "/api/health to answer 200"
         while True:
             self.alive()
             if self._get("/api/health")[0] == 200:
                 status = self._get("/api/status")[1]
-                streaming = {s["state"] for s in status["sources"]} <= {"streaming", "polling"}
-                if mode == "direct" or (streaming and status["snapshot"]["submissions"] == rows):
+                behind = {s["source"]: s["state"] for s in status["sources"] if s["state"] not in LIVE}
+                served = status["snapshot"]["submissions"]
+                if mode == "direct" or (not behind and served == rows):
                     break
+                waiting_for = f"{served:,} of {rows:,} rows served; not streaming: {behind}"
             if time.monotonic() > deadline:
-                raise TimeoutError(f"serve not ready after {READY_TIMEOUT_S:.0f} s")
+                raise TimeoutError(f"serve not ready after {limit:.0f} s: {waiting_for}")
             time.sleep(0.2)
         code, body = self._get(CHART)
         if code != 200 or len(body["datasets"]) != 3:

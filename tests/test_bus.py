@@ -87,3 +87,36 @@ def test_a_replica_follows_the_parts_through_the_loss_of_its_node(nats_cluster: 
                 await js.delete_key_value(leases.bucket_name(prefix, parts.PARTS))
 
     asyncio.run(scenario())
+
+
+def test_a_source_purged_key_by_key_leaves_the_view_whatever_the_order(nats_cluster: NatsCluster) -> None:
+    """A retirement (fleet/retire.py) purges a source's keys one by one; once its sums are purged,
+    the purges of its status and hours that follow must not bring it back as an empty source (which
+    would also hold the replica's as-of at 0)."""
+
+    async def scenario() -> None:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        kept, removed = Source("alb", 1), Source("arg", 2)
+        async with connected(*nats_cluster.urls) as client:
+            js = client.jetstream(timeout=30)
+            kv = await bus.parts_bucket(js, replicas=3, prefix=prefix)
+            try:
+                await write_batches(kv, [kept, removed], 3, epoch=1, first=0)
+                await PartsPublisher(kv, removed.name).publish_status(1, "w1", {"state": "streaming"})
+                view = PartsView(js, prefix)
+                await view.start()
+                await until(lambda: set(view.sources) == {"alb", "arg"}, "both sources in the view")
+                keys = [k for k in await kv.keys() if k.split(".")[1] == removed.name]
+                keys.sort(key=lambda k: not k.startswith("sums."))  # the sums first, the rest after
+                assert len(keys) > 2, keys
+                for key in keys:
+                    await kv.purge(key)
+                await write_batches(kv, [kept], 1, epoch=1, first=3)  # a marker after the purges
+                await until(
+                    lambda: bodies(view.aggregates()) == bodies(merged([kept])), "the marker reached the view"
+                )
+                assert set(view.sources) == {"alb"}
+            finally:
+                await js.delete_key_value(leases.bucket_name(prefix, parts.PARTS))
+
+    asyncio.run(scenario())

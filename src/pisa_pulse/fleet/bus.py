@@ -45,7 +45,8 @@ async def retried(what: str, attempt: Callable[[], Awaitable[T]], timeout: float
     deadline = time.monotonic() + WRITE_DEADLINE_S
     while True:
         try:
-            return await asyncio.wait_for(attempt(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see `SourceWorker.run`
+                return await attempt()
         except (TimeoutError, NoStreamResponseError, NatsTimeout, NoRespondersError):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not {what} on NATS for {WRITE_DEADLINE_S:g} s") from None
@@ -133,7 +134,8 @@ class PartsView:
                 return
         except NotFoundError:
             return
-        await asyncio.wait_for(self._caught_up.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._caught_up.wait()
 
     @property
     def is_caught_up(self) -> bool:
@@ -145,16 +147,20 @@ class PartsView:
             self._caught_up.set()
         key = msg.subject.removeprefix(self._prefix)
         source = key.split(".")[1]
-        view = self.sources.setdefault(source, parts.SourceView())
         operation = (msg.headers or {}).get("KV-Operation")
         if operation in DELETED:
+            # A retirement purges a source's keys one by one: once its sums are gone it is gone,
+            # and the purges of its status and hours that follow must not bring it back empty.
+            view = self.sources.get(source)
+            if view is None:
+                return
             if key.startswith("sums."):
                 self.sources.pop(source, None)  # a source removed from the settings
             elif key.startswith("minutes."):
                 view.drop_hour(int(key.rsplit(".", 1)[1]))
             else:
                 view.status = {}
-        elif not view.take(key, msg.data):
+        elif not self.sources.setdefault(source, parts.SourceView()).take(key, msg.data):
             return  # an older owner's write
         self.version += 1
         self.on_change()

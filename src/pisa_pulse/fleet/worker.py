@@ -154,11 +154,14 @@ class SourceWorker:
                     }
                     await self.publisher.publish_status(self.epoch, self.worker, status)
                     reported, reported_state = sent, state
-                try:
-                    await asyncio.wait_for(self._changed.wait(), BEAT_S)
-                    await asyncio.sleep(max(0.0, COALESCE_S - (time.monotonic() - sent)))
-                except TimeoutError:
-                    pass
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the
+                # event is set (it returns the result instead), and a capture thread sets it many
+                # times a second, so a cancelled source could run on for ever (seen: a worker's stop
+                # hung in `_cancel`). asyncio.timeout lets the cancellation through.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(BEAT_S):
+                        await self._changed.wait()
+                await asyncio.sleep(max(0.0, COALESCE_S - (time.monotonic() - sent)))
         finally:
             if copy:
                 copying.release()
