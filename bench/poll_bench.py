@@ -12,7 +12,8 @@
 
 Before measuring, the sources are vacuumed (what autovacuum does after a bulk load): index-only scans
 skip the heap only for pages the visibility map marks all-visible. Autovacuum is then paused, as in
-the API benchmark, so its background work is not counted as the polls'.
+the API benchmark, so its background work is not counted as the polls'; `budget` also reports the
+unpaused case.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ def budget(students: int, seconds: float) -> list[dict[str, Any]]:
     CPU with the polls minus without), each code's pipeline in a child process of its own (its
     `PYTHONPATH`, its own checkpoint) on the same sources, one after the other. This code's polls also
     time their two parts on the client: the range summary (an index-only scan of the whole key) and
-    the reconciliation slice (its rows read and hashed).
+    the reconciliation slice (its rows read and hashed). Then both again with autovacuum running, as
+    `sources up` leaves it (its own baseline, traffic alone with autovacuum on, measured first): the
+    unpaused case, where autovacuum's work lands in the difference whenever it runs.
     """
     from live_bench import BEFORE, CHECKOUT, export
 
@@ -170,37 +173,34 @@ def budget(students: int, seconds: float) -> list[dict[str, Any]]:
         config = _up(data_dir, "full", students // 20)
         vacuum(config)
         postmaster = postmaster_pid(config, data_dir)
-        baseline = _pg_cpu_under_traffic(data_dir, postmaster, seconds)
         trees = {"before": export(BEFORE, data_dir.parent / "before"), "after": CHECKOUT / "src"}
-        for code, src in trees.items():
-            print(f"  {code}: polls for {seconds:.0f} s under traffic ...", flush=True)
-            state = data_dir.parent / f"poll-state-{code}"
-            child = subprocess.run(
-                [
-                    "env",
-                    f"PYTHONPATH={src}",
-                    sys.executable,
-                    __file__,
-                    str(data_dir),
-                    str(state),
-                    str(seconds),
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            figures = json.loads(child.stdout.splitlines()[-1])
-            polls_cpu_ms = max(0.0, figures.pop("pg_cpu_s") - baseline * figures["seconds"]) * 1000
-            rows.append(
-                {
-                    "code": code,
-                    "students": total_rows(config),
-                    **figures,
-                    "pg_cpu_ms_per_poll": round(polls_cpu_ms / max(1, figures["polls"]), 2),
-                    "pg_cpu_cores_polling": round(polls_cpu_ms / 1000 / figures["seconds"], 3),
-                }
-            )
+        for autovacuum_on in (False, True):
+            autovacuum(config, enabled=autovacuum_on)
+            baseline = _pg_cpu_under_traffic(data_dir, postmaster, seconds)
+            for code, src in trees.items():
+                label = f"{code}, autovacuum running" if autovacuum_on else code
+                print(f"  {label}: polls for {seconds:.0f} s under traffic ...", flush=True)
+                state = data_dir.parent / f"poll-state-{code}-{autovacuum_on}"
+                figures = _polls_in_child(src, data_dir, state, seconds)
+                polls_cpu_ms = max(0.0, figures.pop("pg_cpu_s") - baseline * figures["seconds"]) * 1000
+                rows.append(
+                    {
+                        "code": label,
+                        "students": total_rows(config),
+                        **figures,
+                        "pg_cpu_ms_per_poll": round(polls_cpu_ms / max(1, figures["polls"]), 2),
+                        "pg_cpu_cores_polling": round(polls_cpu_ms / 1000 / figures["seconds"], 3),
+                    }
+                )
     return rows
+
+
+def _polls_in_child(src: Path, data_dir: Path, state: Path, seconds: float) -> dict[str, Any]:
+    """`_polls_here` in a child process whose `PYTHONPATH` is `src` (one code's tree)."""
+    command = ["env", f"PYTHONPATH={src}", sys.executable, __file__, str(data_dir), str(state), str(seconds)]
+    child = subprocess.run(command, check=True, capture_output=True, text=True)
+    figures: dict[str, Any] = json.loads(child.stdout.splitlines()[-1])
+    return figures
 
 
 def _polls_here(data_dir: Path, state_dir: Path, seconds: float) -> dict[str, Any]:

@@ -317,3 +317,26 @@ def test_a_least_privilege_replication_role(
         wait_caught_up(pipeline, five)
         assert_exact(pipeline, five)
         assert all(r.state == "streaming" for r in pipeline.statuses())
+
+
+def test_a_copy_keeps_the_other_sources_streams_alive(new_dir: Path, shared: SharedServer) -> None:
+    """The replication loop copies one source at a time in its own thread; meanwhile it pings the
+    other streams, so their walsenders never end them at `wal_sender_timeout` (60 s by default; 2 s
+    here, set through the DSN), however long a copy takes (here slowed to 0.5 s a chunk)."""
+    config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=40_000)
+    option = "options=-c%20wal_sender_timeout%3D2000"  # a URI's query parameter
+    sources = [replace(s, dsn=s.dsn + ("&" if "?" in s.dsn else "?") + option) for s in config.sources]
+    copying = threading.Event()
+    copying.set()
+
+    def slow_copy() -> None:  # on the loop's thread, after each batch (a copy's chunk: 5,000 rows)
+        if copying.is_set():
+            time.sleep(0.5)
+
+    pipeline = Pipeline(sources, new_dir, slot_prefix=shared.slot_prefix, on_change=slow_copy)
+    with running(pipeline.run):
+        wait_streaming(pipeline)
+        copying.clear()
+        time.sleep(3)  # the loop reads every stream again: a stream ended meanwhile is found now
+        assert [(s.source, s.connections_lost) for s in pipeline.statuses()] == [("alb", 0), ("arg", 0)]
+        assert all(s.state == "streaming" for s in pipeline.statuses())

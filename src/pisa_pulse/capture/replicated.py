@@ -16,7 +16,9 @@ engine says its checkpoint holds it, so the slot keeps everything the checkpoint
 Started without a position, or when the slot is gone or invalidated, or the database is not the one
 the position belongs to, the source is copied afresh through a new slot's exported snapshot: a
 `COPY_START` batch, the rows in chunks, then `COPY_END` with the slot's consistent point, so the
-engine can retract the rows it held that the copy no longer has. Idle sources are asked for a
+engine can retract the rows it held that the copy no longer has. One thread reads every stream and
+copies one source at a time; between a copy's chunks it pings the other streams, so that their
+servers do not end them at `wal_sender_timeout`. Idle sources are asked for a
 keepalive every `PING_INTERVAL`, so they are provably fresh, and their position follows the server's
 so that an idle slot does not pin WAL. A source in `mode = "auto"` whose first connection shows that
 replication is not allowed (server version, `wal_level`, role, publication) becomes a polled source
@@ -122,6 +124,18 @@ class ReplicationLoop:
                     break
             self._turn(sources, 0.1)
         self._let_go()
+
+    def keep_alive(self, busy: ReplicatedSource) -> None:
+        """While `busy` copies in the loop's thread, ping the other open streams (a status update,
+        which their walsenders count as our reply), so that no server ends one at its
+        `wal_sender_timeout` (60 s by default: twenty copies one after the other outlast it at a few
+        million students). What they send meanwhile waits in their sockets until the copy is done."""
+        now = time.monotonic()
+        with self._lock:
+            others = [s for s in self._sources if s is not busy and s.stream is not None]
+        for other in others:
+            if now - other.pinged_at >= PING_INTERVAL:
+                other.ping()
 
     def _turn(self, sources: list[ReplicatedSource], timeout: float) -> None:
         """(Re)open due sources, ping, read what arrived, send confirmations."""
@@ -412,6 +426,7 @@ class ReplicatedSource:
             if len(chunk) >= COPY_CHUNK:
                 self._hand_over(Batch(chunk[:], None, INITIAL_COPY_MINUTE, BatchKind.COPY_ROWS))
                 chunk.clear()
+                self.loop.keep_alive(self)
 
         replication.copy_snapshot(self.source, start.snapshot, CHART_COLUMNS, on_row)
         self._hand_over(Batch(chunk, None, INITIAL_COPY_MINUTE, BatchKind.COPY_ROWS))
