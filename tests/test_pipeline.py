@@ -340,3 +340,28 @@ def test_a_copy_keeps_the_other_sources_streams_alive(new_dir: Path, shared: Sha
         time.sleep(3)  # the loop reads every stream again: a stream ended meanwhile is found now
         assert [(s.source, s.connections_lost) for s in pipeline.statuses()] == [("alb", 0), ("arg", 0)]
         assert all(s.state == "streaming" for s in pipeline.statuses())
+
+
+def test_no_checkpoint_is_written_while_a_source_is_copied(new_dir: Path, shared: SharedServer) -> None:
+    """A cold start's copies run one after the other; the checkpoint waits until they are all done
+    (writing each finished source meanwhile slowed the copies), so its first one holds every source."""
+    config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=10_000)
+    copying = threading.Event()
+    copying.set()
+
+    def slow_copy() -> None:  # after each of a copy's chunks: 5,000 rows
+        if copying.is_set():
+            time.sleep(0.5)
+
+    pipeline = Pipeline(
+        config.sources, new_dir, checkpoint_interval=0.1, slot_prefix=shared.slot_prefix, on_change=slow_copy
+    )
+    store = CheckpointStore(checkpoint_path(new_dir))
+    try:
+        with running(pipeline.run):
+            first = wait_for(store.positions, 60, what="a checkpoint", pause=lambda _: time.sleep(0.01))
+            assert set(first) == {"alb", "arg"}, "a checkpoint was written while a source was copied"
+            copying.clear()
+            wait_streaming(pipeline)
+    finally:
+        store.close()
