@@ -47,6 +47,7 @@ from pisa_pulse.sources.config import Source
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_ROWS = 50_000  # rows per checkpoint transaction, about (whole sources: see `checkpoint`)
 COPY_BOUND = frozenset({State.CONNECTING, State.COPYING})  # a source without a position: to be copied
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
@@ -182,22 +183,32 @@ class Pipeline:
         return any(h.capture.status().state in COPY_BOUND for h in cold)
 
     def checkpoint(self) -> int:
-        """Write changed rows and positions, then confirm the positions to the sources."""
-        changes: dict[str, SourceChanges] = {}
-        snapshots: dict[str, Records] = {}  # the whole ledger, where the checkpoint asks for it
-        with self._store_lock:
-            with self.lock:  # every ledger and position as of one moment
-                for name, h in self.held.items():
-                    due = h.ledger.pending_changes or h.position != h.checkpointed
-                    if h.position is not None and h.copy_seen is None and due:
-                        if self.store.snapshot_due(name, h.ledger.pending_changes):
-                            snapshots[name] = h.ledger.records()
-                        changes[name] = SourceChanges(h.position, list(h.ledger.take_changes()))
-            written = self.store.save(changes, snapshots) if changes else 0
-        for name, ch in changes.items():
-            h = self.held[name]
-            h.checkpointed = ch.position
-            h.capture.confirm(ch.position)
+        """Write changed rows and positions, then confirm the positions to the sources. Whole sources
+        go into one transaction until it holds `CHECKPOINT_ROWS` rows, then the next: under steady
+        traffic one transaction, after a cold start's copies (every row changed at once) a few, so
+        that their rows are never all in memory at once (600,000 rows listed at once left the
+        capture process 180 MB larger). Each source's rows and position are as of one moment."""
+        written, pending = 0, list(self.held)
+        while pending:
+            changes: dict[str, SourceChanges] = {}
+            snapshots: dict[str, Records] = {}  # the whole ledger, where the checkpoint asks for it
+            with self._store_lock:
+                with self.lock:
+                    rows = 0
+                    while pending and rows < CHECKPOINT_ROWS:
+                        name = pending.pop(0)
+                        h = self.held[name]
+                        due = h.ledger.pending_changes or h.position != h.checkpointed
+                        if h.position is not None and h.copy_seen is None and due:
+                            rows += h.ledger.pending_changes
+                            if self.store.snapshot_due(name, h.ledger.pending_changes):
+                                snapshots[name] = h.ledger.records()
+                            changes[name] = SourceChanges(h.position, list(h.ledger.take_changes()))
+                written += self.store.save(changes, snapshots) if changes else 0
+            for name, ch in changes.items():
+                h = self.held[name]
+                h.checkpointed = ch.position
+                h.capture.confirm(ch.position)
         return written
 
     # -- reading (any thread) ---------------------------------------------------------------------
