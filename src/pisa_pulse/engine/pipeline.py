@@ -209,6 +209,8 @@ class Pipeline:
                 h = self.held[name]
                 h.checkpointed = ch.position
                 h.capture.confirm(ch.position)
+        if written >= CHECKPOINT_ROWS:
+            trim_heap()  # the rows listed for a large checkpoint are freed: give their pages back
         return written
 
     # -- reading (any thread) ---------------------------------------------------------------------
@@ -283,7 +285,7 @@ class Pipeline:
 
 def trim_heap() -> None:
     """Return the C heap's free pages to the system (glibc's `malloc_trim`; elsewhere nothing): after a
-    copy, the freed text of its rows would otherwise stay in the process's RSS."""
+    copy or a large checkpoint, the freed rows would otherwise stay in the process's RSS."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
