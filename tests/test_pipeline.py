@@ -319,6 +319,19 @@ def test_a_least_privilege_replication_role(
         assert all(r.state == "streaming" for r in pipeline.statuses())
 
 
+def slowed_copies() -> tuple[threading.Event, Callable[[], None]]:
+    """A pipeline's `on_change` that sleeps 0.5 s after each batch (a copy's chunk: 5,000 rows) on the
+    loop's thread while the returned event is set (it starts set)."""
+    copying = threading.Event()
+    copying.set()
+
+    def slow_copy() -> None:
+        if copying.is_set():
+            time.sleep(0.5)
+
+    return copying, slow_copy
+
+
 def test_a_copy_keeps_the_other_sources_streams_alive(new_dir: Path, shared: SharedServer) -> None:
     """The replication loop copies one source at a time in its own thread; meanwhile it pings the
     other streams, so their walsenders never end them at `wal_sender_timeout` (60 s by default; 2 s
@@ -326,13 +339,7 @@ def test_a_copy_keeps_the_other_sources_streams_alive(new_dir: Path, shared: Sha
     config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=40_000)
     option = "options=-c%20wal_sender_timeout%3D2000"  # a URI's query parameter
     sources = [replace(s, dsn=s.dsn + ("&" if "?" in s.dsn else "?") + option) for s in config.sources]
-    copying = threading.Event()
-    copying.set()
-
-    def slow_copy() -> None:  # on the loop's thread, after each batch (a copy's chunk: 5,000 rows)
-        if copying.is_set():
-            time.sleep(0.5)
-
+    copying, slow_copy = slowed_copies()
     pipeline = Pipeline(sources, new_dir, slot_prefix=shared.slot_prefix, on_change=slow_copy)
     with running(pipeline.run):
         wait_streaming(pipeline)
@@ -346,13 +353,7 @@ def test_no_checkpoint_is_written_while_a_source_is_copied(new_dir: Path, shared
     """A cold start's copies run one after the other; the checkpoint waits until they are all done
     (writing each finished source meanwhile slowed the copies), so its first one holds every source."""
     config = shared.up(new_dir, countries="alb,arg", schema="slim", rows_per_country=10_000)
-    copying = threading.Event()
-    copying.set()
-
-    def slow_copy() -> None:  # after each of a copy's chunks: 5,000 rows
-        if copying.is_set():
-            time.sleep(0.5)
-
+    copying, slow_copy = slowed_copies()
     pipeline = Pipeline(
         config.sources, new_dir, checkpoint_interval=0.1, slot_prefix=shared.slot_prefix, on_change=slow_copy
     )

@@ -6,10 +6,9 @@ to that source's ledger and its part of the aggregates (`parts`, one `Aggregates
 they can be published per source and merged anywhere). A batch's position becomes the source's
 position. About once a second (not while a source is copied: `copying`) the changed ledger rows and
 every position are checkpointed in one SQLite transaction (or, in a fleet worker, into JetStream:
-fleet/checkpoints.py), and only then is
-each position confirmed to its source, so a source keeps everything the checkpoint lacks. On
-restart the ledgers and positions come back from the checkpoint and each source resumes after its
-position.
+fleet/checkpoints.py), and only then is each position confirmed to its source, so a source keeps
+everything the checkpoint lacks. On restart the ledgers and positions come back from the checkpoint
+and each source resumes after its position.
 
 A copy (`COPY_START`, rows, `COPY_END`) first forgets the source's position durably, then upserts
 its rows (a row already held keeps its arrival time), and at its end retracts the held rows it did
